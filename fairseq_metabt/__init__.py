@@ -1,0 +1,14 @@
+"""fairseq-metabt: a fairseq plugin for low-resource NMT methods.
+
+Load it with ``--user-dir`` (see ``python -m fairseq_metabt.userdir``) or by
+importing it.  Importing applies the version accommodations in
+:mod:`fairseq_metabt.compat` first, then registers the plugin's tasks,
+criterions and models with fairseq.
+"""
+__version__ = "0.1.0"
+
+from fairseq_metabt import compat as _compat
+
+_compat.apply()
+
+from fairseq_metabt import criterions, models, tasks  # noqa: E402,F401  (registration)

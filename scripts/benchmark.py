@@ -1,0 +1,145 @@
+#!/usr/bin/env python
+"""Benchmark a method against its plain fairseq baseline, measured in one run.
+
+    python scripts/benchmark.py --method baseline [--updates 60] [--arch transformer_lowres_small]
+
+Both systems train with the real ``fairseq-train`` on the same prepared data
+(the synthetic ``quickstart`` corpus unless ``--bin-dir`` is given), the same
+model size and the same batches.  For each, the script prints updates/s,
+words/s and peak resident memory, and last ``ratio=<method/baseline step
+time>``.  Methods register themselves in ``METHODS``; each method issue adds one.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+USER_DIR = os.path.join(ROOT, "fairseq_metabt")
+sys.path.insert(0, ROOT)
+
+_TRAIN_INNER = re.compile(r"\| train_inner \| (\{.*\})\s*$")
+
+
+@dataclass
+class Measurement:
+    name: str
+    updates_per_s: float
+    words_per_s: float
+    step_time_s: float
+    peak_rss_mib: float
+    final_loss: float
+
+
+def run_fairseq_train(name: str, argv: List[str], log_path: str) -> Measurement:
+    """Run fairseq-train in a child process; read speed from its JSON train_inner logs."""
+    exe = os.path.join(os.path.dirname(sys.executable), "fairseq-train")
+    cmd = [exe if os.path.exists(exe) else "fairseq-train"] + argv
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    text = open(log_path).read()
+    if proc.returncode != 0:
+        sys.stderr.write(text[-3000:])
+        raise SystemExit(f"benchmark: {name} run failed (exit {proc.returncode}); log {log_path}")
+    records = [json.loads(m.group(1)) for m in map(_TRAIN_INNER.search, text.splitlines()) if m]
+    if len(records) < 2:
+        raise SystemExit(f"benchmark: {name} logged {len(records)} intervals; raise --updates (log {log_path})")
+    steady = records[1:]  # the first interval includes start-up and warm-up
+    ups = statistics.median(float(r["ups"]) for r in steady)
+    wps = statistics.median(float(r["wps"]) for r in steady)
+    return Measurement(name, ups, wps, 1.0 / ups, usage.ru_maxrss / 1024.0, float(records[-1]["loss"]))
+
+
+def common_args(bin_dir: str, args) -> List[str]:
+    import torch
+
+    out = [
+        bin_dir, "-s", args.source_lang, "-t", args.target_lang,
+        "--optimizer", "adam", "--lr", "5e-4", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "50",
+        "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
+        "--max-tokens", str(args.max_tokens), "--max-update", str(args.updates), "--seed", str(args.seed),
+        "--log-format", "json", "--log-interval", str(args.log_interval),
+        "--disable-validation", "--no-save", "--num-workers", "0",
+    ]
+    if not torch.cuda.is_available():
+        out.append("--cpu")
+    return out
+
+
+def baseline_pair(bin_dir: str, args) -> Dict[str, List[str]]:
+    """The plugin's registered architecture vs. the same sizes spelled out on plain fairseq."""
+    common = common_args(bin_dir, args)
+    plain = ["--task", "translation", "--arch", "transformer", "--share-decoder-input-output-embed",
+             "--encoder-embed-dim", "256", "--decoder-embed-dim", "256",
+             "--encoder-ffn-embed-dim", "512", "--decoder-ffn-embed-dim", "512",
+             "--encoder-attention-heads", "4", "--decoder-attention-heads", "4",
+             "--encoder-layers", "3", "--decoder-layers", "3", "--dropout", "0.2"]
+    plugin = ["--user-dir", USER_DIR, "--task", "translation", "--arch", args.arch]
+    return {"method": common + plugin, "baseline": common + plain}
+
+
+# name -> function(bin_dir, args) returning {"method": argv, "baseline": argv}
+METHODS: Dict[str, Callable[[str, argparse.Namespace], Dict[str, List[str]]]] = {
+    "baseline": baseline_pair,
+}
+
+
+def ensure_data(work_dir: str, seed: int) -> str:
+    """Synthetic quickstart corpus, prepared once per work dir."""
+    raw, bin_dir = os.path.join(work_dir, "raw"), os.path.join(work_dir, "bin")
+    if not os.path.exists(os.path.join(raw, "manifest.json")):
+        subprocess.run([sys.executable, "-m", "fairseq_metabt.synthetic", "--preset", "quickstart",
+                        "--out", raw, "--seed", str(seed)], check=True, cwd=ROOT)
+    if not os.path.exists(os.path.join(bin_dir, "prepare.json")):
+        subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "prepare_data.py"), raw, bin_dir],
+                       check=True, cwd=ROOT)
+    return bin_dir
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--method", required=True, choices=sorted(METHODS))
+    p.add_argument("--bin-dir", help="prepared data (default: synthetic quickstart corpus in --work-dir)")
+    p.add_argument("--work-dir", help="where data and logs go (default: a temporary directory)")
+    p.add_argument("-s", "--source-lang", default="lrl")
+    p.add_argument("-t", "--target-lang", default="tgt")
+    p.add_argument("--arch", default="transformer_lowres_small")
+    p.add_argument("--updates", type=int, default=60, help="updates per system")
+    p.add_argument("--log-interval", type=int, default=10)
+    p.add_argument("--max-tokens", type=int, default=2048)
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args(argv)
+    if args.updates < 2 * args.log_interval:
+        p.error(f"--updates ({args.updates}) must be at least twice --log-interval ({args.log_interval})")
+
+    work_dir = args.work_dir or tempfile.mkdtemp(prefix="benchmark_")
+    os.makedirs(work_dir, exist_ok=True)
+    bin_dir = args.bin_dir or ensure_data(work_dir, args.seed)
+    runs = METHODS[args.method](bin_dir, args)
+    started = time.time()
+    results = {}
+    for role in ("baseline", "method"):  # baseline first: it also warms the file cache
+        results[role] = run_fairseq_train(role, runs[role], os.path.join(work_dir, f"{args.method}.{role}.log"))
+    for role, m in results.items():
+        print(f"{role:8s} {m.name if role == 'method' else 'fairseq'}: updates/s={m.updates_per_s:.3f} "
+              f"words/s={m.words_per_s:.0f} step_time={m.step_time_s:.3f}s peak_rss={m.peak_rss_mib:.0f}MiB "
+              f"loss={m.final_loss:.3f}")
+    print(f"method={args.method} updates={args.updates} wall={time.time() - started:.0f}s logs={work_dir}")
+    ratio = results["method"].step_time_s / results["baseline"].step_time_s
+    print(f"ratio={ratio:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

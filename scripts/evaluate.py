@@ -1,0 +1,156 @@
+#!/usr/bin/env python
+"""Evaluate a checkpoint: fairseq-generate, sentencepiece decoding, sacrebleu BLEU and chrF.
+
+    python scripts/evaluate.py BIN_DIR --path CKPT -s SRC -t TGT [--subset test] [--beam 5]
+           [--task translation] [--json OUT.json] [-- extra fairseq-generate args]
+
+The hypotheses come from the real ``fairseq-generate`` CLI (run with the
+plugin's ``--user-dir``); the references are the untokenised raw files named in
+``BIN_DIR/prepare.json`` (or ``--ref``), so scores are comparable with any other
+system scored by sacrebleu on the same references.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from typing import Dict, List, Optional
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+USER_DIR = os.path.join(ROOT, "fairseq_metabt")
+
+
+def fairseq_cli(name: str) -> List[str]:
+    """Command prefix for a fairseq console script, preferring the one next to this interpreter."""
+    local = os.path.join(os.path.dirname(sys.executable), name)
+    if os.path.exists(local):
+        return [local]
+    found = shutil.which(name)
+    if found is None:
+        raise SystemExit(f"{name} not found: run `bash scripts/setup_env.sh` and use .venv/bin/python")
+    return [found]
+
+
+def parse_generate_output(text: str, post_line: str = "D") -> Dict[int, str]:
+    """``{sample id: hypothesis}`` from fairseq-generate's ``D-<id>\\t<score>\\t<text>`` lines."""
+    hyps: Dict[int, str] = {}
+    pattern = re.compile(rf"^{post_line}-(\d+)\t[^\t]*\t?(.*)$")
+    for line in text.splitlines():
+        m = pattern.match(line)
+        if m:
+            hyps[int(m.group(1))] = m.group(2).strip()
+    return hyps
+
+
+def score(hyps: List[str], refs: List[str]) -> dict:
+    import sacrebleu
+
+    bleu = sacrebleu.metrics.BLEU()
+    chrf = sacrebleu.metrics.CHRF()
+    b = bleu.corpus_score(hyps, [refs])
+    c = chrf.corpus_score(hyps, [refs])
+    return {
+        "bleu": round(b.score, 2),
+        "chrf": round(c.score, 2),
+        "bleu_signature": str(bleu.get_signature()),
+        "chrf_signature": str(chrf.get_signature()),
+        "n": len(hyps),
+    }
+
+
+def evaluate(
+    bin_dir: str,
+    path: str,
+    src: str,
+    tgt: str,
+    subset: str = "test",
+    beam: int = 5,
+    task: str = "translation",
+    ref: Optional[str] = None,
+    extra: Optional[List[str]] = None,
+    batch_size: int = 64,
+    output: Optional[str] = None,
+) -> dict:
+    if not os.path.exists(path):
+        raise SystemExit(f"evaluate.py: checkpoint {path} does not exist; train first or fix --path")
+    if ref is None:
+        info_path = os.path.join(bin_dir, "prepare.json")
+        if not os.path.exists(info_path):
+            raise SystemExit(f"evaluate.py: {info_path} missing; pass --ref RAW_REFERENCE_FILE")
+        with open(info_path, encoding="utf-8") as f:
+            raw_dir = json.load(f)["raw_dir"]
+        ref = os.path.join(raw_dir, f"{subset}.{src}-{tgt}.{tgt}")
+        if not os.path.exists(ref):  # the pair may be stored in the other direction
+            ref = os.path.join(raw_dir, f"{subset}.{tgt}-{src}.{tgt}")
+    if not os.path.exists(ref):
+        raise SystemExit(f"evaluate.py: reference file {ref} not found; pass --ref")
+    cmd = fairseq_cli("fairseq-generate") + [
+        bin_dir, "--user-dir", USER_DIR, "--task", task, "--path", path,
+        "--source-lang", src, "--target-lang", tgt, "--gen-subset", subset,
+        "--beam", str(beam), "--batch-size", str(batch_size), "--post-process", "sentencepiece",
+        "--seed", "1",
+    ] + ([] if _cuda() else ["--cpu"]) + list(extra or [])
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if output:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(proc.stdout)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"evaluate.py: fairseq-generate failed (exit {proc.returncode}): {' '.join(cmd)}")
+    hyps = parse_generate_output(proc.stdout)
+    with open(ref, encoding="utf-8") as f:
+        refs = [line.strip() for line in f]
+    if sorted(hyps) != list(range(len(refs))):
+        raise SystemExit(
+            f"evaluate.py: fairseq-generate produced {len(hyps)} hypotheses for {len(refs)} references in {ref}; "
+            "the binarised subset and the raw reference file disagree. Re-run prepare_data.py."
+        )
+    result = score([hyps[i] for i in range(len(refs))], refs)
+    result.update({"checkpoint": os.path.abspath(path), "pair": f"{src}-{tgt}", "subset": subset})
+    return result
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: List[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("bin_dir")
+    p.add_argument("--path", required=True, help="checkpoint to evaluate")
+    p.add_argument("-s", "--source-lang", required=True)
+    p.add_argument("-t", "--target-lang", required=True)
+    p.add_argument("--subset", default="test")
+    p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--task", default="translation", help="fairseq task for generation")
+    p.add_argument("--ref", help="raw reference file (default: from BIN_DIR/prepare.json)")
+    p.add_argument("--output", help="save fairseq-generate's output here")
+    p.add_argument("--json", help="write the scores as JSON here")
+    args = p.parse_args(argv)
+    result = evaluate(args.bin_dir, args.path, args.source_lang, args.target_lang, args.subset, args.beam,
+                      args.task, args.ref, extra, args.batch_size, args.output)
+    print(f"BLEU = {result['bleu']:.2f}  ({result['bleu_signature']})")
+    print(f"chrF = {result['chrf']:.2f}  ({result['chrf_signature']})")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+#!/usr/bin/env python
+"""Prepare a raw-layout corpus for fairseq: joint sentencepiece, encoding, binarisation.
+
+    python scripts/prepare_data.py RAW_DIR BIN_DIR [--vocab-size 4000] [--force]
+    python scripts/prepare_data.py RAW_DIR BIN_DIR --spm-model OLD/spm.model --dict OLD/dict.txt
+
+One sentencepiece model is trained on every train and mono file (both sides of
+every pair), one fairseq dictionary is derived from it plus a language tag
+``__LANG__`` for every language, and every bitext pair and monolingual file is
+binarised with fairseq's own preprocessing code against that one dictionary.
+See docs/data.md for the output layout.  Works unchanged on real corpora in the
+raw layout.
+"""
+from __future__ import annotations
+
+import argparse
+import filecmp
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from typing import Dict, List, Optional
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from fairseq_metabt.data.raw_layout import SPLITS, RawLayoutError, scan_raw_dir  # noqa: E402
+from fairseq_metabt.data.tagging import lang_tags  # noqa: E402
+
+logger = logging.getLogger("prepare_data")
+
+
+class PrepareError(RuntimeError):
+    pass
+
+
+def train_sentencepiece(inputs: List[str], prefix: str, vocab_size: int, model_type: str, seed: int) -> str:
+    import sentencepiece as spm
+
+    if hasattr(spm, "set_random_generator_seed"):  # deterministic sentence sampling
+        spm.set_random_generator_seed(seed)
+    spm.SentencePieceTrainer.train(
+        input=",".join(inputs),
+        model_prefix=prefix,
+        vocab_size=vocab_size,
+        model_type=model_type,
+        character_coverage=1.0,
+        # The vocabulary size is an upper bound: tiny corpora (tests) get fewer pieces.
+        hard_vocab_limit=False,
+        input_sentence_size=2_000_000,
+        shuffle_input_sentence=True,
+        num_threads=2,
+        minloglevel=2,
+    )
+    return prefix + ".model"
+
+
+def encode_file(sp, src: str, dst: str) -> None:
+    with open(src, encoding="utf-8") as fin, open(dst, "w", encoding="utf-8") as fout:
+        for line in fin:
+            fout.write(" ".join(sp.encode(line.strip(), out_type=str)) + "\n")
+
+
+def build_dictionary(sp, langs: List[str], encoded_train: List[str], path: str) -> None:
+    """fairseq dictionary: every sentencepiece piece (counted on the training text) plus language tags."""
+    from fairseq.data import Dictionary
+
+    d = Dictionary()
+    counts: Dict[str, int] = {}
+    for fname in encoded_train:
+        with open(fname, encoding="utf-8") as f:
+            for line in f:
+                for tok in line.split():
+                    counts[tok] = counts.get(tok, 0) + 1
+    for i in range(sp.get_piece_size()):
+        piece = sp.id_to_piece(i)
+        if sp.is_control(i) or sp.is_unknown(i):
+            continue  # <s>, </s>, <unk> are fairseq's own specials
+        d.add_symbol(piece, n=max(counts.get(piece, 0), 1))
+    for tag in lang_tags(langs):
+        d.add_symbol(tag, n=1)
+    d.finalize(threshold=-1, nwords=-1, padding_factor=8)
+    d.save(path)
+
+
+def check_dictionary_covers(sp, langs: List[str], dict_path: str) -> None:
+    """A reused dictionary must contain every piece of the reused sentencepiece model and every tag."""
+    from fairseq.data import Dictionary
+
+    d = Dictionary.load(dict_path)
+    missing = [
+        sp.id_to_piece(i)
+        for i in range(sp.get_piece_size())
+        if not (sp.is_control(i) or sp.is_unknown(i)) and d.index(sp.id_to_piece(i)) == d.unk()
+    ]
+    missing += [t for t in lang_tags(langs) if d.index(t) == d.unk()]
+    if missing:
+        raise PrepareError(
+            f"dictionary {dict_path} does not match the sentencepiece model: {len(missing)} symbols are "
+            f"missing (e.g. {missing[:5]}). Pass the dict.txt that was prepared with that spm.model, "
+            "or drop --spm-model/--dict to build both anew."
+        )
+
+
+def fairseq_preprocess(argv: List[str]) -> None:
+    """Run fairseq-preprocess in this process (same code path as the CLI, one import)."""
+    from fairseq import options
+    from fairseq_cli.preprocess import main as preprocess_main
+
+    parser = options.get_preprocessing_parser()
+    preprocess_main(parser.parse_args(argv))
+
+
+def prepare(
+    raw_dir: str,
+    bin_dir: str,
+    vocab_size: int = 4000,
+    model_type: str = "unigram",
+    seed: int = 1,
+    force: bool = False,
+    spm_model: Optional[str] = None,
+    dict_path: Optional[str] = None,
+    workers: int = 2,
+) -> dict:
+    """Prepare ``raw_dir`` into ``bin_dir``; returns the summary also written to ``bin_dir/prepare.json``."""
+    import sentencepiece as spm
+
+    layout = scan_raw_dir(raw_dir)
+    if (spm_model is None) != (dict_path is None):
+        raise PrepareError("--spm-model and --dict go together: pass both to reuse a vocabulary, or neither.")
+    for p in filter(None, (spm_model, dict_path)):
+        if not os.path.isfile(p):
+            raise PrepareError(f"{p} does not exist; point --spm-model/--dict at a prepared BIN_DIR's files.")
+
+    summary_path = os.path.join(bin_dir, "prepare.json")
+    if os.path.isdir(bin_dir) and os.listdir(bin_dir):
+        if not force:
+            raise PrepareError(
+                f"{bin_dir} is not empty (found {sorted(os.listdir(bin_dir))[:4]}...). Nothing was "
+                "changed. Choose a new BIN_DIR, or pass --force to replace its prepared data."
+            )
+        if os.path.exists(summary_path) or os.path.exists(os.path.join(bin_dir, "dict.txt")):
+            # Only a directory we prepared is cleared; anything else stays untouched.
+            for name in os.listdir(bin_dir):
+                if name.startswith(("checkpoint", "runs")):
+                    continue
+                path = os.path.join(bin_dir, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        else:
+            raise PrepareError(
+                f"{bin_dir} holds files that prepare_data.py did not write; refusing to delete them even "
+                "with --force. Choose an empty or new BIN_DIR."
+            )
+    os.makedirs(bin_dir, exist_ok=True)
+    spm_dir = os.path.join(bin_dir, "spm")
+    os.makedirs(spm_dir, exist_ok=True)
+    langs = layout.languages
+
+    # 1. joint sentencepiece model over every train and mono file
+    if spm_model is None:
+        inputs = [f for splits in layout.bitext.values() for f in splits["train"]] + list(layout.mono.values())
+        logger.info("training a joint sentencepiece model (vocab %d) on %d files", vocab_size, len(inputs))
+        model_file = train_sentencepiece(inputs, os.path.join(bin_dir, "spm"), vocab_size, model_type, seed)
+    else:
+        model_file = os.path.join(bin_dir, "spm.model")
+        shutil.copyfile(spm_model, model_file)
+    sp = spm.SentencePieceProcessor(model_file=model_file)
+
+    # 2. encode every file with it
+    encoded_train: List[str] = []
+    for pair, splits in layout.bitext.items():
+        for split, files in splits.items():
+            for raw in files:
+                out = os.path.join(spm_dir, os.path.basename(raw))
+                encode_file(sp, raw, out)
+                if split == "train":
+                    encoded_train.append(out)
+    for lang, raw in layout.mono.items():
+        encode_file(sp, raw, os.path.join(spm_dir, os.path.basename(raw)))
+        encoded_train.append(os.path.join(spm_dir, os.path.basename(raw)))
+
+    # 3. one joint dictionary, with a tag per language
+    joint = os.path.join(bin_dir, "dict.txt")
+    if dict_path is None:
+        build_dictionary(sp, langs, encoded_train, joint)
+    else:
+        check_dictionary_covers(sp, langs, dict_path)
+        shutil.copyfile(dict_path, joint)
+
+    # 4. binarise every pair and every monolingual file against it
+    for (s, t), splits in sorted(layout.bitext.items()):
+        argv = ["--source-lang", s, "--target-lang", t, "--destdir", bin_dir,
+                "--srcdict", joint, "--tgtdict", joint, "--workers", str(workers)]
+        for split in SPLITS:
+            if split in splits:
+                argv += [f"--{split}pref", os.path.join(spm_dir, f"{split}.{s}-{t}")]
+        fairseq_preprocess(argv)
+    for lang in sorted(layout.mono):
+        with tempfile.TemporaryDirectory(dir=bin_dir) as tmp:
+            fairseq_preprocess(["--only-source", "--source-lang", lang, "--destdir", tmp, "--srcdict", joint,
+                                "--trainpref", os.path.join(spm_dir, "mono"), "--workers", str(workers)])
+            for ext in ("bin", "idx"):
+                shutil.move(os.path.join(tmp, f"train.{lang}-None.{lang}.{ext}"),
+                            os.path.join(bin_dir, f"mono.{lang}.{ext}"))
+    for lang in langs:  # fairseq's tasks look up dict.LANG.txt
+        target = os.path.join(bin_dir, f"dict.{lang}.txt")
+        if not os.path.exists(target) or not filecmp.cmp(joint, target, shallow=False):
+            shutil.copyfile(joint, target)
+
+    summary = {
+        "raw_dir": layout.root,
+        "spm_model": os.path.abspath(model_file),
+        "dictionary": os.path.abspath(joint),
+        "languages": langs,
+        "pairs": [f"{s}-{t}" for s, t in layout.pairs],
+        "splits": {f"{s}-{t}": sorted(sp_) for (s, t), sp_ in layout.bitext.items()},
+        "mono": sorted(layout.mono),
+        "vocab_size": len(open(joint, encoding="utf-8").readlines()),
+    }
+    with open(summary_path, "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+    logger.info("prepared %s -> %s: pairs %s, mono %s", raw_dir, bin_dir, summary["pairs"], summary["mono"])
+    return summary
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("raw_dir", help="corpus in the raw layout (docs/data.md)")
+    p.add_argument("bin_dir", help="output directory for fairseq-binarised data")
+    p.add_argument("--vocab-size", type=int, default=4000, help="joint sentencepiece vocabulary size (upper bound)")
+    p.add_argument("--model-type", default="unigram", choices=["unigram", "bpe"], help="sentencepiece model type")
+    p.add_argument("--seed", type=int, default=1, help="sentencepiece sampling seed")
+    p.add_argument("--workers", type=int, default=2, help="fairseq-preprocess worker processes")
+    p.add_argument("--spm-model", help="reuse this sentencepiece model instead of training one")
+    p.add_argument("--dict", dest="dict_path", help="reuse this fairseq dictionary (with --spm-model)")
+    p.add_argument("--force", action="store_true", help="replace data previously prepared in BIN_DIR")
+    args = p.parse_args(argv)
+    if args.vocab_size < 8:
+        p.error(f"--vocab-size must be at least 8, got {args.vocab_size}")
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO)
+    try:
+        prepare(args.raw_dir, args.bin_dir, args.vocab_size, args.model_type, args.seed, args.force,
+                args.spm_model, args.dict_path, args.workers)
+    except (RawLayoutError, PrepareError) as e:
+        print(f"prepare_data.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

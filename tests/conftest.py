@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny synthetic corpora, prepared once per session, and CLI runners."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import List, Optional
+
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+USER_DIR = os.path.join(ROOT, "fairseq_metabt")
+BIN_PATH = os.path.dirname(sys.executable)
+sys.path.insert(0, ROOT)
+
+# Sizes that keep every CLI test to seconds on 2 CPU cores.
+TINY_SIZES = "train=400,valid=40,test=40,mono=200"
+
+
+def cli_env() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = BIN_PATH + os.pathsep + env.get("PATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run(cmd: List[str], check: bool = True, input: Optional[str] = None, timeout: int = 600,
+        cwd: Optional[str] = None) -> subprocess.CompletedProcess:
+    """Run a command with the venv's tools first on PATH; on failure show its output."""
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, input=input,
+                          timeout=timeout, env=cli_env(), cwd=cwd or ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-6000:]}")
+    return proc
+
+
+def fairseq(name: str) -> str:
+    return os.path.join(BIN_PATH, name)
+
+
+def make_corpus(out_dir: str, preset: str = "quickstart", seed: int = 1, sizes: str = TINY_SIZES) -> str:
+    run([sys.executable, "-m", "fairseq_metabt.synthetic", "--preset", preset, "--out", out_dir,
+         "--seed", str(seed), "--sizes", sizes])
+    return out_dir
+
+
+def prepare(raw_dir: str, bin_dir: str, *extra: str) -> str:
+    run([sys.executable, os.path.join(ROOT, "scripts", "prepare_data.py"), raw_dir, bin_dir,
+         "--vocab-size", "600", *extra])
+    return bin_dir
+
+
+def tiny_train_args(bin_dir: str, save_dir: str, max_update: int = 20, *extra: str) -> List[str]:
+    """fairseq-train arguments for a seconds-long run of the tiny plugin architecture."""
+    return [
+        fairseq("fairseq-train"), bin_dir, "--user-dir", USER_DIR, "--task", "translation",
+        "-s", "lrl", "-t", "tgt", "--arch", "transformer_lowres_tiny",
+        "--optimizer", "adam", "--lr", "1e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "10",
+        "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
+        "--max-tokens", "1024", "--max-update", str(max_update), "--save-dir", save_dir,
+        "--cpu", "--seed", "1", "--log-format", "simple", "--log-interval", "5", "--num-workers", "0",
+        "--no-progress-bar", *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def quickstart_bin(tmp_path_factory) -> str:
+    """A tiny quickstart corpus, prepared; shared read-only by the tests."""
+    base = tmp_path_factory.mktemp("quickstart")
+    raw = make_corpus(str(base / "raw"))
+    return prepare(raw, str(base / "bin"))
