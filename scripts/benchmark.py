@@ -77,14 +77,26 @@ def common_args(bin_dir: str, args) -> List[str]:
     return out
 
 
+def plain_transformer_args(arch: str) -> List[str]:
+    """The sizes of a plugin architecture spelled out as plain ``--arch transformer`` flags."""
+    import fairseq_metabt  # noqa: F401  (registers the plugin architectures)
+    from fairseq.models import ARCH_CONFIG_REGISTRY
+
+    ns = argparse.Namespace()
+    ARCH_CONFIG_REGISTRY[arch](ns)
+    out = ["--arch", "transformer", "--dropout", str(ns.dropout)]
+    for side in ("encoder", "decoder"):
+        for key in ("embed_dim", "ffn_embed_dim", "attention_heads", "layers"):
+            out += [f"--{side}-{key.replace('_', '-')}", str(getattr(ns, f"{side}_{key}"))]
+    if ns.share_decoder_input_output_embed:
+        out.append("--share-decoder-input-output-embed")
+    return out
+
+
 def baseline_pair(bin_dir: str, args) -> Dict[str, List[str]]:
-    """The plugin's registered architecture vs. the same sizes spelled out on plain fairseq."""
+    """The plugin's registered architecture (via --user-dir) vs. the same model on plain fairseq."""
     common = common_args(bin_dir, args)
-    plain = ["--task", "translation", "--arch", "transformer", "--share-decoder-input-output-embed",
-             "--encoder-embed-dim", "256", "--decoder-embed-dim", "256",
-             "--encoder-ffn-embed-dim", "512", "--decoder-ffn-embed-dim", "512",
-             "--encoder-attention-heads", "4", "--decoder-attention-heads", "4",
-             "--encoder-layers", "3", "--decoder-layers", "3", "--dropout", "0.2"]
+    plain = ["--task", "translation"] + plain_transformer_args(args.arch)
     plugin = ["--user-dir", USER_DIR, "--task", "translation", "--arch", args.arch]
     return {"method": common + plugin, "baseline": common + plain}
 

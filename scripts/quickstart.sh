@@ -16,7 +16,7 @@ USER_DIR="$ROOT/fairseq_metabt"
 
 RUN="${QUICKSTART_DIR:-$ROOT/runs/quickstart}"
 SEED="${SEED:-1}"
-MAX_UPDATE="${MAX_UPDATE:-1200}"
+MAX_UPDATE="${MAX_UPDATE:-300}"
 MAX_TOKENS="${MAX_TOKENS:-4096}"
 RAW="$RUN/raw"; BIN="$RUN/bin"; RESULTS="$RUN/results"
 mkdir -p "$RUN" "$RESULTS"
@@ -33,7 +33,7 @@ if [ -f "$BIN/prepare.json" ]; then echo "reusing $BIN"; else
   "$PY" scripts/prepare_data.py "$RAW" "$BIN"; fi
 
 COMMON=("$BIN" --user-dir "$USER_DIR" -s lrl -t tgt --arch transformer_lowres_small
-        --optimizer adam --adam-betas '(0.9, 0.98)' --lr 1e-3 --lr-scheduler inverse_sqrt --warmup-updates 300
+        --optimizer adam --adam-betas '(0.9, 0.98)' --lr 1e-3 --lr-scheduler inverse_sqrt --warmup-updates 150
         --clip-norm 1.0 --criterion label_smoothed_cross_entropy --label-smoothing 0.1
         --max-tokens "$MAX_TOKENS" --max-update "$MAX_UPDATE" --seed "$SEED"
         --no-epoch-checkpoints --log-interval 50 --log-format simple --num-workers 0)

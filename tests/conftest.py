@@ -14,7 +14,7 @@ BIN_PATH = os.path.dirname(sys.executable)
 sys.path.insert(0, ROOT)
 
 # Sizes that keep every CLI test to seconds on 2 CPU cores.
-TINY_SIZES = "train=400,valid=40,test=40,mono=200"
+TINY_SIZES = "train=400,valid=40,test=40,mono_tgt=200,mono_lrl=200"
 
 
 def cli_env() -> dict:
