@@ -4,14 +4,20 @@
     python scripts/benchmark.py --method baseline [--updates 60] [--arch transformer_lowres_small]
 
 Both systems train with the real ``fairseq-train`` on the same prepared data
-(the synthetic ``quickstart`` corpus unless ``--bin-dir`` is given), the same
-model size and the same batches.  For each, the script prints updates/s,
+(a synthetic corpus of the method's preset unless ``--bin-dir`` is given), the
+same model size and the same batches.  For each, the script prints updates/s,
 words/s and peak resident memory, and last ``ratio=<method/baseline step
-time>``.  Methods register themselves in ``METHODS``; each method issue adds one.
+time>``.  ``baseline`` compares the plugin's architecture with the same model on
+plain fairseq.  Other methods live in ``scripts/benchmark_methods/NAME.py``,
+each defining ``METHOD = BenchmarkMethod(build, preset=...)`` where
+``build(bin_dir, args)`` returns ``{"method": argv, "baseline": argv}`` for
+fairseq-train (helpers here: ``common_args``, ``plain_transformer_args``,
+``USER_DIR``).
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -101,18 +107,37 @@ def baseline_pair(bin_dir: str, args) -> Dict[str, List[str]]:
     return {"method": common + plugin, "baseline": common + plain}
 
 
-# name -> function(bin_dir, args) returning {"method": argv, "baseline": argv}
-METHODS: Dict[str, Callable[[str, argparse.Namespace], Dict[str, List[str]]]] = {
-    "baseline": baseline_pair,
-}
+@dataclass
+class BenchmarkMethod:
+    """A benchmarked method: how to build both command lines, and the data it needs."""
+
+    build: Callable[[str, argparse.Namespace], Dict[str, List[str]]]
+    preset: str = "quickstart"
+    sizes: Optional[str] = None  # --sizes of the synthetic generator, None for the preset's defaults
+    source_lang: str = "lrl"
+    target_lang: str = "tgt"
 
 
-def ensure_data(work_dir: str, seed: int) -> str:
-    """Synthetic quickstart corpus, prepared once per work dir."""
-    raw, bin_dir = os.path.join(work_dir, "raw"), os.path.join(work_dir, "bin")
+def load_methods() -> Dict[str, BenchmarkMethod]:
+    """``baseline`` plus every ``scripts/benchmark_methods/NAME.py`` that defines ``METHOD``."""
+    methods = {"baseline": BenchmarkMethod(baseline_pair)}
+    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmark_methods")
+    for file in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if file.endswith(".py") and not file.startswith("_"):
+            spec = importlib.util.spec_from_file_location(f"benchmark_methods.{file[:-3]}", os.path.join(folder, file))
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            methods[file[:-3]] = module.METHOD
+    return methods
+
+
+def ensure_data(work_dir: str, seed: int, preset: str = "quickstart", sizes: Optional[str] = None) -> str:
+    """A synthetic corpus of ``preset``, prepared once per work dir."""
+    raw, bin_dir = os.path.join(work_dir, f"raw-{preset}"), os.path.join(work_dir, f"bin-{preset}")
     if not os.path.exists(os.path.join(raw, "manifest.json")):
-        subprocess.run([sys.executable, "-m", "fairseq_metabt.synthetic", "--preset", "quickstart",
-                        "--out", raw, "--seed", str(seed)], check=True, cwd=ROOT)
+        subprocess.run([sys.executable, "-m", "fairseq_metabt.synthetic", "--preset", preset,
+                        "--out", raw, "--seed", str(seed)] + (["--sizes", sizes] if sizes else []),
+                       check=True, cwd=ROOT)
     if not os.path.exists(os.path.join(bin_dir, "prepare.json")):
         subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "prepare_data.py"), raw, bin_dir],
                        check=True, cwd=ROOT)
@@ -120,12 +145,13 @@ def ensure_data(work_dir: str, seed: int) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    methods = load_methods()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--method", required=True, choices=sorted(METHODS))
+    p.add_argument("--method", required=True, choices=sorted(methods))
     p.add_argument("--bin-dir", help="prepared data (default: synthetic quickstart corpus in --work-dir)")
     p.add_argument("--work-dir", help="where data and logs go (default: a temporary directory)")
-    p.add_argument("-s", "--source-lang", default="lrl")
-    p.add_argument("-t", "--target-lang", default="tgt")
+    p.add_argument("-s", "--source-lang", help="default: the method's")
+    p.add_argument("-t", "--target-lang", help="default: the method's")
     p.add_argument("--arch", default="transformer_lowres_small")
     p.add_argument("--updates", type=int, default=60, help="updates per system")
     p.add_argument("--log-interval", type=int, default=10)
@@ -137,8 +163,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="benchmark_")
     os.makedirs(work_dir, exist_ok=True)
-    bin_dir = args.bin_dir or ensure_data(work_dir, args.seed)
-    runs = METHODS[args.method](bin_dir, args)
+    method = methods[args.method]
+    args.source_lang = args.source_lang or method.source_lang
+    args.target_lang = args.target_lang or method.target_lang
+    bin_dir = args.bin_dir or ensure_data(work_dir, args.seed, method.preset, method.sizes)
+    runs = method.build(bin_dir, args)
     started = time.time()
     results = {}
     for role in ("baseline", "method"):  # baseline first: it also warms the file cache

@@ -93,6 +93,9 @@ def evaluate(
         "--source-lang", src, "--target-lang", tgt, "--gen-subset", subset,
         "--beam", str(beam), "--batch-size", str(batch_size), "--post-process", "sentencepiece",
         "--seed", "1",
+        # fairseq drops a last batch whose size is not a multiple of this (fairseq issue #5036):
+        # every test sentence must be translated.
+        "--required-batch-size-multiple", "1",
     ] + ([] if _cuda() else ["--cpu"]) + list(extra or [])
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if output:
