@@ -1,0 +1,86 @@
+"""Generate from a (sub-)model inside a training step with fairseq's SequenceGenerator.
+
+Used by meta back-translation (the backward model samples pseudo-sources) and
+wake-sleep (back-translations and dreamt pairs).  The model is switched to
+eval mode and generation runs under ``no_grad``; the previous mode is restored
+afterwards, so dropout in the surrounding training step is unaffected.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Dict, List
+
+import torch
+from fairseq import search
+from fairseq.sequence_generator import SequenceGenerator
+
+GENERATION_MODES = ("sample", "greedy", "beam")
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How to decode: ``sample`` (temperature / top-k / top-p), ``greedy`` or ``beam``."""
+
+    mode: str = "sample"
+    beam: int = 5
+    temperature: float = 1.0
+    sampling_topk: int = -1
+    sampling_topp: float = -1.0
+    max_len_a: float = 1.2
+    max_len_b: int = 10
+
+    def __post_init__(self):
+        if self.mode not in GENERATION_MODES:
+            raise ValueError(f"generation mode {self.mode!r} unknown: choose one of {GENERATION_MODES}")
+        if self.temperature <= 0:
+            raise ValueError(f"generation temperature must be > 0, got {self.temperature}")
+        if self.mode == "beam" and self.beam < 1:
+            raise ValueError(f"beam size must be >= 1, got {self.beam}")
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Eval mode inside the block, the previous mode restored after it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+class InStepGenerator:
+    """A cached SequenceGenerator for one model and one set of settings."""
+
+    def __init__(self, model: torch.nn.Module, tgt_dict, settings: GenerationSettings):
+        self.model = model
+        self.settings = settings
+        s = settings
+        strategy = search.Sampling(tgt_dict, s.sampling_topk, s.sampling_topp) if s.mode == "sample" else None
+        self.generator = SequenceGenerator(
+            [model], tgt_dict,
+            beam_size=s.beam if s.mode == "beam" else 1,
+            max_len_a=s.max_len_a, max_len_b=s.max_len_b,
+            temperature=s.temperature if s.mode == "sample" else 1.0,
+            search_strategy=strategy,
+        )
+
+    def __call__(self, net_input: Dict[str, torch.Tensor]) -> List[torch.Tensor]:
+        """One output per input row (EOS-terminated token tensors, best hypothesis).
+
+        Sampling draws from torch's global RNG, which fairseq's trainer reseeds
+        every update, so a resumed run samples the same pseudo data."""
+        sample = {"net_input": {"src_tokens": net_input["src_tokens"], "src_lengths": net_input["src_lengths"]}}
+        with eval_mode(self.model), torch.no_grad():
+            hypos = self.generator.generate([self.model], sample)
+        return [h[0]["tokens"] for h in hypos]
+
+
+def sequence_log_probs(model: torch.nn.Module, batch: Dict, pad: int) -> torch.Tensor:
+    """``log P(target | source)`` summed over the target tokens of each row (shape ``(bsz,)``)."""
+    net_output = model(**batch["net_input"])
+    lprobs = model.get_normalized_probs(net_output, log_probs=True)
+    target = batch["target"]
+    token_lp = lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    return token_lp.masked_fill(target.eq(pad), 0.0).sum(-1)

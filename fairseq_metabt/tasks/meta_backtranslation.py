@@ -1,0 +1,582 @@
+"""Meta back-translation (Pham, Wang, Yang, Neubig; ICLR 2021).
+
+One fairseq update ``t`` of task ``meta_backtranslation``
+(``docs/methods/metabt.md``; the steps of ``shared/papers/metabt_notes.md``):
+
+1. ``train_step``: the backward model P(x|y; psi) samples pseudo-sources
+   ``x_hat`` for a batch of target monolingual text ``y'`` (step 1); the forward
+   model P(y|x; theta) backpropagates its loss on the real bitext batch and on
+   the pseudo pairs, and ``g = grad_theta l(x_hat, y'; theta_{t-1})`` is kept
+   (its share of the accumulated gradient); the backward model backpropagates
+   its MLE loss on the reversed bitext into psi's own gradient buffers.
+2. fairseq all-reduces, scales and clips theta's gradient; then
+   ``optimizer_step`` updates theta to theta_t (Eq. 10/18, step 2),
+3. computes the dev gradient ``d = grad_theta J_dev(theta_t)`` at the
+   *updated* forward model (Eq. 13, step 3),
+4. the reward ``r = d . g`` or ``cos(d, g)`` (Eq. 17, step 4; per sentence by
+   the Taylor trick of DDS Eq. 7 or by double backward), optionally with ``g``
+   preconditioned by Adam's second moments (Eq. 18),
+5. and updates psi with ``-(r - b) grad log P(x_hat | y'; psi_{t-1})`` plus the
+   MLE gradient, using the backward model's own optimizer, and the
+   moving-average baseline ``b`` (step 5).
+
+Everything happens inside one fairseq update, so the reward is computed at the
+updated theta_t, never before it and with no delay; psi is not touched by
+fairseq's optimizer (its parameters are excluded from it), so the
+log-probabilities kept from step 1 are still those of psi_{t-1}.
+"""
+# no "from __future__ import annotations": fairseq reads the config dataclass field types at runtime
+import contextlib
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from fairseq import metrics, utils
+from fairseq.data import LanguagePairDataset, RoundRobinZipDatasets, data_utils
+from fairseq.dataclass import ChoiceEnum
+from fairseq.distributed import utils as distributed_utils
+from fairseq.tasks import register_task
+from fairseq.tasks.translation import TranslationConfig, TranslationTask, load_langpair_dataset
+from omegaconf import II
+
+from fairseq_metabt.data.batches import pair_batch, reversed_batch, strip_padding
+from fairseq_metabt.models.dual_transformer import DualTransformerModel
+from fairseq_metabt.modules import gradients as G
+from fairseq_metabt.modules.generation import GenerationSettings, InStepGenerator, eval_mode, sequence_log_probs
+from fairseq_metabt.modules.reinforce import MovingAverageBaseline, policy_gradient_loss
+
+logger = logging.getLogger(__name__)
+
+GENERATION_CHOICES = ChoiceEnum(["sample", "greedy", "beam"])
+REWARD_CHOICES = ChoiceEnum(["cosine", "dot"])
+GRANULARITY_CHOICES = ChoiceEnum(["batch", "sentence"])
+SENTENCE_METHOD_CHOICES = ChoiceEnum(["taylor", "double_backward"])
+
+
+@dataclass
+class MetaBacktranslationConfig(TranslationConfig):
+    seed: int = II("common.seed")
+    mono_data: Optional[str] = field(
+        default=None,
+        metadata={"help": "prefix of the binarised target monolingual data (default: DATA/mono.TGT, "
+                          "as written by scripts/prepare_data.py)"},
+    )
+    meta_dev_subset: str = field(
+        default="valid", metadata={"help": "split whose gradient drives the meta reward (D_dev)"}
+    )
+    meta_dev_max_tokens: int = field(
+        default=2048, metadata={"help": "tokens per dev batch for the dev gradient d"}
+    )
+    pseudo_weight: float = field(
+        default=1.0, metadata={"help": "weight of the pseudo-pair loss next to the bitext loss in the forward update"}
+    )
+    bt_generation: GENERATION_CHOICES = field(
+        default="sample", metadata={"help": "how the backward model produces pseudo-sources"}
+    )
+    bt_beam: int = field(default=5, metadata={"help": "beam size for --bt-generation beam"})
+    bt_temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    bt_sampling_topk: int = field(default=-1, metadata={"help": "sample from the k most likely tokens (-1: all)"})
+    bt_sampling_topp: float = field(default=-1.0, metadata={"help": "nucleus sampling mass (-1: off)"})
+    bt_max_len_a: float = field(default=1.2, metadata={"help": "pseudo-source length limit a*len(y')+b: a"})
+    bt_max_len_b: int = field(default=10, metadata={"help": "pseudo-source length limit a*len(y')+b: b"})
+    meta_update_backward: bool = field(
+        default=True,
+        metadata={"help": "update the backward model (MetaBT); false keeps it fixed, which is online "
+                          "back-translation with the same models and sampling"},
+    )
+    meta_reward: REWARD_CHOICES = field(
+        default="cosine", metadata={"help": "reward: cosine or dot product of dev and pseudo-pair gradients"}
+    )
+    meta_reward_granularity: GRANULARITY_CHOICES = field(
+        default="batch", metadata={"help": "one reward per batch, or one per sentence"}
+    )
+    meta_sentence_method: SENTENCE_METHOD_CHOICES = field(
+        default="taylor",
+        metadata={"help": "per-sentence rewards: first-order Taylor trick (2 forwards, DDS Eq. 7) or exact "
+                          "double backward"},
+    )
+    meta_taylor_eps: float = field(
+        default=1e-2, metadata={"help": "step length of the Taylor trick along d (divided by ||d||)"}
+    )
+    meta_reward_precondition: bool = field(
+        default=False,
+        metadata={"help": "optimizer-aware reward: scale by Adam's second moments (Eq. 18)"},
+    )
+    meta_baseline_decay: float = field(
+        default=0.9, metadata={"help": "moving-average baseline b <- decay*b + (1-decay)*r"}
+    )
+    meta_weight: float = field(default=1.0, metadata={"help": "weight of the REINFORCE term for the backward model"})
+    backward_mle_weight: float = field(
+        default=1.0, metadata={"help": "weight of the backward model's MLE loss on the reversed bitext"}
+    )
+    backward_lr: float = field(default=1e-4, metadata={"help": "learning rate of the backward model (Adam)"})
+    backward_adam_betas: str = field(default="(0.9, 0.98)", metadata={"help": "Adam betas of the backward model"})
+    backward_clip_norm: float = field(
+        default=1.0, metadata={"help": "clip the backward model's gradient norm (0: off)"}
+    )
+    forward_init: Optional[str] = field(
+        default=None, metadata={"help": "initialise the forward model from this transformer checkpoint"}
+    )
+    backward_init: Optional[str] = field(
+        default=None,
+        metadata={"help": "initialise the backward model from this transformer checkpoint (target->source; "
+                          "the paper pre-trains it to convergence)"},
+    )
+
+
+@register_task("meta_backtranslation", dataclass=MetaBacktranslationConfig)
+class MetaBacktranslationTask(TranslationTask):
+    """Forward and backward Transformers trained together by meta back-translation."""
+
+    cfg: MetaBacktranslationConfig
+
+    def __init__(self, cfg: MetaBacktranslationConfig, src_dict, tgt_dict):
+        super().__init__(cfg, src_dict, tgt_dict)
+        self._check_config(cfg)
+        self.baseline = MovingAverageBaseline(cfg.meta_baseline_decay)
+        self.backward_optimizer: Optional[torch.optim.Optimizer] = None
+        self._generator: Optional[InStepGenerator] = None
+        self._pending: List[Dict] = []  # per micro-batch: pseudo batch, g share, log-probs
+        self._dev_batches: Optional[List[np.ndarray]] = None
+        self.meta_steps = 0
+
+    @staticmethod
+    def _check_config(cfg: MetaBacktranslationConfig) -> None:
+        GenerationSettings(cfg.bt_generation, cfg.bt_beam, cfg.bt_temperature)  # validates
+        if not 0.0 <= cfg.meta_baseline_decay < 1.0:
+            raise ValueError(f"--meta-baseline-decay must be in [0, 1), got {cfg.meta_baseline_decay}")
+        for name in ("pseudo_weight", "meta_weight", "backward_mle_weight", "backward_lr", "backward_clip_norm"):
+            if getattr(cfg, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+        if cfg.meta_taylor_eps <= 0:
+            raise ValueError(f"--meta-taylor-eps must be > 0, got {cfg.meta_taylor_eps}")
+        if cfg.meta_dev_max_tokens < 1:
+            raise ValueError(f"--meta-dev-max-tokens must be >= 1, got {cfg.meta_dev_max_tokens}")
+
+    # ---- data -----------------------------------------------------------------------------
+    def _mono_prefix(self) -> str:
+        return self.cfg.mono_data or os.path.join(utils.split_paths(self.cfg.data)[0], f"mono.{self.cfg.target_lang}")
+
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        super().load_dataset(split, epoch, combine, **kwargs)
+        if split != self.cfg.train_subset:
+            return
+        prefix = self._mono_prefix()
+        mono = data_utils.load_indexed_dataset(prefix, self.tgt_dict, self.cfg.dataset_impl)
+        if mono is None:
+            raise FileNotFoundError(
+                f"meta_backtranslation needs target monolingual data, but {prefix}.bin/.idx does not exist. "
+                f"Put mono.{self.cfg.target_lang} in the raw directory and run scripts/prepare_data.py, "
+                "or point --mono-data at a binarised prefix."
+            )
+        if len(mono) == 0:
+            raise ValueError(f"the monolingual data {prefix} is empty; add sentences to mono.{self.cfg.target_lang}")
+        mono_pairs = LanguagePairDataset(mono, mono.sizes, self.tgt_dict, left_pad_source=self.cfg.left_pad_source)
+        self.datasets[split] = RoundRobinZipDatasets({"bitext": self.datasets[split], "mono": mono_pairs})
+
+    def _load_dev_batches(self) -> List[np.ndarray]:
+        split = self.cfg.meta_dev_subset
+        data_path = utils.split_paths(self.cfg.data)[0]
+        src, tgt = self.cfg.source_lang, self.cfg.target_lang
+        prefix = os.path.join(data_path, f"{split}.{src}-{tgt}.{src}")
+        if not os.path.exists(prefix + ".idx"):
+            raise FileNotFoundError(
+                f"--meta-dev-subset {split}: {prefix}.bin/.idx not found. The meta reward needs a dev set "
+                f"of {src}-{tgt}; prepare one (valid.{src}-{tgt}.*) or choose another split."
+            )
+        ds = load_langpair_dataset(
+            data_path, split, src, self.src_dict, tgt, self.tgt_dict, combine=False,
+            dataset_impl=self.cfg.dataset_impl, upsample_primary=1,
+            left_pad_source=self.cfg.left_pad_source, left_pad_target=self.cfg.left_pad_target,
+            max_source_positions=self.cfg.max_source_positions, max_target_positions=self.cfg.max_target_positions,
+            shuffle=False,
+        )
+        self._dev_dataset = ds
+        batches = data_utils.batch_by_size(ds.ordered_indices(), ds.num_tokens,
+                                           max_tokens=self.cfg.meta_dev_max_tokens)
+        if not batches:
+            raise ValueError(f"--meta-dev-subset {split} has no usable examples")
+        return batches
+
+    def dev_batch(self, update_num: int) -> Dict:
+        """The dev batch of this update and rank: a function of (seed, update, rank) only, so a
+        resumed run sees the same dev batches without extra checkpoint state."""
+        if self._dev_batches is None:
+            self._dev_batches = self._load_dev_batches()
+        rank = distributed_utils.get_data_parallel_rank() if distributed_utils.get_data_parallel_world_size() > 1 else 0
+        rng = np.random.RandomState((self.cfg.seed * 7919 + update_num * 131 + rank) % 2**32)
+        idx = self._dev_batches[rng.randint(len(self._dev_batches))]
+        return self._dev_dataset.collater([self._dev_dataset[i] for i in idx])
+
+    # ---- model ----------------------------------------------------------------------------
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint)
+        if not isinstance(model, DualTransformerModel):
+            raise ValueError(
+                "meta_backtranslation needs a forward and a backward model: use --arch dual_transformer_tiny, "
+                f"dual_transformer_small or dual_transformer_base (got {type(model).__name__})"
+            )
+        from fairseq import checkpoint_utils
+
+        for direction, path in (("forward", self.cfg.forward_init), ("backward", self.cfg.backward_init)):
+            if path and not from_checkpoint:
+                if not os.path.exists(path):
+                    raise FileNotFoundError(f"--{direction}-init {path} does not exist")
+                state = checkpoint_utils.load_checkpoint_to_cpu(path)["model"]
+                model.load_direction_state_dict(direction, state)
+                logger.info("initialised the %s model from %s", direction, path)
+        # psi is trained by this task's own optimizer, never by fairseq's: keeping its parameters
+        # out of requires_grad excludes them from fairseq's optimizer, gradient clipping and all-reduce.
+        psi = list(model.backward_model.parameters())
+        for p in psi:
+            p.requires_grad_(False)
+        betas = tuple(float(b) for b in self.cfg.backward_adam_betas.strip("()").split(","))
+        self.backward_optimizer = torch.optim.Adam(psi, lr=self.cfg.backward_lr, betas=betas)
+        self._generator = None
+        return model
+
+    @contextlib.contextmanager
+    def _psi_trainable(self, dual: DualTransformerModel):
+        params = list(dual.backward_model.parameters())
+        for p in params:
+            p.requires_grad_(True)
+        try:
+            yield params
+        finally:
+            for p in params:
+                p.requires_grad_(False)
+
+    def _sampler(self, dual: DualTransformerModel) -> InStepGenerator:
+        if self._generator is None or self._generator.model is not dual.backward_model:
+            c = self.cfg
+            settings = GenerationSettings(c.bt_generation, c.bt_beam, c.bt_temperature, c.bt_sampling_topk,
+                                          c.bt_sampling_topp, c.bt_max_len_a, c.bt_max_len_b)
+            self._generator = InStepGenerator(dual.backward_model, self.src_dict, settings)
+        return self._generator
+
+    @staticmethod
+    def _theta(dual: DualTransformerModel) -> List[torch.Tensor]:
+        return [p for p in dual.parameters() if p.requires_grad]
+
+    # ---- step 1: sampling, forward losses, backward MLE -------------------------------------
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        dual = model.module if hasattr(model, "module") else model
+        model.train()
+        model.set_num_updates(update_num)
+        if len(self._pending) and update_num != self._pending[0]["update"]:
+            self._pending.clear()  # a skipped update (e.g. OOM) must not leak into the next one
+        bitext, mono = sample["bitext"], sample["mono"]
+        pad, eos = self.src_dict.pad(), self.src_dict.eos()
+        log: Dict[str, float] = {}
+
+        # Step 1: pseudo-sources x_hat ~ P(x | y'; psi_{t-1})
+        y_rows = strip_padding(mono["net_input"]["src_tokens"], pad)
+        x_hat = self._sampler(dual)(mono["net_input"])
+        keep = [i for i, x in enumerate(x_hat) if x.numel() > 1]  # [eos] alone is an empty pseudo-source
+        log["pseudo_empty"] = len(x_hat) - len(keep)
+        log["pseudo_count"] = len(keep)
+        log["pseudo_len_sum"] = float(sum(x_hat[i].numel() - 1 for i in keep))
+
+        theta = self._theta(dual)
+        loss_b, sample_size, logging_output = criterion(model, bitext)
+        total_loss = loss_b
+        log["bitext_loss"], log["bitext_ntokens"] = float(loss_b.detach()), float(bitext["ntokens"])
+        pending = {"update": update_num, "pseudo": None}
+        if keep and not ignore_grad:
+            pseudo = pair_batch([x_hat[i] for i in keep], [y_rows[i] for i in keep], pad, eos, ids=keep)
+            pseudo = utils.move_to_cuda(pseudo) if bitext["target"].is_cuda else pseudo
+            net_output = model(**pseudo["net_input"])
+            per_tok, nll_tok = criterion.compute_loss(dual, net_output, pseudo, reduce=False)
+            loss_p = per_tok.sum()
+            log["pseudo_nll"] = float(nll_tok.detach().sum())
+            # g is this micro-batch's share of the accumulated gradient (before the update)
+            before = G.flat_grad(theta)
+            optimizer.backward(loss_p * self.cfg.pseudo_weight)
+            g = (G.flat_grad(theta) - before) / (self.cfg.pseudo_weight or 1.0) / _loss_scale(optimizer)
+            pending.update(pseudo=pseudo, g=g, ntokens=float(pseudo["ntokens"]))
+            log["pseudo_loss"], log["pseudo_ntokens"] = float(loss_p.detach()), float(pseudo["ntokens"])
+            total_loss = total_loss + self.cfg.pseudo_weight * loss_p.detach()
+            sample_size = sample_size + pseudo["ntokens"]
+            if self.cfg.meta_update_backward:
+                # log P(x_hat | y'; psi_{t-1}) in the mode that sampled it; kept for step 5
+                back = pair_batch([y_rows[i] for i in keep], [x_hat[i] for i in keep], pad, eos, ids=keep)
+                back = utils.move_to_cuda(back) if bitext["target"].is_cuda else back
+                with self._psi_trainable(dual), eval_mode(dual.backward_model):
+                    logp = sequence_log_probs(dual.backward_model, back, pad)
+                order = {int(i): k for k, i in enumerate(back["id"].tolist())}
+                pending["logp"] = logp[[order[int(i)] for i in pseudo["id"].tolist()]]
+
+        if ignore_grad:
+            loss_b = loss_b * 0
+        optimizer.backward(loss_b)
+
+        # the backward model's MLE on the reversed bitext, into psi's own gradient buffers
+        if self.cfg.meta_update_backward and not ignore_grad and self.cfg.backward_mle_weight > 0:
+            rev = reversed_batch(bitext, pad, eos)
+            rev = utils.move_to_cuda(rev) if bitext["target"].is_cuda else rev
+            with self._psi_trainable(dual):
+                mle, _, _ = criterion(dual.backward_model, rev)
+                (mle * (self.cfg.backward_mle_weight / max(float(rev["ntokens"]), 1.0))).backward()
+            log["bwd_mle_loss"], log["bwd_ntokens"] = float(mle.detach()), float(rev["ntokens"])
+        self._pending.append(pending)
+
+        logging_output = dict(logging_output)
+        logging_output["loss"] = float(total_loss.detach())
+        if "nll_loss" in logging_output:
+            logging_output["nll_loss"] = float(logging_output["nll_loss"]) + log.get("pseudo_nll", 0.0)
+        logging_output["ntokens"] = bitext["ntokens"] + log.get("pseudo_ntokens", 0)
+        logging_output["nsentences"] = bitext["nsentences"] + log["pseudo_count"]
+        logging_output["sample_size"] = sample_size
+        for k, v in log.items():
+            logging_output["mbt_" + k] = v
+        return total_loss, sample_size, logging_output
+
+    # ---- steps 2-5: update theta, dev gradient, reward, update psi ----------------------------
+    def optimizer_step(self, optimizer, model, update_num):
+        dual = model.module if hasattr(model, "module") else model
+        pending = [p for p in self._pending if p["pseudo"] is not None]
+        self._pending = []
+        theta = self._theta(dual)
+        if not self.cfg.meta_update_backward:
+            optimizer.step()
+            return
+        if isinstance(optimizer, _HALF_OPTIMIZERS):
+            raise ValueError("meta_backtranslation updates the backward model in fp32: use --amp instead of "
+                             "--fp16/--bf16, or --meta-update-backward false")
+
+        # g over all micro-batches and workers, normalised per pseudo token
+        ntok = torch.tensor([sum(p["ntokens"] for p in pending)], dtype=torch.float64)
+        g = sum(p["g"] for p in pending) if pending else torch.zeros(sum(t.numel() for t in theta))
+        g = g.to(theta[0].device)
+        G.all_reduce_mean_(g)
+        G.all_reduce_mean_(ntok)
+        have_pseudo = float(ntok) > 0
+        if have_pseudo:
+            g.div_(float(ntok))
+        sentence = self.cfg.meta_reward_granularity == "sentence"
+        theta_prev = [p.detach().clone() for p in theta] if sentence and pending else None
+
+        # Step 2: theta_{t-1} -> theta_t (fairseq's optimizer; psi is not among its parameters)
+        optimizer.step()
+
+        # Step 3: d = grad_theta J_dev(theta_t), at the updated forward model
+        d = self._dev_gradient(dual, theta, update_num)
+        G.all_reduce_mean_(d)
+        if self.cfg.meta_reward_precondition:
+            d = d * _adam_preconditioner(optimizer, theta)
+
+        # Step 4: rewards
+        rewards, ok = self._rewards(dual, theta, theta_prev, pending, g, d, have_pseudo)
+        n_local = sum(len(p["logp"]) for p in pending)
+        stats = torch.tensor([float(rewards.sum()) if ok else 0.0, float((rewards ** 2).sum()) if ok else 0.0,
+                              float(n_local if ok else 0), 0.0 if ok else 1.0], dtype=torch.float64)
+        G.all_reduce_mean_(stats)
+        skipped = stats[3] > 0  # any worker without a usable reward: all skip the meta term alike
+        mean_r = float(stats[0] / stats[2]) if stats[2] > 0 else float("nan")
+
+        # Step 5: psi <- psi - lr * [-(r - b) grad log P(x_hat|y'; psi) + MLE gradient]
+        psi = list(dual.backward_model.parameters())
+        meta_loss = 0.0
+        if not skipped and pending:
+            advantages = self.baseline.advantage(rewards) if sentence else self.baseline.advantage(
+                torch.tensor(mean_r))
+            with self._psi_trainable(dual):
+                offset = 0
+                loss = 0.0
+                for p in pending:
+                    n = len(p["logp"])
+                    a = advantages[offset:offset + n] if sentence else advantages.expand(n)
+                    offset += n
+                    loss = loss + policy_gradient_loss(p["logp"], a.to(p["logp"].device))
+                # mean over this worker's sentences; _step_backward averages over workers
+                loss = loss * (self.cfg.meta_weight / max(n_local, 1))
+                loss.backward()
+                meta_loss = float(loss.detach())
+        metrics.log_scalar("reward_skipped", float(skipped), weight=1, round=3)
+        if not skipped:
+            self.baseline.update(mean_r)
+        else:
+            logger.warning("update %d: no usable meta reward (empty pseudo batch, zero-norm or non-finite "
+                           "gradient); the backward model gets only its MLE gradient", update_num)
+        self._step_backward(psi)
+        self.meta_steps += 1
+
+        if not skipped:
+            var = max(float(stats[1] / stats[2]) - mean_r ** 2, 0.0) if stats[2] > 0 else 0.0
+            metrics.log_scalar("reward", mean_r, weight=1, round=4)
+            if sentence:
+                metrics.log_scalar("reward_std", math.sqrt(var), weight=1, round=4)
+            metrics.log_scalar("meta_loss", meta_loss, weight=1, round=4)
+        metrics.log_scalar("baseline", self.baseline.value, weight=1, round=4)
+        if have_pseudo:
+            cos, cos_ok = G.similarity(d, g, "cosine")
+            if cos_ok:
+                metrics.log_scalar("similarity", float(cos), weight=1, round=4)
+        self._check_replicas(theta, psi)
+
+    @staticmethod
+    def _check_replicas(theta: List[torch.Tensor], psi: List[torch.Tensor]) -> None:
+        """With several workers, both models must stay identical on every rank: compare checksums."""
+        if distributed_utils.get_data_parallel_world_size() <= 1:
+            return
+        sums = torch.tensor([float(sum(p.detach().double().sum() for p in theta)),
+                             float(sum(p.detach().double().sum() for p in psi))], dtype=torch.float64)
+        hi, lo = sums.clone(), -sums.clone()
+        torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+        torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MAX)
+        diff = float((hi + lo).max())
+        metrics.log_scalar("replica_diff", diff, weight=1, round=6)
+        if diff > 1e-3 * (1.0 + float(sums.abs().max())):
+            raise RuntimeError(f"forward/backward model replicas diverged across workers (checksum spread {diff}); "
+                               "use --ddp-backend legacy_ddp")
+
+    def _dev_gradient(self, dual: DualTransformerModel, theta: List[torch.Tensor], update_num: int) -> torch.Tensor:
+        """grad_theta of the mean per-token dev loss (NLL, eval mode: J_dev without dropout noise)."""
+        batch = self.dev_batch(update_num)
+        if theta[0].is_cuda:
+            batch = utils.move_to_cuda(batch)
+        with eval_mode(dual):
+            nll = -sequence_log_probs(dual, batch, self.tgt_dict.pad()).sum() / max(float(batch["ntokens"]), 1.0)
+            grads = torch.autograd.grad(nll, theta, allow_unused=True)
+        return G.flatten(grads, theta)
+
+    def _rewards(self, dual, theta, theta_prev, pending, g, d, have_pseudo):
+        """Per pending sentence (sentence granularity) or one scalar (batch); flag False = unusable."""
+        if not pending or not have_pseudo:
+            return torch.zeros(0), False
+        kind = self.cfg.meta_reward
+        if self.cfg.meta_reward_granularity == "batch":
+            r, ok = G.similarity(d, g, kind)
+            n = sum(len(p["logp"]) for p in pending)
+            return r.detach().cpu().expand(n).clone(), ok
+        # per sentence: g_i . d at theta_{t-1} (the parameters the pseudo pairs' gradients were taken at)
+        dots = []
+        saved = [p.detach().clone() for p in theta]
+        with torch.no_grad():
+            for p, old in zip(theta, theta_prev):
+                p.copy_(old)
+        try:
+            for p in pending:
+                batch = p["pseudo"]
+                if self.cfg.meta_sentence_method == "taylor":
+                    def loss_fn():
+                        with eval_mode(dual):
+                            return -sequence_log_probs(dual, batch, self.tgt_dict.pad()) / float(p["ntokens"])
+                    dots.append(G.per_example_dot_taylor(loss_fn, theta, d, self.cfg.meta_taylor_eps))
+                else:
+                    def loss_fn():
+                        with eval_mode(dual):
+                            return -sequence_log_probs(dual, batch, self.tgt_dict.pad()) / float(p["ntokens"])
+                    dots.append(G.per_example_dot_double_backward(loss_fn, theta, d))
+        except ValueError as e:  # zero or non-finite d
+            logger.warning("per-sentence reward skipped: %s", e)
+            return torch.zeros(0), False
+        finally:
+            with torch.no_grad():
+                for p, new in zip(theta, saved):
+                    p.copy_(new)
+        r = torch.cat(dots).cpu()
+        if kind == "cosine":  # scale-free like the batch cosine: divide by ||d|| ||g||
+            norm = float(d.norm() * g.norm())
+            if not math.isfinite(norm) or norm == 0.0:
+                return r, False
+            r = r / norm
+        return r, bool(torch.isfinite(r).all())
+
+    def _step_backward(self, psi: List[torch.Tensor]) -> None:
+        """All-reduce psi's gradient, clip it, take the backward model's optimizer step, clear it."""
+        grads = G.flat_grad(psi)
+        G.all_reduce_mean_(grads)
+        if not torch.isfinite(grads).all():
+            logger.warning("non-finite backward-model gradient: skipping its update")
+            metrics.log_scalar("bwd_nonfinite", 1.0, weight=1, round=3)
+        else:
+            for p, gr in zip(psi, G.unflatten_like(grads, psi)):
+                p.grad = gr.clone()
+            if self.cfg.backward_clip_norm > 0:
+                norm = torch.nn.utils.clip_grad_norm_(psi, self.cfg.backward_clip_norm)
+                metrics.log_scalar("bwd_gnorm", float(norm), weight=1, round=3)
+            self.backward_optimizer.step()
+        for p in psi:
+            p.grad = None
+
+    # ---- state -----------------------------------------------------------------------------
+    def get_checkpoint_dict(self) -> Dict:
+        return {self.__class__.__name__: {
+            "backward_optimizer": self.backward_optimizer.state_dict() if self.backward_optimizer else None,
+            "baseline": self.baseline.state_dict(),
+            "meta_steps": self.meta_steps,
+        }}
+
+    def set_checkpoint_dict(self, state: Dict) -> None:
+        if state.get("backward_optimizer") is not None and self.backward_optimizer is not None:
+            self.backward_optimizer.load_state_dict(state["backward_optimizer"])
+        self.baseline.load_state_dict(state["baseline"])
+        self.meta_steps = int(state.get("meta_steps", 0))
+
+    # ---- metrics ---------------------------------------------------------------------------
+    def reduce_metrics(self, logging_outputs, criterion):
+        super().reduce_metrics(logging_outputs, criterion)
+
+        def total(key):
+            return sum(float(log.get(key, 0)) for log in logging_outputs)
+
+        ln2 = math.log(2)
+        if total("mbt_bitext_ntokens") > 0:
+            metrics.log_scalar("fwd_bitext_loss", total("mbt_bitext_loss") / total("mbt_bitext_ntokens") / ln2,
+                               total("mbt_bitext_ntokens"), round=3)
+        if total("mbt_pseudo_ntokens") > 0:
+            metrics.log_scalar("fwd_pseudo_loss", total("mbt_pseudo_loss") / total("mbt_pseudo_ntokens") / ln2,
+                               total("mbt_pseudo_ntokens"), round=3)
+        if total("mbt_bwd_ntokens") > 0:
+            metrics.log_scalar("bwd_mle_loss", total("mbt_bwd_mle_loss") / total("mbt_bwd_ntokens") / ln2,
+                               total("mbt_bwd_ntokens"), round=3)
+        if total("mbt_pseudo_count") > 0:
+            metrics.log_scalar("pseudo_len", total("mbt_pseudo_len_sum") / total("mbt_pseudo_count"),
+                               total("mbt_pseudo_count"), round=2)
+        if any("mbt_pseudo_empty" in log for log in logging_outputs):
+            metrics.log_scalar("pseudo_empty", total("mbt_pseudo_empty"), 1, round=1)
+
+
+def _loss_scale(optimizer) -> float:
+    """The loss scale fairseq's fp16/AMP optimizers multiply gradients by (1 in fp32)."""
+    scaler = getattr(optimizer, "scaler", None)
+    if scaler is not None and hasattr(scaler, "loss_scale"):
+        return float(scaler.loss_scale)
+    grad_scaler = getattr(optimizer, "_grad_scaler", None)
+    if grad_scaler is not None:
+        return float(grad_scaler.get_scale())
+    return 1.0
+
+
+def _adam_preconditioner(optimizer, theta: List[torch.Tensor]) -> torch.Tensor:
+    """1 / (sqrt(v_hat) + eps) from Adam's second moments: the diagonal h of Eq. 18.
+
+    With h(g) = g / (sqrt(v_hat) + eps), d . h(g) = (d * h) . g, so scaling d covers
+    both the batch and the per-sentence reward."""
+    torch_opt = optimizer.optimizer
+    parts = []
+    for p in theta:
+        state = torch_opt.state.get(p, {})
+        if "exp_avg_sq" not in state:
+            raise ValueError("--meta-reward-precondition needs Adam's second moments on the model parameters "
+                             "(--optimizer adam, fp32 or --amp); they were not found")
+        group = next(gr for gr in torch_opt.param_groups if any(q is p for q in gr["params"]))
+        beta2, eps = group["betas"][1], group["eps"]
+        step = float(state["step"])
+        v_hat = state["exp_avg_sq"].float() / (1.0 - beta2 ** step)
+        parts.append((1.0 / (v_hat.sqrt() + eps)).reshape(-1))
+    return torch.cat(parts)
+
+
+def _half_optimizer_types():
+    from fairseq.optim import FP16Optimizer, MemoryEfficientFP16Optimizer
+
+    return FP16Optimizer, MemoryEfficientFP16Optimizer
+
+
+_HALF_OPTIMIZERS = _half_optimizer_types()
