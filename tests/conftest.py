@@ -8,6 +8,8 @@ from typing import List, Optional
 
 import pytest
 
+import fairseq_metabt  # noqa: F401,E402  (checkpoint allow-list for torch.load in tests)
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 USER_DIR = os.path.join(ROOT, "fairseq_metabt")
 BIN_PATH = os.path.dirname(sys.executable)

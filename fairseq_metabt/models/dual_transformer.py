@@ -78,6 +78,13 @@ class DualTransformerModel(TransformerModel):
 _BACKWARD = "backward_model."
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside fairseq's distributed wrappers (ModuleProxyWrapper around DDP around the model)."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    return model
+
+
 def _check(direction: str) -> str:
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")

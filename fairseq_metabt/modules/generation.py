@@ -58,13 +58,15 @@ class InStepGenerator:
         self.settings = settings
         s = settings
         strategy = search.Sampling(tgt_dict, s.sampling_topk, s.sampling_topp) if s.mode == "sample" else None
-        self.generator = SequenceGenerator(
-            [model], tgt_dict,
-            beam_size=s.beam if s.mode == "beam" else 1,
-            max_len_a=s.max_len_a, max_len_b=s.max_len_b,
-            temperature=s.temperature if s.mode == "sample" else 1.0,
-            search_strategy=strategy,
-        )
+        # SequenceGenerator's constructor switches the model to eval mode for good; keep the caller's mode
+        with eval_mode(model):
+            self.generator = SequenceGenerator(
+                [model], tgt_dict,
+                beam_size=s.beam if s.mode == "beam" else 1,
+                max_len_a=s.max_len_a, max_len_b=s.max_len_b,
+                temperature=s.temperature if s.mode == "sample" else 1.0,
+                search_strategy=strategy,
+            )
 
     def __call__(self, net_input: Dict[str, torch.Tensor]) -> List[torch.Tensor]:
         """One output per input row (EOS-terminated token tensors, best hypothesis).

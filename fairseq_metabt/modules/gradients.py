@@ -71,7 +71,9 @@ def all_reduce_mean_(t: torch.Tensor, group=None) -> torch.Tensor:
 
 @contextlib.contextmanager
 def shifted_params(params: Sequence[torch.Tensor], direction: Sequence[torch.Tensor], scale: float):
-    """Temporarily move ``params`` by ``scale * direction`` (in place, restored on exit)."""
+    """Temporarily move ``params`` by ``scale * direction`` (in place; restored bit for bit on exit,
+    which subtracting the step again would not guarantee in floating point)."""
+    saved = [p.detach().clone() for p in params]
     with torch.no_grad():
         for p, d in zip(params, direction):
             p.add_(d, alpha=scale)
@@ -79,8 +81,8 @@ def shifted_params(params: Sequence[torch.Tensor], direction: Sequence[torch.Ten
         yield
     finally:
         with torch.no_grad():
-            for p, d in zip(params, direction):
-                p.sub_(d, alpha=scale)
+            for p, old in zip(params, saved):
+                p.copy_(old)
 
 
 def per_example_dot_taylor(loss_fn: LossFn, params: Sequence[torch.Tensor], direction: torch.Tensor,

@@ -44,7 +44,7 @@ from fairseq.tasks.translation import TranslationConfig, TranslationTask, load_l
 from omegaconf import II
 
 from fairseq_metabt.data.batches import pair_batch, reversed_batch, strip_padding
-from fairseq_metabt.models.dual_transformer import DualTransformerModel
+from fairseq_metabt.models.dual_transformer import DualTransformerModel, unwrap
 from fairseq_metabt.modules import gradients as G
 from fairseq_metabt.modules.generation import GenerationSettings, InStepGenerator, eval_mode, sequence_log_probs
 from fairseq_metabt.modules.reinforce import MovingAverageBaseline, policy_gradient_loss
@@ -83,10 +83,10 @@ class MetaBacktranslationConfig(TranslationConfig):
     bt_sampling_topp: float = field(default=-1.0, metadata={"help": "nucleus sampling mass (-1: off)"})
     bt_max_len_a: float = field(default=1.2, metadata={"help": "pseudo-source length limit a*len(y')+b: a"})
     bt_max_len_b: int = field(default=10, metadata={"help": "pseudo-source length limit a*len(y')+b: b"})
-    meta_update_backward: bool = field(
-        default=True,
-        metadata={"help": "update the backward model (MetaBT); false keeps it fixed, which is online "
-                          "back-translation with the same models and sampling"},
+    freeze_backward: bool = field(
+        default=False,
+        metadata={"help": "keep the backward model fixed: online back-translation with the same models, "
+                          "data and sampling as MetaBT (its baseline)"},
     )
     meta_reward: REWARD_CHOICES = field(
         default="cosine", metadata={"help": "reward: cosine or dot product of dev and pseudo-pair gradients"}
@@ -264,7 +264,7 @@ class MetaBacktranslationTask(TranslationTask):
 
     # ---- step 1: sampling, forward losses, backward MLE -------------------------------------
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
-        dual = model.module if hasattr(model, "module") else model
+        dual = unwrap(model)
         model.train()
         model.set_num_updates(update_num)
         if len(self._pending) and update_num != self._pending[0]["update"]:
@@ -301,7 +301,7 @@ class MetaBacktranslationTask(TranslationTask):
             log["pseudo_loss"], log["pseudo_ntokens"] = float(loss_p.detach()), float(pseudo["ntokens"])
             total_loss = total_loss + self.cfg.pseudo_weight * loss_p.detach()
             sample_size = sample_size + pseudo["ntokens"]
-            if self.cfg.meta_update_backward:
+            if not self.cfg.freeze_backward:
                 # log P(x_hat | y'; psi_{t-1}) in the mode that sampled it; kept for step 5
                 back = pair_batch([y_rows[i] for i in keep], [x_hat[i] for i in keep], pad, eos, ids=keep)
                 back = utils.move_to_cuda(back) if bitext["target"].is_cuda else back
@@ -315,7 +315,7 @@ class MetaBacktranslationTask(TranslationTask):
         optimizer.backward(loss_b)
 
         # the backward model's MLE on the reversed bitext, into psi's own gradient buffers
-        if self.cfg.meta_update_backward and not ignore_grad and self.cfg.backward_mle_weight > 0:
+        if not self.cfg.freeze_backward and not ignore_grad and self.cfg.backward_mle_weight > 0:
             rev = reversed_batch(bitext, pad, eos)
             rev = utils.move_to_cuda(rev) if bitext["target"].is_cuda else rev
             with self._psi_trainable(dual):
@@ -337,16 +337,16 @@ class MetaBacktranslationTask(TranslationTask):
 
     # ---- steps 2-5: update theta, dev gradient, reward, update psi ----------------------------
     def optimizer_step(self, optimizer, model, update_num):
-        dual = model.module if hasattr(model, "module") else model
+        dual = unwrap(model)
         pending = [p for p in self._pending if p["pseudo"] is not None]
         self._pending = []
         theta = self._theta(dual)
-        if not self.cfg.meta_update_backward:
+        if self.cfg.freeze_backward:
             optimizer.step()
             return
         if isinstance(optimizer, _HALF_OPTIMIZERS):
             raise ValueError("meta_backtranslation updates the backward model in fp32: use --amp instead of "
-                             "--fp16/--bf16, or --meta-update-backward false")
+                             "--fp16/--bf16, or --freeze-backward")
 
         # g over all micro-batches and workers, normalised per pseudo token
         ntok = torch.tensor([sum(p["ntokens"] for p in pending)], dtype=torch.float64)
