@@ -34,5 +34,5 @@ def transformer_lowres_tiny(args) -> None:
 
 @register_model_architecture("transformer", "transformer_lowres_small")
 def transformer_lowres_small(args) -> None:
-    """2+2 layers, dim 256, ffn 512, 4 heads (quickstart, miniature reproductions on 2 CPU cores)."""
-    _lowres(args, dim=256, ffn=512, heads=4, layers=2, dropout=0.2)
+    """2+2 layers, dim 128, ffn 256, 4 heads (quickstart, miniature reproductions on 2 CPU cores)."""
+    _lowres(args, dim=128, ffn=256, heads=4, layers=2, dropout=0.1)
