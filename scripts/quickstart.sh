@@ -12,7 +12,8 @@
 #   metabt        the same, with the backward model updated by meta back-translation
 #
 # Knobs (environment): QUICKSTART_DIR (default runs/quickstart), SEED (1),
-# MAX_UPDATE, FT_UPDATE (training updates), MAX_TOKENS.
+# MAX_UPDATE, FT_UPDATE (training updates), MAX_TOKENS, RAW_DIR (a corpus in the raw layout
+# with lrl-tgt bitext and mono.tgt, instead of the synthetic one).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -26,14 +27,15 @@ SEED="${SEED:-1}"
 MAX_UPDATE="${MAX_UPDATE:-250}"
 FT_UPDATE="${FT_UPDATE:-80}"
 MAX_TOKENS="${MAX_TOKENS:-2048}"
-RAW="$RUN/raw"; BIN="$RUN/bin"; RESULTS="$RUN/results"
+RAW="${RAW_DIR:-$RUN/raw}"; BIN="$RUN/bin"; RESULTS="$RUN/results"
 mkdir -p "$RUN" "$RESULTS"
 start=$(date +%s)
 
 step() { echo; echo "=== $* ==="; }
 
-step "1. synthetic corpus (preset quickstart, seed $SEED) -> $RAW"
-if [ -f "$RAW/manifest.json" ]; then echo "reusing $RAW"; else
+step "1. corpus -> $RAW"
+if [ -n "${RAW_DIR:-}" ]; then echo "using the raw corpus $RAW_DIR (docs/data.md layout)"
+elif [ -f "$RAW/manifest.json" ]; then echo "reusing $RAW"; else
   "$PY" -m fairseq_metabt.synthetic --preset quickstart --out "$RAW" --seed "$SEED"; fi
 
 step "2. sentencepiece + fairseq-preprocess -> $BIN"
