@@ -461,16 +461,13 @@ class MetaBacktranslationTask(TranslationTask):
                 p.copy_(old)
         try:
             for p in pending:
-                batch = p["pseudo"]
+                def loss_fn(batch=p["pseudo"], ntok=float(p["ntokens"])):
+                    with eval_mode(dual):
+                        return -sequence_log_probs(dual, batch, self.tgt_dict.pad()) / ntok
+
                 if self.cfg.meta_sentence_method == "taylor":
-                    def loss_fn():
-                        with eval_mode(dual):
-                            return -sequence_log_probs(dual, batch, self.tgt_dict.pad()) / float(p["ntokens"])
                     dots.append(G.per_example_dot_taylor(loss_fn, theta, d, self.cfg.meta_taylor_eps))
                 else:
-                    def loss_fn():
-                        with eval_mode(dual):
-                            return -sequence_log_probs(dual, batch, self.tgt_dict.pad()) / float(p["ntokens"])
                     dots.append(G.per_example_dot_double_backward(loss_fn, theta, d))
         except ValueError as e:  # zero or non-finite d
             logger.warning("per-sentence reward skipped: %s", e)
