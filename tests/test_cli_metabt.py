@@ -131,3 +131,19 @@ def test_bad_input_is_named(quickstart_bin, tmp_path):
 
     out = _fails(metabt_args(quickstart_bin, str(tmp_path / "d"), 2, "--meta-baseline-decay", "1.5"))
     assert "--meta-baseline-decay must be in [0, 1)" in out
+
+
+def test_multilingual_setting_with_related_pair(tmp_path):
+    from conftest import make_corpus, prepare
+
+    raw = make_corpus(str(tmp_path / "raw"), "multilingual", sizes="train=80,hrl=160,unra=30,unrb=30,nsy=30,"
+                      "valid=21,test=21,mono_tgt=40,mono_lrl=40")
+    bin_dir = prepare(raw, str(tmp_path / "bin"))
+    out = run(metabt_args(bin_dir, str(tmp_path / "m"), 2, "--related-lang-pairs", "hrl-tgt",
+                          "--mono-sources", "both")).stdout
+    assert re.search(r"loaded 160 examples from: .*train\.hrl-tgt\.hrl", out)
+    assert "reward=" in [line for line in out.splitlines() if "train_inner" in line][-1]
+    bad = run(metabt_args(bin_dir, str(tmp_path / "n"), 2, "--mono-sources", "related"), check=False)
+    assert bad.returncode != 0 and "pass --related-lang-pairs too" in bad.stdout
+    bad = run(metabt_args(bin_dir, str(tmp_path / "o"), 2, "--related-lang-pairs", "hrl-lrl"), check=False)
+    assert bad.returncode != 0 and "--related-lang-pairs 'hrl-lrl'" in bad.stdout

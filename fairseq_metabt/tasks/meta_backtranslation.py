@@ -36,7 +36,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 from fairseq import metrics, utils
-from fairseq.data import LanguagePairDataset, RoundRobinZipDatasets, data_utils
+from fairseq.data import ConcatDataset, LanguagePairDataset, RoundRobinZipDatasets, data_utils
 from fairseq.dataclass import ChoiceEnum
 from fairseq.distributed import utils as distributed_utils
 from fairseq.tasks import register_task
@@ -52,6 +52,7 @@ from fairseq_metabt.modules.reinforce import MovingAverageBaseline, policy_gradi
 logger = logging.getLogger(__name__)
 
 GENERATION_CHOICES = ChoiceEnum(["sample", "greedy", "beam"])
+MONO_CHOICES = ChoiceEnum(["mono", "related", "both"])
 REWARD_CHOICES = ChoiceEnum(["cosine", "dot"])
 GRANULARITY_CHOICES = ChoiceEnum(["batch", "sentence"])
 SENTENCE_METHOD_CHOICES = ChoiceEnum(["taylor", "double_backward"])
@@ -64,6 +65,16 @@ class MetaBacktranslationConfig(TranslationConfig):
         default=None,
         metadata={"help": "prefix of the binarised target monolingual data (default: DATA/mono.TGT, "
                           "as written by scripts/prepare_data.py)"},
+    )
+    related_lang_pairs: Optional[str] = field(
+        default=None,
+        metadata={"help": "comma-separated related pairs S'-T (e.g. hrl-tgt) whose bitext the forward model "
+                          "also trains on (the paper's multilingual setting)"},
+    )
+    mono_sources: MONO_CHOICES = field(
+        default="mono",
+        metadata={"help": "where target monolingual sentences come from: mono.TGT, the target side of the "
+                          "related pairs, or both"},
     )
     meta_dev_subset: str = field(
         default="valid", metadata={"help": "split whose gradient drives the meta reward (D_dev)"}
@@ -165,6 +176,28 @@ class MetaBacktranslationTask(TranslationTask):
         super().load_dataset(split, epoch, combine, **kwargs)
         if split != self.cfg.train_subset:
             return
+        bitext = self.datasets[split]
+        related = self._related_bitexts(split)
+        if related:
+            # the multilingual setting: the forward model also trains on S'-T (one joint dictionary)
+            parts = [bitext] + related
+            bitext = LanguagePairDataset(
+                ConcatDataset([d.src for d in parts]), np.concatenate([d.src_sizes for d in parts]), self.src_dict,
+                ConcatDataset([d.tgt for d in parts]), np.concatenate([d.tgt_sizes for d in parts]), self.tgt_dict,
+                left_pad_source=self.cfg.left_pad_source, left_pad_target=self.cfg.left_pad_target)
+        targets = []
+        if self.cfg.mono_sources in ("mono", "both"):
+            targets.append(self._load_mono())
+        if self.cfg.mono_sources in ("related", "both"):
+            if not related:
+                raise ValueError("--mono-sources related/both takes targets from the related pairs' bitext: "
+                                 "pass --related-lang-pairs too")
+            targets += [d.tgt for d in related]
+        mono = targets[0] if len(targets) == 1 else ConcatDataset(targets)
+        mono_pairs = LanguagePairDataset(mono, mono.sizes, self.tgt_dict, left_pad_source=self.cfg.left_pad_source)
+        self.datasets[split] = RoundRobinZipDatasets({"bitext": bitext, "mono": mono_pairs})
+
+    def _load_mono(self):
         prefix = self._mono_prefix()
         mono = data_utils.load_indexed_dataset(prefix, self.tgt_dict, self.cfg.dataset_impl)
         if mono is None:
@@ -175,8 +208,28 @@ class MetaBacktranslationTask(TranslationTask):
             )
         if len(mono) == 0:
             raise ValueError(f"the monolingual data {prefix} is empty; add sentences to mono.{self.cfg.target_lang}")
-        mono_pairs = LanguagePairDataset(mono, mono.sizes, self.tgt_dict, left_pad_source=self.cfg.left_pad_source)
-        self.datasets[split] = RoundRobinZipDatasets({"bitext": self.datasets[split], "mono": mono_pairs})
+        return mono
+
+    def _related_bitexts(self, split: str) -> List[LanguagePairDataset]:
+        """Training bitext of each pair in --related-lang-pairs (S'-T, same target as the main pair)."""
+        out = []
+        data_path = utils.split_paths(self.cfg.data)[0]
+        for pair in filter(None, (self.cfg.related_lang_pairs or "").split(",")):
+            src, _, tgt = pair.strip().partition("-")
+            if tgt != self.cfg.target_lang or not src or src == self.cfg.source_lang:
+                raise ValueError(f"--related-lang-pairs {pair!r}: each pair must be S'-{self.cfg.target_lang} with a "
+                                 f"source other than {self.cfg.source_lang}")
+            prefix = os.path.join(data_path, f"{split}.{src}-{tgt}.{src}")
+            if not os.path.exists(prefix + ".idx"):
+                raise FileNotFoundError(f"--related-lang-pairs {pair}: {prefix}.bin/.idx not found; prepare the "
+                                        f"{split}.{src}-{tgt}.* files with scripts/prepare_data.py")
+            out.append(load_langpair_dataset(
+                data_path, split, src, self.src_dict, tgt, self.tgt_dict, combine=False,
+                dataset_impl=self.cfg.dataset_impl, upsample_primary=1,
+                left_pad_source=self.cfg.left_pad_source, left_pad_target=self.cfg.left_pad_target,
+                max_source_positions=self.cfg.max_source_positions,
+                max_target_positions=self.cfg.max_target_positions))
+        return out
 
     def _load_dev_batches(self) -> List[np.ndarray]:
         split = self.cfg.meta_dev_subset
