@@ -36,13 +36,14 @@ def flat_grad(params: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def unflatten_like(vec: torch.Tensor, params: Sequence[torch.Tensor]) -> List[torch.Tensor]:
     """Split a flat vector into tensors shaped and typed like ``params``."""
+    total = sum(p.numel() for p in params)
+    if total != vec.numel():
+        raise ValueError(f"flat vector has {vec.numel()} elements, parameters have {total}")
     out, offset = [], 0
     for p in params:
         n = p.numel()
         out.append(vec[offset: offset + n].view_as(p).to(p.dtype))
         offset += n
-    if offset != vec.numel():
-        raise ValueError(f"flat vector has {vec.numel()} elements, parameters have {offset}")
     return out
 
 
