@@ -38,7 +38,8 @@ setup(
         "tensorboardX",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        # the plot scripts (scripts/plot_*.py) are exercised by the tests
+        "test": ["pytest>=7", "matplotlib"],
         "plots": ["matplotlib"],
     },
     entry_points={

@@ -57,11 +57,15 @@ fi
 
 # Checked by distribution metadata from a neutral directory: the checkout itself
 # is importable from the repo root whether or not it is installed.
+# Reinstalled when setup.py changed since the last install (a new dependency reaches old venvs).
+STAMP="$VENV/.fairseq_metabt_setup.sha256"
+want="$(sha256sum "$ROOT/setup.py" | cut -d' ' -f1)"
 if (cd / && "$PY" -c 'import importlib.metadata as m; m.version("fairseq-metabt")') >/dev/null 2>&1 \
-   && [ -z "${SETUP_FORCE_PLUGIN:-}" ]; then
+   && [ "$(cat "$STAMP" 2>/dev/null)" = "$want" ] && [ -z "${SETUP_FORCE_PLUGIN:-}" ]; then
   log "fairseq_metabt already installed"
 else
   log "installing the plugin (editable) with test extras"
   "${PIP[@]}" install --no-build-isolation -e "$ROOT[test]"
+  echo "$want" > "$STAMP"
 fi
 log "ready: $VENV"
