@@ -9,20 +9,26 @@ from fairseq.models import register_model_architecture
 from fairseq.models.transformer import base_architecture
 
 
-def _setdefault(args, name: str, value) -> None:
+def setdefault(args, name: str, value) -> None:
+    """Set ``args.name`` unless the command line already did (fairseq's architecture convention)."""
     if getattr(args, name, None) is None:
         setattr(args, name, value)
 
 
-def _lowres(args, dim: int, ffn: int, heads: int, layers: int, dropout: float) -> None:
+def set_sizes(args, dim: int, ffn: int, heads: int, layers: int, dropout: float) -> None:
+    """Default width, depth and dropout of both sides of an encoder-decoder architecture."""
     for side in ("encoder", "decoder"):
-        _setdefault(args, f"{side}_embed_dim", dim)
-        _setdefault(args, f"{side}_ffn_embed_dim", ffn)
-        _setdefault(args, f"{side}_attention_heads", heads)
-        _setdefault(args, f"{side}_layers", layers)
-    _setdefault(args, "dropout", dropout)
+        setdefault(args, f"{side}_embed_dim", dim)
+        setdefault(args, f"{side}_ffn_embed_dim", ffn)
+        setdefault(args, f"{side}_attention_heads", heads)
+        setdefault(args, f"{side}_layers", layers)
+    setdefault(args, "dropout", dropout)
+
+
+def _lowres(args, dim: int, ffn: int, heads: int, layers: int, dropout: float) -> None:
+    set_sizes(args, dim, ffn, heads, layers, dropout)
     # A joint dictionary is the plugin's convention: tie what can be tied.
-    _setdefault(args, "share_decoder_input_output_embed", True)
+    setdefault(args, "share_decoder_input_output_embed", True)
     base_architecture(args)
 
 
