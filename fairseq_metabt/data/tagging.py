@@ -16,3 +16,8 @@ def lang_tag(lang: str) -> str:
 def lang_tags(langs: Iterable[str]) -> List[str]:
     """Tags for several languages, in sorted order (deterministic dictionaries)."""
     return [lang_tag(lang) for lang in sorted(set(langs))]
+
+
+def missing_tags(dictionary, langs: Iterable[str]) -> List[str]:
+    """The tags of ``langs`` that ``dictionary`` (a fairseq ``Dictionary``) lacks, in sorted order."""
+    return [tag for tag in lang_tags(langs) if tag not in dictionary.indices]

@@ -1,0 +1,106 @@
+"""HIDDEN: reconstruction of the source from hidden states (Niu et al. 2019, §4.3; Wang et al. 2018a).
+
+The contrastive baseline to STGS reconstruction::
+
+    L = w_T · L_T + w_enc · L_enc + w_dec · L_dec,    (w_enc, w_dec, w_T) = (0.5, 0.5, 1)
+
+``L_T`` is the translation cross-entropy (Eq. 4); ``L_enc`` and ``L_dec`` are
+−log P(f | encoder states) and −log P(f | decoder states), teacher forced, from
+the two reconstructors of ``--arch transformer_hidden_reconstruction*``.  All
+terms are token sums and can be label smoothed.
+"""
+import math
+from dataclasses import dataclass, field
+from typing import Dict, Tuple
+
+from fairseq import utils
+from fairseq.criterions import register_criterion
+from fairseq.criterions.label_smoothed_cross_entropy import (
+    LabelSmoothedCrossEntropyCriterion,
+    LabelSmoothedCrossEntropyCriterionConfig,
+    label_smoothed_nll_loss,
+)
+from fairseq.logging import metrics
+from torch import Tensor
+
+from fairseq_metabt.criterions.stgs_reconstruction import shift_right
+
+
+@dataclass
+class HiddenReconstructionConfig(LabelSmoothedCrossEntropyCriterionConfig):
+    encoder_reconstruction_weight: float = field(
+        default=0.5, metadata={"help": "weight of the loss of reconstructing f from encoder states (paper: 0.5)"}
+    )
+    decoder_reconstruction_weight: float = field(
+        default=0.5, metadata={"help": "weight of the loss of reconstructing f from decoder states (paper: 0.5)"}
+    )
+
+
+@register_criterion("hidden_reconstruction", dataclass=HiddenReconstructionConfig)
+class HiddenReconstructionCriterion(LabelSmoothedCrossEntropyCriterion):
+    """L_T + 0.5·L_enc + 0.5·L_dec with two hidden-state reconstructors (Niu et al. 2019, §4.3)."""
+
+    def __init__(self, task, sentence_avg: bool, label_smoothing: float, ignore_prefix_size: int = 0,
+                 report_accuracy: bool = False, encoder_reconstruction_weight: float = 0.5,
+                 decoder_reconstruction_weight: float = 0.5):
+        super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
+        for flag, w in (("--encoder-reconstruction-weight", encoder_reconstruction_weight),
+                        ("--decoder-reconstruction-weight", decoder_reconstruction_weight)):
+            if not w >= 0:
+                raise ValueError(f"{flag} must be >= 0, got {w}")
+        self.w_enc, self.w_dec = encoder_reconstruction_weight, decoder_reconstruction_weight
+
+    def forward(self, model, sample: Dict, reduce: bool = True) -> Tuple[Tensor, int, Dict]:
+        if not hasattr(model, "encoder_reconstructor"):
+            raise ValueError("hidden_reconstruction needs reconstructors: train with --arch "
+                             "transformer_hidden_reconstruction_tiny/_small (or transformer_hidden_reconstruction).")
+        net_input = sample["net_input"]
+        src, prev = net_input["src_tokens"], net_input["prev_output_tokens"]
+        encoder_out = model.encoder(src, src_lengths=net_input["src_lengths"])
+        states, extra = model.decoder(prev, encoder_out=encoder_out, features_only=True)
+        net_output = (model.decoder.output_layer(states), extra)
+        trans_loss, trans_nll = self.compute_loss(model, net_output, sample, reduce=reduce)
+
+        pad = self.padding_idx
+        rec_target = utils.convert_padding_direction(src, pad, left_to_right=True)
+        rec_prev = shift_right(rec_target, pad, self.task.source_dictionary.eos())
+        mask = rec_target.ne(pad)
+        logging_output = {"ntokens": sample["ntokens"], "nsentences": sample["target"].size(0),
+                          "rec_ntokens": int(mask.sum()), "trans_loss": trans_loss.data, "nll_loss": trans_nll.data}
+        loss = trans_loss
+        memories = {
+            "enc": (model.encoder_reconstructor, encoder_out, self.w_enc),
+            "dec": (model.decoder_reconstructor, model.states_as_memory(states, prev.eq(pad)), self.w_dec),
+        }
+        for name, (reconstructor, memory, weight) in memories.items():
+            out = reconstructor(rec_prev, encoder_out=memory)
+            lprobs = reconstructor.get_normalized_probs(out, log_probs=True)
+            rec_loss, _ = label_smoothed_nll_loss(lprobs.view(-1, lprobs.size(-1)), rec_target.view(-1), self.eps,
+                                                  ignore_index=pad, reduce=True)
+            loss = loss + weight * rec_loss
+            logging_output[f"rec_{name}_loss"] = rec_loss.data
+            logging_output[f"rec_{name}_correct"] = int((lprobs.argmax(-1).eq(rec_target) & mask).sum())
+        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
+        logging_output.update(loss=loss.data, sample_size=sample_size)
+        return loss, sample_size, logging_output
+
+    @classmethod
+    def reduce_metrics(cls, logging_outputs) -> None:
+        super().reduce_metrics(logging_outputs)
+
+        def total(key: str) -> float:
+            return utils.item(sum(log.get(key, 0) for log in logging_outputs))
+
+        ntokens, rec_ntokens = total("ntokens"), total("rec_ntokens")
+        if ntokens > 0:
+            metrics.log_scalar("trans_loss", total("trans_loss") / ntokens / math.log(2), ntokens, round=3)
+        if rec_ntokens > 0:
+            for name in ("enc", "dec"):
+                metrics.log_scalar(f"rec_{name}_loss", total(f"rec_{name}_loss") / rec_ntokens / math.log(2),
+                                   rec_ntokens, round=3)
+                metrics.log_scalar(f"rec_{name}_acc", 100.0 * total(f"rec_{name}_correct") / rec_ntokens,
+                                   rec_ntokens, round=2)
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True
