@@ -130,3 +130,52 @@ def per_example_dot_double_backward(loss_fn: Callable[[], torch.Tensor], params:
         s = sum((g * d).sum() for g, d in zip(grads, d_parts) if g is not None)
         (dots,) = torch.autograd.grad(s, v)
     return dots.detach().float()
+
+
+# ---- DDS: per-language gradient EMAs (Alg. 2 line 7) in bounded memory ------------------------------
+def select_named_params(named_params: Iterable[Tuple[str, torch.Tensor]], pattern: Optional[str] = None
+                        ) -> List[Tuple[str, torch.Tensor]]:
+    """The trainable parameters whose name matches the regular expression ``pattern`` (all when None).
+
+    Raises ``ValueError`` naming the pattern when nothing matches, so a typo is not a silent no-op.
+    """
+    import re
+
+    params = [(n, p) for n, p in named_params if p.requires_grad]
+    if not pattern:
+        return params
+    regex = re.compile(pattern)
+    chosen = [(n, p) for n, p in params if regex.search(n)]
+    if not chosen:
+        names = ", ".join(n for n, _ in params[:8])
+        raise ValueError(f"no trainable parameter name matches {pattern!r} (names look like: {names}, ...); "
+                         "fix the regular expression")
+    return chosen
+
+
+def ema_update_(buffer: torch.Tensor, g: torch.Tensor, alpha1: float, alpha2: float) -> torch.Tensor:
+    """``buffer <- alpha1 * buffer + alpha2 * g`` in place (DDS Alg. 2 line 7)."""
+    return buffer.mul_(alpha1).add_(g.to(buffer.dtype), alpha=alpha2)
+
+
+class CountSketch:
+    """A fixed random projection R^d -> R^k (count sketch): coordinate j goes to bucket h(j) with sign s(j).
+
+    It is linear and preserves inner products in expectation, ``E[<Sa, Sb>] = <a, b>``, so dot and cosine
+    rewards can be taken between sketches; memory is O(d) for the hash and O(k) per sketched vector.
+    The hash is a function of (d, k, seed) only, so every worker and a resumed run build the same one.
+    """
+
+    def __init__(self, dim_in: int, dim_out: int, seed: int = 0, device=None):
+        if dim_out < 1:
+            raise ValueError(f"sketch dimension must be >= 1, got {dim_out}")
+        g = torch.Generator().manual_seed(int(seed))
+        self.dim_in, self.dim_out = int(dim_in), int(dim_out)
+        self.bucket = torch.randint(0, dim_out, (dim_in,), generator=g).to(device)
+        self.sign = (torch.randint(0, 2, (dim_in,), generator=g, dtype=torch.int8) * 2 - 1).to(device)
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        if v.numel() != self.dim_in:
+            raise ValueError(f"sketch expects {self.dim_in} elements, got {v.numel()}")
+        out = torch.zeros(self.dim_out, device=v.device, dtype=torch.float32)
+        return out.index_add_(0, self.bucket.to(v.device), v.float() * self.sign.to(v.device, torch.float32))

@@ -1,0 +1,107 @@
+"""DDS scorers psi (Wang et al. 2020).
+
+* :class:`LanguageScorer` — multilingual NMT (§3.2, A.2): a 2-layer perceptron
+  over the availability vector of a target sentence (1 where source language
+  S_i has a translation of it) gives ``p(S_i | y; psi)``, masked to the
+  available languages.  With every language available it is simply a learned
+  distribution over languages.
+* :func:`language_reinforce_loss` — Alg. 2 line 11: the scorer's loss whose
+  gradient is ``-(1/B) sum_j sum_i r_i grad log p(S_i | y_j; psi)``.
+* :class:`ExampleScorer` — Alg. 1: a small MLP over per-example features whose
+  softmax over the batch weights the examples.
+"""
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fairseq_metabt.modules.reinforce import policy_gradient_loss
+
+
+class LanguageScorer(nn.Module):
+    """psi: availability vector (B, n) -> masked log p(S_i | y; psi) (B, n); unavailable entries are -inf."""
+
+    def __init__(self, num_langs: int, hidden: int = 64, seed: int = 0):
+        super().__init__()
+        if num_langs < 1:
+            raise ValueError(f"the scorer needs at least one language, got {num_langs}")
+        state = torch.random.get_rng_state()
+        torch.manual_seed(int(seed))  # identical psi on every worker, independent of model init order
+        try:
+            self.hidden = nn.Linear(num_langs, hidden)
+            self.out = nn.Linear(hidden, num_langs)
+        finally:
+            torch.random.set_rng_state(state)
+        self.num_langs = num_langs
+
+    def logits(self, avail: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.hidden(avail.float())))
+
+    def log_probs(self, avail: torch.Tensor) -> torch.Tensor:
+        avail = avail.bool()
+        if not bool(avail.any(-1).all()):
+            raise ValueError("every availability vector needs at least one available language")
+        return F.log_softmax(self.logits(avail).masked_fill(~avail, float("-inf")), dim=-1)
+
+    def probs(self, avail: torch.Tensor) -> torch.Tensor:
+        return self.log_probs(avail).exp()
+
+    @torch.no_grad()
+    def set_prior(self, log_weights: Sequence[float]) -> None:
+        """Make ``p(S_i | y) ∝ exp(log_weights[i])`` over the available languages, whatever ``y``:
+        the output layer ignores the hidden units and its bias holds the log-weights."""
+        w = torch.as_tensor(list(log_weights), dtype=torch.float32)
+        if w.numel() != self.num_langs or not torch.isfinite(w).all():
+            raise ValueError(f"need {self.num_langs} finite log-weights, got {list(log_weights)}")
+        self.out.weight.zero_()
+        self.out.bias.copy_(w)
+
+    def imitate(self, avail: torch.Tensor, target_probs: torch.Tensor, steps: int = 300, lr: float = 1e-2) -> float:
+        """Fit psi to a heuristic ``q(S_i | y)`` (TCS init) by minimising KL(q || p) with Adam; returns the final KL."""
+        avail = avail.bool()
+        q = target_probs.float() * avail
+        q = q / q.sum(-1, keepdim=True)
+        opt = torch.optim.Adam(self.parameters(), lr=lr)
+        kl = torch.zeros(())
+        for _ in range(steps):
+            logp = self.log_probs(avail)
+            kl = (q * (torch.log(q.clamp_min(1e-12)) - torch.where(avail, logp, torch.zeros_like(logp)))).sum(-1).mean()
+            opt.zero_grad()
+            kl.backward()
+            opt.step()
+        return float(kl.detach())
+
+
+def language_reinforce_loss(scorer: LanguageScorer, avail: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+    """Alg. 2 line 11 as a loss: ``-(1/B) sum_j sum_{i available for y_j} r_i log p(S_i | y_j; psi)``.
+
+    Its gradient is minus the paper's ``d_psi``, so a descent step on it is the ascent step of line 12.
+    ``avail``: (B, n) availability of the B sampled targets; ``rewards``: (n,) one reward per language.
+    """
+    avail = avail.bool()
+    logp = scorer.log_probs(avail)
+    advantages = rewards.to(logp).expand_as(logp)[avail]
+    return policy_gradient_loss(logp[avail], advantages) / avail.shape[0]
+
+
+class ExampleScorer(nn.Module):
+    """Alg. 1's scorer: example features (B, f) -> one score each; ``weights`` is the softmax over the batch."""
+
+    def __init__(self, num_features: int, hidden: int = 32, seed: int = 0):
+        super().__init__()
+        state = torch.random.get_rng_state()
+        torch.manual_seed(int(seed))
+        try:
+            self.net = nn.Sequential(nn.Linear(num_features, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        finally:
+            torch.random.set_rng_state(state)
+
+    def scores(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features.float()).squeeze(-1)
+
+    def log_weights(self, features: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        s = self.scores(features)
+        if mask is not None:
+            s = s.masked_fill(~mask.bool(), float("-inf"))
+        return F.log_softmax(s, dim=-1)
