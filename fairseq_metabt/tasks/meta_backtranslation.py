@@ -44,6 +44,7 @@ from fairseq.tasks.translation import TranslationConfig, TranslationTask, load_l
 from omegaconf import II
 
 from fairseq_metabt.data.batches import pair_batch, reversed_batch, strip_padding
+from fairseq_metabt.data.mono import load_mono_dataset, mono_prefix
 from fairseq_metabt.models.dual_transformer import DualTransformerModel, unwrap
 from fairseq_metabt.modules import gradients as G
 from fairseq_metabt.modules.generation import GenerationSettings, InStepGenerator, eval_mode, sequence_log_probs
@@ -170,7 +171,7 @@ class MetaBacktranslationTask(TranslationTask):
 
     # ---- data -----------------------------------------------------------------------------
     def _mono_prefix(self) -> str:
-        return self.cfg.mono_data or os.path.join(utils.split_paths(self.cfg.data)[0], f"mono.{self.cfg.target_lang}")
+        return mono_prefix(self.cfg.data, self.cfg.target_lang, self.cfg.mono_data)
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         super().load_dataset(split, epoch, combine, **kwargs)
@@ -198,17 +199,8 @@ class MetaBacktranslationTask(TranslationTask):
         self.datasets[split] = RoundRobinZipDatasets({"bitext": bitext, "mono": mono_pairs})
 
     def _load_mono(self):
-        prefix = self._mono_prefix()
-        mono = data_utils.load_indexed_dataset(prefix, self.tgt_dict, self.cfg.dataset_impl)
-        if mono is None:
-            raise FileNotFoundError(
-                f"meta_backtranslation needs target monolingual data, but {prefix}.bin/.idx does not exist. "
-                f"Put mono.{self.cfg.target_lang} in the raw directory and run scripts/prepare_data.py, "
-                "or point --mono-data at a binarised prefix."
-            )
-        if len(mono) == 0:
-            raise ValueError(f"the monolingual data {prefix} is empty; add sentences to mono.{self.cfg.target_lang}")
-        return mono
+        return load_mono_dataset(self._mono_prefix(), self.tgt_dict, self.cfg.dataset_impl, self.cfg.target_lang,
+                                 "meta_backtranslation needs target monolingual data")
 
     def _related_bitexts(self, split: str) -> List[LanguagePairDataset]:
         """Training bitext of each pair in --related-lang-pairs (S'-T, same target as the main pair)."""
@@ -273,15 +265,7 @@ class MetaBacktranslationTask(TranslationTask):
                 "meta_backtranslation needs a forward and a backward model: use --arch dual_transformer_tiny, "
                 f"dual_transformer_small or dual_transformer_base (got {type(model).__name__})"
             )
-        from fairseq import checkpoint_utils
-
-        for direction, path in (("forward", self.cfg.forward_init), ("backward", self.cfg.backward_init)):
-            if path and not from_checkpoint:
-                if not os.path.exists(path):
-                    raise FileNotFoundError(f"--{direction}-init {path} does not exist")
-                state = checkpoint_utils.load_checkpoint_to_cpu(path)["model"]
-                model.load_direction_state_dict(direction, state)
-                logger.info("initialised the %s model from %s", direction, path)
+        initialise_directions(model, self.cfg.forward_init, self.cfg.backward_init, from_checkpoint)
         # psi is trained by this task's own optimizer, never by fairseq's: keeping its parameters
         # out of requires_grad excludes them from fairseq's optimizer, gradient clipping and all-reduce.
         psi = list(model.backward_model.parameters())
@@ -590,6 +574,20 @@ class MetaBacktranslationTask(TranslationTask):
                                total("mbt_pseudo_count"), round=2)
         if any("mbt_pseudo_empty" in log for log in logging_outputs):
             metrics.log_scalar("pseudo_empty", total("mbt_pseudo_empty"), 1, round=1)
+
+
+def initialise_directions(model: DualTransformerModel, forward_init: Optional[str], backward_init: Optional[str],
+                          from_checkpoint: bool = False) -> None:
+    """Load --forward-init / --backward-init (plain transformer checkpoints) into a new dual model."""
+    from fairseq import checkpoint_utils
+
+    for direction, path in (("forward", forward_init), ("backward", backward_init)):
+        if path and not from_checkpoint:
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"--{direction}-init {path} does not exist")
+            state = checkpoint_utils.load_checkpoint_to_cpu(path)["model"]
+            model.load_direction_state_dict(direction, state)
+            logger.info("initialised the %s model from %s", direction, path)
 
 
 def _loss_scale(optimizer) -> float:

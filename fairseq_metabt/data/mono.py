@@ -1,0 +1,59 @@
+"""Monolingual text for back-translation-style tasks: loading it, and pairing it with generated text.
+
+Meta back-translation reads target monotext; wake-sleep reads monotext on both
+sides.  Both load ``BIN/mono.LANG`` (written by ``scripts/prepare_data.py``)
+through :func:`load_mono_dataset`, and turn a model's outputs for a mono batch
+into a training batch with :func:`generated_pairs`.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from fairseq import utils
+from fairseq.data import FairseqDataset, LanguagePairDataset, data_utils
+
+from fairseq_metabt.data.batches import pair_batch
+
+
+def mono_prefix(data: str, lang: str, override: Optional[str] = None) -> str:
+    """``override`` if given, else ``DATA/mono.LANG`` (first of several data paths)."""
+    return override or os.path.join(utils.split_paths(data)[0], f"mono.{lang}")
+
+
+def load_mono_dataset(prefix: str, dictionary, dataset_impl: Optional[str], lang: str, needed_by: str,
+                      option: str = "--mono-data") -> FairseqDataset:
+    """The binarised monotext at ``prefix``; a clear error if it is missing or empty."""
+    mono = data_utils.load_indexed_dataset(prefix, dictionary, dataset_impl)
+    if mono is None:
+        raise FileNotFoundError(
+            f"{needed_by}, but {prefix}.bin/.idx does not exist. "
+            f"Put mono.{lang} in the raw directory and run scripts/prepare_data.py, "
+            f"or point {option} at a binarised prefix."
+        )
+    if len(mono) == 0:
+        raise ValueError(f"the monolingual data {prefix} is empty; add sentences to mono.{lang}")
+    return mono
+
+
+def mono_pair_dataset(mono: FairseqDataset, dictionary, left_pad_source: bool = True) -> LanguagePairDataset:
+    """Monotext as a source-only LanguagePairDataset (batches with ``net_input`` and ``id``)."""
+    return LanguagePairDataset(mono, mono.sizes, dictionary, left_pad_source=left_pad_source)
+
+
+def generated_pairs(generated: Sequence[torch.Tensor], given: Sequence[torch.Tensor], pad: int, eos: int,
+                    ids: Optional[Sequence[int]] = None) -> Dict:
+    """Pseudo pairs (generated source, real monotext target) as a translation batch.
+
+    The generated rows are a model's outputs for the monotext rows ``given`` (a
+    back-translation, or a dreamt translation that becomes the backward model's input).
+    Rows whose generation is empty (EOS alone) are dropped; the result has ``kept`` (row
+    indices into ``generated``) and, if any row is kept, ``batch`` (``pair_batch`` output
+    whose ``id`` are the given ``ids``, default the row indices)."""
+    keep: List[int] = [i for i, g in enumerate(generated) if g.numel() > 1]
+    out: Dict = {"kept": keep}
+    if keep:
+        out["batch"] = pair_batch([generated[i] for i in keep], [given[i] for i in keep], pad, eos,
+                                  ids=[ids[i] for i in keep] if ids is not None else keep)
+    return out
