@@ -26,7 +26,8 @@ from fairseq.data import FairseqDataset, LanguagePairDataset, data_utils
 class HubIndex:
     """Distinct hub sentences of n bitexts: availability (U, n) and example index (U, n) (-1 = absent)."""
 
-    def __init__(self, hub_sides: Sequence, other_sizes: Sequence[np.ndarray], mode: str = "auto"):
+    def __init__(self, hub_sides: Sequence, hub_sizes: Sequence[np.ndarray], other_sizes: Sequence[np.ndarray],
+                 mode: str = "auto"):
         self.num_langs = len(hub_sides)
         keys: Dict[bytes, int] = {}
         rows: List[Tuple[int, int, int]] = []  # (hub id, language, example index)
@@ -37,7 +38,7 @@ class HubIndex:
                 u = keys.get(k)
                 if u is None:
                     u = keys[k] = len(hub_len)
-                    hub_len.append(int(ds.sizes[i]) if hasattr(ds, "sizes") else len(ds[i]))
+                    hub_len.append(int(hub_sizes[lang][i]))
                 rows.append((u, lang, i))
         table = np.full((len(hub_len), self.num_langs), -1, dtype=np.int64)
         for u, lang, i in rows:
@@ -61,13 +62,13 @@ class HubIndex:
         else:
             # one slot per example of the pooled bitexts; language k gets the example at the slot's length quantile
             pooled = np.concatenate([np.asarray(s, dtype=np.int64) for s in other_sizes])
-            hub_pooled = np.concatenate([np.asarray(ds.sizes, dtype=np.int64) for ds in hub_sides])
+            hub_pooled = np.concatenate([np.asarray(s, dtype=np.int64) for s in hub_sizes])
             order = np.lexsort((hub_pooled, pooled))
             quantile = np.empty(len(pooled), dtype=np.float64)
             quantile[order] = np.arange(len(pooled)) / len(pooled)
             self.table = np.empty((len(pooled), self.num_langs), dtype=np.int64)
             for lang in range(self.num_langs):
-                by_len = np.lexsort((np.asarray(hub_sides[lang].sizes), np.asarray(other_sizes[lang])))
+                by_len = np.lexsort((np.asarray(hub_sizes[lang]), np.asarray(other_sizes[lang])))
                 self.table[:, lang] = by_len[np.minimum((quantile * len(by_len)).astype(np.int64), len(by_len) - 1)]
             self.avail = np.ones_like(self.table, dtype=bool)
             self.hub_sizes, self.other_sizes = hub_pooled, pooled
@@ -94,8 +95,9 @@ class LanguageSampledDataset(FairseqDataset):
         # assembly so that the hub side is hashed untagged
         self.source_prefix = list(source_prefix) if source_prefix is not None else None
         hub = [p.tgt if hub_is_target else p.src for p in pairs]
+        hub_sizes = [p.tgt_sizes if hub_is_target else p.src_sizes for p in pairs]
         other = [p.src_sizes if hub_is_target else p.tgt_sizes for p in pairs]
-        self.index = HubIndex(hub, other, mode)
+        self.index = HubIndex(hub, hub_sizes, other, mode)
         if hub_is_target:
             self.src_sizes, self.tgt_sizes = self.index.other_sizes, self.index.hub_sizes
         else:

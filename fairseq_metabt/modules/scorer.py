@@ -36,7 +36,7 @@ class LanguageScorer(nn.Module):
         self.num_langs = num_langs
 
     def logits(self, avail: torch.Tensor) -> torch.Tensor:
-        return self.out(torch.tanh(self.hidden(avail.float())))
+        return self.out(torch.tanh(self.hidden(avail.to(self.hidden.weight.dtype))))
 
     def log_probs(self, avail: torch.Tensor) -> torch.Tensor:
         avail = avail.bool()
@@ -60,7 +60,7 @@ class LanguageScorer(nn.Module):
     def imitate(self, avail: torch.Tensor, target_probs: torch.Tensor, steps: int = 300, lr: float = 1e-2) -> float:
         """Fit psi to a heuristic ``q(S_i | y)`` (TCS init) by minimising KL(q || p) with Adam; returns the final KL."""
         avail = avail.bool()
-        q = target_probs.float() * avail
+        q = target_probs.to(self.out.weight.dtype) * avail
         q = q / q.sum(-1, keepdim=True)
         opt = torch.optim.Adam(self.parameters(), lr=lr)
         kl = torch.zeros(())
@@ -98,7 +98,7 @@ class ExampleScorer(nn.Module):
             torch.random.set_rng_state(state)
 
     def scores(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features.float()).squeeze(-1)
+        return self.net(features.to(self.net[0].weight.dtype)).squeeze(-1)
 
     def log_weights(self, features: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         s = self.scores(features)
