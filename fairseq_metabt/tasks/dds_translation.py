@@ -356,7 +356,8 @@ class DDSTranslationTask(TranslationTask):
         chosen = ds.choose_languages(slots, self.pattern_probs, gen)
         batches = ds.assemble(slots, chosen)
 
-        agg_loss, agg_size, agg_log = 0.0, 0, {}
+        # every key on every worker, even for a language absent here: fairseq sums logs across workers by key
+        agg_loss, agg_size, agg_log = 0.0, 0, {f"dds_nsent_{x}": 0.0 for x in self.langs}
         prev = G.flat_grad(theta)
         scale = _loss_scale(optimizer)
         for k, (lang, batch) in enumerate(batches.items()):

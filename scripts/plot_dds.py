@@ -1,0 +1,68 @@
+#!/usr/bin/env python
+"""Language usage over training for a ``dds_translation`` run (the picture of DDS paper Fig. 4/5).
+
+    python scripts/plot_dds.py RUN_DIR [--out FILE.png] [--log FILE.jsonl]
+
+Reads ``RUN_DIR/dds_log.jsonl`` (one record every K updates: the language
+distribution E_y p(S_i | y; psi), rewards and realised usage) and draws the
+distribution over updates (top) and the per-language rewards (bottom) into
+``RUN_DIR/dds_languages.png``.
+"""
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional
+
+
+def read_log(path: str) -> List[dict]:
+    if not os.path.exists(path):
+        raise SystemExit(f"plot_dds: {path} not found; train with --task dds_translation (it writes the log every "
+                         "--dds-update-interval updates) or pass --log")
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    if not records:
+        raise SystemExit(f"plot_dds: {path} is empty: train for at least --dds-update-interval updates")
+    return records
+
+
+def plot(records: List[dict], out: str, title: Optional[str] = None) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    langs = records[0]["langs"]
+    x = [r["update"] for r in records]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    for i, lang in enumerate(langs):
+        top.plot(x, [r["p"][i] for r in records], label=lang, linewidth=1.8)
+        bottom.plot(x, [r["reward"][i] for r in records], label=lang, linewidth=1.2)
+    top.set_ylabel("p(language)")
+    top.set_ylim(0, 1)
+    top.legend(loc="upper right", ncol=min(len(langs), 4), fontsize=8)
+    top.set_title(title or f"DDS language usage (dev pair {records[0].get('dev_pair', '?')})")
+    bottom.set_ylabel("reward")
+    bottom.set_xlabel("update")
+    bottom.axhline(0, color="grey", linewidth=0.5)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", help="the --save-dir of a dds_translation run")
+    p.add_argument("--log", help="the JSONL log (default RUN_DIR/dds_log.jsonl)")
+    p.add_argument("--out", help="PNG to write (default RUN_DIR/dds_languages.png)")
+    p.add_argument("--title")
+    args = p.parse_args(argv)
+    records = read_log(args.log or os.path.join(args.run_dir, "dds_log.jsonl"))
+    out = plot(records, args.out or os.path.join(args.run_dir, "dds_languages.png"), args.title)
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""dds_translation through the real fairseq CLIs: train, resume, generate, priors, 2 workers, bad input, plot."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, USER_DIR, cli_env, fairseq, make_corpus, prepare, run
+
+PAIRS = "lrl-tgt,hrl-tgt,unra-tgt,unrb-tgt,nsy-tgt"
+SIZES = "train=80,hrl=160,unra=60,unrb=60,nsy=60,valid=21,test=21,mono_tgt=40,mono_lrl=40"
+
+
+@pytest.fixture(scope="module")
+def multiway_bin(tmp_path_factory):
+    base = tmp_path_factory.mktemp("dds_multiway")
+    raw = str(base / "raw")
+    run([sys.executable, "-m", "fairseq_metabt.synthetic", "--preset", "multilingual", "--multiway", "--out", raw,
+         "--seed", "1", "--sizes", SIZES + ",pool=200"])
+    return prepare(raw, str(base / "bin"))
+
+
+def dds_args(bin_dir, save_dir, max_update, *extra, pairs=PAIRS):
+    return [fairseq("fairseq-train"), bin_dir, "--user-dir", USER_DIR, "--task", "dds_translation",
+            "--lang-pairs", pairs, "--dds-dev-lang-pair", "lrl-tgt", "--dds-update-interval", "2",
+            "--dds-scorer-iters", "2", "--dds-scorer-batch", "16", "--dds-scorer-lr", "0.01",
+            "--dds-dev-max-tokens", "300", "--arch", "transformer_lowres_tiny", "--optimizer", "adam", "--lr", "1e-3",
+            "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "4", "--criterion", "label_smoothed_cross_entropy",
+            "--label-smoothing", "0.1", "--max-tokens", "600", "--max-update", str(max_update),
+            "--save-dir", save_dir, "--cpu", "--seed", "2", "--log-format", "simple", "--log-interval", "1",
+            "--num-workers", "0", "--no-progress-bar", *extra]
+
+
+def records(save_dir):
+    with open(os.path.join(save_dir, "dds_log.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def last_inner(out):
+    return [line for line in out.splitlines() if "train_inner" in line][-1]
+
+
+@pytest.fixture(scope="module")
+def trained(multiway_bin, tmp_path_factory):
+    save = str(tmp_path_factory.mktemp("dds_run"))
+    return save, run(dds_args(multiway_bin, save, 6)).stdout
+
+
+def test_training_logs_distribution_rewards_and_saves_state(trained):
+    save, out = trained
+    assert "target mode" in out  # multi-way targets: target-conditioned sampling
+    line = last_inner(out)
+    for lang in ("lrl", "hrl", "unra", "unrb", "nsy"):
+        for key in ("dds_p_", "dds_r_", "dds_use_"):
+            assert f"{key}{lang}=" in line, (key, lang, line)
+    assert "dds_ema_mib=" in line
+    recs = records(save)
+    assert [r["update"] for r in recs] == [2, 4, 6]
+    for r in recs:
+        assert abs(sum(r["p"]) - 1) < 1e-4 and len(r["reward"]) == 5
+    assert recs[0]["p"] != recs[-1]["p"], "the scorer moved the distribution"
+    state = torch.load(os.path.join(save, "checkpoint_last.pt"))["extra_state"]["DDSTranslationTask"]
+    assert state["scorer_updates"] == 3 and state["last_update"] == 6
+    assert state["ema"].shape[0] == 5 and bool(state["ema_seen"].all())
+    assert state["scorer_optimizer"]["state"], "the scorer's Adam state is checkpointed"
+
+
+def test_resume_continues_identically(trained, multiway_bin, tmp_path):
+    save, _ = trained
+    split = str(tmp_path / "split")
+    run(dds_args(multiway_bin, split, 3))
+    out = run(dds_args(multiway_bin, split, 6)).stdout
+    assert "@ 3 updates" in out
+    a = torch.load(os.path.join(save, "checkpoint_last.pt"))
+    b = torch.load(os.path.join(split, "checkpoint_last.pt"))
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-6), k
+    ta, tb = a["extra_state"]["DDSTranslationTask"], b["extra_state"]["DDSTranslationTask"]
+    for k in ta["scorer"]:
+        assert torch.allclose(ta["scorer"][k], tb["scorer"][k], atol=1e-7), k
+    assert torch.allclose(ta["ema"], tb["ema"], atol=1e-6)
+    assert torch.allclose(ta["rewards"], tb["rewards"], atol=1e-5)
+    ra, rb = records(save), records(split)
+    assert [r["update"] for r in rb] == [2, 4, 6]
+    for x, y in zip(ra, rb):
+        assert x["p"] == pytest.approx(y["p"], abs=1e-5) and x["usage"] == y["usage"]
+
+
+def test_generate_any_pair(trained, multiway_bin):
+    save, _ = trained
+    out = run([fairseq("fairseq-generate"), multiway_bin, "--user-dir", USER_DIR, "--task", "dds_translation",
+               "--path", os.path.join(save, "checkpoint_last.pt"), "-s", "hrl", "-t", "tgt", "--gen-subset", "test",
+               "--beam", "2", "--max-len-b", "6", "--cpu", "--required-batch-size-multiple", "1"]).stdout
+    assert sum(line.startswith("H-") for line in out.splitlines()) == 21
+
+
+def test_plot_script_draws_png(trained, tmp_path):
+    save, _ = trained
+    out = str(tmp_path / "usage.png")
+    run([sys.executable, os.path.join(ROOT, "scripts", "plot_dds.py"), save, "--out", out])
+    with open(out, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fixed_priors_are_the_baselines(multiway_bin, tmp_path):
+    # temperature baseline: sizes^(1/T), never updated
+    save = str(tmp_path / "temp")
+    run(dds_args(multiway_bin, save, 4, "--dds-init", "temperature", "--dds-temperature", "1",
+                 "--dds-update-scorer", "false"))
+    recs = records(save)
+    assert recs[0]["p"] == recs[-1]["p"]
+    p = dict(zip(recs[0]["langs"], recs[0]["p"]))
+    assert p["hrl"] > p["lrl"] and p["hrl"] > p["unra"]  # hrl has the most data
+    # TCS: imitates vocabulary overlap with lrl -> lrl where available, else its relative hrl
+    save = str(tmp_path / "tcs")
+    out = run(dds_args(multiway_bin, save, 2, "--dds-init", "tcs", "--dds-update-scorer", "false")).stdout
+    assert "TCS prior from vocabulary overlap" in out
+    p = dict(zip(records(save)[0]["langs"], records(save)[0]["p"]))
+    assert p["lrl"] + p["hrl"] > 0.8, p
+
+
+def test_bounded_gradient_memory(multiway_bin, tmp_path):
+    out = run(dds_args(multiway_bin, str(tmp_path / "sk"), 2, "--dds-grad-sketch-dim", "256")).stdout
+    assert "sketched to 256" in out
+    assert re.search(r"dds_ema_mib=0\.005\b", last_inner(out)), last_inner(out)  # 5 x 256 fp32
+    out = run(dds_args(multiway_bin, str(tmp_path / "sub"), 2, "--dds-grad-params", r"decoder\.layers\.0\.")).stdout
+    assert re.search(r"gradient EMAs over \d+ parameters", out)
+    full = int(re.search(r"gradient EMAs over (\d+) parameters", run(
+        dds_args(multiway_bin, str(tmp_path / "full"), 1)).stdout).group(1))
+    sub = int(re.search(r"gradient EMAs over (\d+) parameters", out).group(1))
+    assert 0 < sub < full
+
+
+def test_not_multiway_and_one_to_many(tmp_path):
+    raw = make_corpus(str(tmp_path / "raw"), "multilingual", sizes=SIZES)
+    bin_dir = prepare(raw, str(tmp_path / "bin"))
+    out = run(dds_args(bin_dir, str(tmp_path / "m2o"), 2, pairs="lrl-tgt,hrl-tgt,unra-tgt")).stdout
+    assert "language mode" in out
+    o2m = "tgt-lrl,tgt-hrl"
+    save = str(tmp_path / "o2m")
+    out = run(dds_args(bin_dir, save, 2, "--dds-dev-lang-pair", "tgt-lrl", pairs=o2m)).stdout
+    assert "dds_p_hrl=" in last_inner(out)
+    gen = run([fairseq("fairseq-generate"), bin_dir, "--user-dir", USER_DIR, "--task", "dds_translation",
+               "--lang-pairs", o2m, "--path", os.path.join(save, "checkpoint_last.pt"), "-s", "tgt", "-t", "hrl",
+               "--gen-subset", "test", "--beam", "2", "--max-len-b", "6", "--cpu", "--required-batch-size-multiple", "1"]).stdout
+    assert sum(line.startswith("H-") for line in gen.splitlines()) == 21
+    assert re.search(r"S-\d+\s+__hrl__", gen), "the source carries the target-language tag"
+
+
+def test_two_workers_make_identical_decisions(multiway_bin, tmp_path):
+    env = cli_env()
+    env["DDP_LOG_DIR"] = str(tmp_path / "logs")
+    args = dds_args(multiway_bin, str(tmp_path / "ddp"), 4)[1:]
+    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "train_ddp.sh"), "2", *args],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert "training on 2 devices" in proc.stdout
+    diffs = [float(x) for x in re.findall(r"dds_replica_diff=([0-9.e-]+)", proc.stdout)]
+    assert diffs and max(diffs) == 0.0, diffs
+    assert [r["update"] for r in records(str(tmp_path / "ddp"))] == [2, 4]
+
+
+def _fails(args):
+    proc = run(args, check=False)
+    assert proc.returncode != 0
+    return proc.stdout
+
+
+def test_bad_input_is_named(multiway_bin, tmp_path):
+    out = _fails(dds_args(multiway_bin, str(tmp_path / "a"), 2, "--dds-dev-lang-pair", "xyz-tgt"))
+    assert "--dds-dev-lang-pair xyz-tgt is not among --lang-pairs" in out
+    out = _fails(dds_args(multiway_bin, str(tmp_path / "b"), 2, pairs=PAIRS + ",xyz-tgt"))
+    assert "language pair xyz-tgt has no train data" in out
+    out = _fails(dds_args(multiway_bin, str(tmp_path / "c"), 2, "--dds-update-interval", "0"))
+    assert "--dds-update-interval (K) must be a positive integer, got 0" in out
+    out = _fails(dds_args(multiway_bin, str(tmp_path / "d"), 2, "--dds-scorer-iters", "0"))
+    assert "--dds-scorer-iters (E) must be a positive integer, got 0" in out
+    out = _fails(dds_args(multiway_bin, str(tmp_path / "e"), 2, "--dds-alpha1", "1.5"))
+    assert "--dds-alpha1 must be in [0, 1], got 1.5" in out
