@@ -28,7 +28,6 @@ momentum cannot move a frozen model.
 # no "from __future__ import annotations": fairseq reads the config dataclass field types at runtime
 import logging
 import math
-import pickle
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, NamedTuple, Optional
@@ -155,6 +154,7 @@ class WakeSleepTranslationTask(TranslationTask):
         self._mono: Dict[str, object] = {}  # "tgt" (wake) / "src" (sleep): source-only LanguagePairDatasets
         self._cache: Optional[Dict] = None  # phase mode: {"start", "rows": {mono id: generated tokens}}
         self.progress = {"phase": None, "iteration": 0, "phase_start": 0, "updates_done": 0, "switches": 0}
+        self._entered: Optional[int] = None  # start of the phase this process has set up (not checkpointed)
 
     @staticmethod
     def _check_config(cfg: WakeSleepConfig) -> None:
@@ -257,8 +257,9 @@ class WakeSleepTranslationTask(TranslationTask):
         side, direction = ("tgt", "backward") if phase.name == "wake" else ("src", "forward")
         model = dual.backward_model if direction == "backward" else dual
         ds = self._mono[side]
-        batches = data_utils.batch_by_size(ds.ordered_indices(), ds.num_tokens,
-                                           max_tokens=self.cfg.ws_gen_max_tokens)
+        with data_utils.numpy_seed(self.cfg.seed, phase.start):  # ordered_indices shuffles within lengths
+            order = ds.ordered_indices()
+        batches = data_utils.batch_by_size(order, ds.num_tokens, max_tokens=self.cfg.ws_gen_max_tokens)
         world = distributed_utils.get_data_parallel_world_size()
         rank = distributed_utils.get_data_parallel_rank() if world > 1 else 0
         generator = self._generator(model, direction)
@@ -274,7 +275,7 @@ class WakeSleepTranslationTask(TranslationTask):
                     rows[int(i)] = out.cpu()
         elapsed = time.perf_counter() - started
         if world > 1:
-            rows = _all_gather_rows(rows, device)
+            rows = _all_gather_rows(rows)
         lengths = [r.numel() - 1 for r in rows.values()]
         self._cache = {"start": phase.start, "rows": rows, "side": side}
         metrics.log_scalar("cache_gen_s", elapsed, weight=1, round=3)
@@ -339,11 +340,13 @@ class WakeSleepTranslationTask(TranslationTask):
     def _enter(self, phase: Phase, dual: DualTransformerModel) -> None:
         """Freeze the inactive direction; at a phase switch, log it and drop the previous cache."""
         self._freeze_for(dual, phase)
-        if self.progress["phase"] == phase.name and self.progress["phase_start"] == phase.start:
+        if self._entered == phase.start:
             return
-        if self.progress["phase"] is not None:
-            self.progress["switches"] += 1
-        self.progress.update(phase=phase.name, iteration=phase.iteration, phase_start=phase.start)
+        self._entered = phase.start
+        if self.progress["phase_start"] != phase.start or self.progress["phase"] != phase.name:
+            if self.progress["phase"] is not None:
+                self.progress["switches"] += 1
+            self.progress.update(phase=phase.name, iteration=phase.iteration, phase_start=phase.start)
         if self._cache is not None and self._cache["start"] != phase.start:
             self._cache = None
         length = {"mle": self.cfg.ws_mle_updates, "wake": self.cfg.wake_updates,
@@ -424,12 +427,8 @@ class WakeSleepTranslationTask(TranslationTask):
             metrics.log_scalar("gen_sps", total("gen_sents") / total("gen_time"), 1, round=1)
 
 
-def _all_gather_rows(rows: Dict[int, torch.Tensor], device: torch.device) -> Dict[int, torch.Tensor]:
+def _all_gather_rows(rows: Dict[int, torch.Tensor]) -> Dict[int, torch.Tensor]:
     """Union of every worker's generated rows (each worker generated a shard of the monotext)."""
-    local = {i: r.tolist() for i, r in rows.items()}
-    size = torch.tensor([len(pickle.dumps(local)) + 1024], dtype=torch.long, device=device)
-    torch.distributed.all_reduce(size, op=torch.distributed.ReduceOp.MAX)
-    merged: Dict[int, torch.Tensor] = {}
-    for part in distributed_utils.all_gather_list(local, max_size=int(size) + 64):
-        merged.update({int(i): torch.tensor(r, dtype=torch.long) for i, r in part.items()})
-    return merged
+    parts: List[Optional[Dict[int, List[int]]]] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, {i: r.tolist() for i, r in rows.items()})
+    return {int(i): torch.tensor(r, dtype=torch.long) for part in parts for i, r in part.items()}
