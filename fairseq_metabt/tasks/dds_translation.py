@@ -98,7 +98,9 @@ class DDSTranslationConfig(TranslationConfig):
         default=0.1, metadata={"help": "sharpness of the TCS heuristic: q ∝ exp(overlap / tau)"}
     )
     dds_update_scorer: BOOL_CHOICES = field(
-        default="true", metadata={"help": "false: keep the initial distribution fixed (the baselines)"}
+        default="true",
+        metadata={"help": "false: keep the initial distribution fixed (the baselines); no EMAs, dev gradients or "
+                          "rewards are computed then"}
     )
     dds_grad_params: Optional[str] = field(
         default=None, metadata={"help": "regular expression: keep EMAs only for the parameters whose name matches"}
@@ -324,6 +326,8 @@ class DDSTranslationTask(TranslationTask):
             dim = k or d
             if self.ema is not None:
                 self.ema = self.ema.to(self._theta[0].device)
+            if not self.updates_scorer:  # a fixed distribution needs no EMAs
+                return self._theta
             if self.ema is None or self.ema.shape != (len(self.langs), dim):
                 if self.ema is not None:
                     raise ValueError(f"the checkpoint's gradient EMAs have shape {tuple(self.ema.shape)}, this run "
@@ -346,8 +350,9 @@ class DDSTranslationTask(TranslationTask):
         n = len(self.langs)
         if self._pending is None or self._pending["update"] != update_num:
             # a new update (an update skipped by fairseq, e.g. on overflow, leaves nothing behind)
-            self._pending = {"update": update_num, "micro": 0, "grad": torch.zeros_like(self.ema),
-                             "ntokens": torch.zeros(n, dtype=torch.float64, device=self.ema.device)}
+            self._pending = {"update": update_num, "micro": 0,
+                             "grad": torch.zeros_like(self.ema) if self.updates_scorer else None,
+                             "ntokens": torch.zeros(n, dtype=torch.float64, device=theta[0].device)}
         pending = self._pending
         gen = seeded_generator(self.cfg.seed, update_num, _rank(), pending["micro"])
         pending["micro"] += 1
@@ -358,7 +363,7 @@ class DDSTranslationTask(TranslationTask):
 
         # every key on every worker, even for a language absent here: fairseq sums logs across workers by key
         agg_loss, agg_size, agg_log = 0.0, 0, {f"dds_nsent_{x}": 0.0 for x in self.langs}
-        prev = G.flat_grad(theta)
+        prev = G.flat_grad(theta) if self.updates_scorer else None
         scale = _loss_scale(optimizer)
         for k, (lang, batch) in enumerate(batches.items()):
             if self._theta[0].is_cuda:
@@ -370,13 +375,14 @@ class DDSTranslationTask(TranslationTask):
                 if ignore_grad:
                     loss = loss * 0
                 optimizer.backward(loss)
-            if not ignore_grad:
+            if not ignore_grad and self.updates_scorer:
                 # this language's share of the gradient: the real training gradient, no extra backward pass
                 cur = G.flat_grad(theta)
                 pending["grad"][lang] += self._project(cur - prev) / scale
                 pending["ntokens"][lang] += float(batch["ntokens"])
-                self.usage[lang] += float(batch["nsentences"])
                 prev = cur
+            if not ignore_grad:
+                self.usage[lang] += float(batch["nsentences"])
             agg_loss += float(loss.detach())
             agg_size += sample_size
             for key, v in log.items():
@@ -389,6 +395,12 @@ class DDSTranslationTask(TranslationTask):
             optimizer.step()
             return
         pending, self._pending = self._pending, None
+        if not self.updates_scorer:  # a fixed distribution (the baselines) needs no rewards
+            optimizer.step()
+            self.last_update = update_num + 1
+            if (update_num + 1) % self.cfg.dds_update_interval == 0:
+                self._scorer_step(model, update_num)
+            return
         # Alg. 2 line 7 on the workers' all-reduced per-language gradients (mean per target token)
         grads, ntok = pending["grad"], pending["ntokens"].float()
         packed = torch.cat([grads.reshape(-1), ntok])
@@ -439,9 +451,8 @@ class DDSTranslationTask(TranslationTask):
         return out
 
     def _scorer_step(self, model, update_num: int) -> None:
-        dev = self.dev_gradient(model, update_num)
-        self.rewards = self.compute_rewards(dev)
         if self.updates_scorer:
+            self.rewards = self.compute_rewards(self.dev_gradient(model, update_num))
             for it in range(self.cfg.dds_scorer_iters):
                 gen = seeded_generator(self.cfg.seed, update_num, it, 29)
                 avail = self.train_data.sample_targets(self.cfg.dds_scorer_batch, gen)
@@ -462,7 +473,7 @@ class DDSTranslationTask(TranslationTask):
         if distributed_utils.get_data_parallel_world_size() <= 1:
             return
         s = torch.tensor([float(sum(p.detach().double().sum() for p in self.scorer.parameters())),
-                          float(self.ema.double().sum())], dtype=torch.float64)
+                          float(self.ema.double().sum()) if self.ema is not None else 0.0], dtype=torch.float64)
         hi, lo = s.clone(), -s.clone()
         torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
         torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MAX)

@@ -1,0 +1,92 @@
+"""dds_weighted_cross_entropy (Alg. 1): example weights, Taylor rewards against per-example gradients, CLI run."""
+import argparse
+import os
+
+import numpy as np
+import torch
+from fairseq.data import LanguagePairDataset, ListDataset
+
+from conftest import USER_DIR, fairseq, run
+from fairseq_metabt.criterions.dds_weighted_cross_entropy import DDSWeightedCrossEntropyCriterion
+from fairseq_metabt.modules import gradients as G
+from fairseq_metabt.modules.generation import sequence_log_probs
+from tiny_models import random_batch, tiny_dictionary, tiny_transformer
+
+
+def _task(d, dev_batch_rows=5):
+    g = torch.Generator().manual_seed(9)
+    rows = [torch.cat([torch.randint(d.nspecial, len(d), (3 + i % 3,), generator=g), torch.tensor([d.eos()])])
+            for i in range(dev_batch_rows)]
+    sizes = np.array([len(r) for r in rows])
+    dev = LanguagePairDataset(ListDataset(rows, sizes), sizes, d, ListDataset(rows, sizes), sizes, d, shuffle=False)
+    return argparse.Namespace(target_dictionary=d, source_dictionary=d, datasets={"valid": dev},
+                              dataset=lambda split: dev)
+
+
+def _criterion(task, **kw):
+    return DDSWeightedCrossEntropyCriterion(task, False, 0.0, dds_dev_max_tokens=10_000, dds_scorer_lr=1e-2,
+                                            dds_taylor_eps=1e-4, **kw)
+
+
+def test_weights_are_the_batch_softmax_times_batch_size():
+    d = tiny_dictionary()
+    model = tiny_transformer(d, seed=1)
+    crit = _criterion(_task(d))
+    batch = random_batch(d, n=6, seed=2)
+    model.eval()
+    with torch.no_grad():
+        loss, _, log = crit(model, batch)
+        per_ex = crit(model, batch, reduce=False)[0]
+    assert per_ex.shape == (6,) and abs(float(per_ex.sum()) - float(loss)) < 1e-4
+    assert log["dds_weight_max"] >= 1.0  # mean weight 1, so the largest is at least 1
+
+
+def test_taylor_rewards_match_per_example_gradients():
+    torch.manual_seed(0)
+    d = tiny_dictionary()
+    model = tiny_transformer(d, seed=3).double()
+    task = _task(d)
+    crit = _criterion(task)
+    theta = [p for p in model.parameters() if p.requires_grad]
+    batch = random_batch(d, n=4, seed=5)
+    model.train()
+    crit(model, batch)  # step t: remembers the batch and the shadow theta_{t-1}
+    shadow = [p.detach().clone() for p in theta]
+    with torch.no_grad():  # a stand-in for fairseq's optimizer step: theta_{t-1} -> theta_t
+        for p in theta:
+            p.add_(torch.randn_like(p) * 1e-2)
+    psi_before = [p.detach().clone() for p in crit.scorer.parameters()]
+    crit(model, random_batch(d, n=4, seed=6))  # step t+1 takes the rewards of step t's batch
+    d_vec, rewards = crit.last_dev_gradient, crit.last_rewards
+    assert rewards is not None and rewards.shape == (4,)
+
+    # brute force: d . grad l_i(theta_{t-1}) for each example with its own backward pass
+    saved = [p.detach().clone() for p in theta]
+    with torch.no_grad():
+        for p, s in zip(theta, shadow):
+            p.copy_(s)
+    model.eval()
+    brute = []
+    for i in range(4):
+        ntok = batch["target"][i].ne(d.pad()).sum().double()
+        nll = -sequence_log_probs(model, batch, d.pad())[i] / ntok
+        grads = torch.autograd.grad(nll, theta, allow_unused=True)
+        brute.append(float(torch.dot(G.flatten(grads, theta).double(), d_vec.double())))
+    with torch.no_grad():
+        for p, s in zip(theta, saved):
+            p.copy_(s)
+    assert np.allclose(rewards.numpy(), brute, rtol=2e-2, atol=1e-4), (rewards, brute)
+    assert any(not torch.equal(a, b) for a, b in zip(psi_before, crit.scorer.parameters())), "psi was updated"
+    assert all(not p.requires_grad for p in crit.scorer.parameters()), "psi stays out of fairseq's optimizer"
+
+
+def test_criterion_trains_with_fairseq(quickstart_bin, tmp_path):
+    out = run([fairseq("fairseq-train"), quickstart_bin, "--user-dir", USER_DIR, "--task", "translation",
+               "-s", "lrl", "-t", "tgt", "--criterion", "dds_weighted_cross_entropy", "--label-smoothing", "0.1",
+               "--dds-dev-max-tokens", "300", "--arch", "transformer_lowres_tiny", "--optimizer", "adam",
+               "--lr", "1e-3", "--max-tokens", "600", "--max-update", "4", "--save-dir", str(tmp_path / "c"),
+               "--cpu", "--seed", "2", "--log-format", "simple", "--log-interval", "1", "--num-workers", "0",
+               "--no-progress-bar"]).stdout
+    last = [line for line in out.splitlines() if "train_inner" in line][-1]
+    assert "dds_reward=" in last and "dds_weight_max=" in last
+    assert os.path.exists(tmp_path / "c" / "checkpoint_last.pt")
