@@ -8,6 +8,7 @@ into a training batch with :func:`generated_pairs`.
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -57,3 +58,16 @@ def generated_pairs(generated: Sequence[torch.Tensor], given: Sequence[torch.Ten
         out["batch"] = pair_batch([generated[i] for i in keep], [given[i] for i in keep], pad, eos,
                                   ids=[ids[i] for i in keep] if ids is not None else keep)
     return out
+
+
+def mono_as_test_split(bin_dir: str, lang: str, other: str, out_dir: str) -> str:
+    """``out_dir`` where ``BIN/mono.LANG`` is the ``test`` split of LANG-OTHER (the OTHER side a dummy
+    copy of it), with the joint dictionary: ``fairseq-generate`` then translates the whole monotext."""
+    os.makedirs(out_dir, exist_ok=True)
+    for side in (lang, other):
+        shutil.copy(os.path.join(bin_dir, "dict.txt"), os.path.join(out_dir, f"dict.{side}.txt"))
+        for ext in ("bin", "idx"):
+            dst = os.path.join(out_dir, f"test.{lang}-{other}.{side}.{ext}")
+            if not os.path.lexists(dst):
+                os.symlink(os.path.abspath(os.path.join(bin_dir, f"mono.{lang}.{ext}")), dst)
+    return out_dir

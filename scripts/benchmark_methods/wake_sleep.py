@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,8 @@ import tempfile
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(_HERE))
 from benchmark import USER_DIR, BenchmarkMethod, common_args  # noqa: E402
+
+from fairseq_metabt.data.mono import mono_as_test_split  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(_HERE))
 BIN = os.path.dirname(sys.executable)
@@ -71,18 +72,6 @@ def _train_args(bin_dir, args, save_dir, max_update, *extra):
         "--save-dir", save_dir, "--no-epoch-checkpoints", "--disable-validation", *extra]
 
 
-def _mono_as_test(bin_dir, out_dir, src, tgt):
-    """A directory where mono.SRC is the test split of SRC-TGT (its target side a dummy copy)."""
-    os.makedirs(out_dir, exist_ok=True)
-    for lang in (src, tgt):
-        shutil.copy(os.path.join(bin_dir, "dict.txt"), os.path.join(out_dir, f"dict.{lang}.txt"))
-        for ext in ("bin", "idx"):
-            dst = os.path.join(out_dir, f"test.{src}-{tgt}.{lang}.{ext}")
-            if not os.path.exists(dst):
-                os.symlink(os.path.join(bin_dir, f"mono.{src}.{ext}"), dst)
-    return out_dir
-
-
 def measure_generation(bin_dir, args, work_dir):
     """Print generation throughput (fairseq-generate vs. in training) and the phase-switch overhead."""
     os.makedirs(work_dir, exist_ok=True)
@@ -103,7 +92,7 @@ def measure_generation(bin_dir, args, work_dir):
     reference = {}
     # wake generates with the backward model from M_T, sleep with the forward model from M_S
     for phase, direction, s, t in (("wake", "backward", tgt, src), ("sleep", "forward", src, tgt)):
-        data = _mono_as_test(bin_dir, os.path.join(work_dir, f"gen-{s}-{t}"), s, t)
+        data = mono_as_test_split(bin_dir, s, t, os.path.join(work_dir, f"gen-{s}-{t}"))
         text = _run([_tool("fairseq-generate"), data, "--path", exported[direction], "-s", s, "-t", t,
                      "--gen-subset", "test", "--beam", "1", "--max-len-a", "1.2", "--max-len-b", "10",
                      "--max-tokens", gen_tokens, "--required-batch-size-multiple", "1", *cpu],

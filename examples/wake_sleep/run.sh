@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# Wake-sleep back-translation, offline: Alg. 1 of Cotterell & Kreutzer (2018) with fairseq's own CLIs.
+#
+#   bash examples/wake_sleep/run.sh [--raw-dir RAW] --iterations I [--out OUT] [--seed S]
+#
+# Iteration 0: the forward (SRC->TGT) and backward (TGT->SRC) models by MLE on the bitext B.
+# Iteration i = 1..I:
+#   wake  (lines 2-6):  fairseq-generate back-translates all of mono.TGT with the backward model of
+#                       iteration i-1 (greedy = the Viterbi approximation, Sec. 3.4); the forward model
+#                       continues training on B + the back-translated pairs, early stopping on dev;
+#   sleep (lines 7-11): the new forward model translates all of mono.SRC (p(x) is the empirical source
+#                       monotext, Sec. 3.3); the backward model continues training on reversed B + the
+#                       dreamt pairs, early stopping on dev.
+# Iteration 1 is therefore standard back-translation (its sleep phase only prepares iteration 2).
+# Each model is evaluated (dev and test BLEU, scripts/evaluate.py) after its iteration; OUT/seedS/results.tsv
+# collects iteration, direction, dev/test BLEU and the pseudo bitext's size and mean length.
+# Every stage leaves a marker, so a re-run resumes at the first unfinished stage (an interrupted
+# fairseq-train resumes from its checkpoint_last.pt).
+#
+# Without --raw-dir the synthetic `domain` corpus is generated: out-of-domain bitext, in-domain dev/test
+# and in-domain monotext on both sides (the paper's TED setting).  A real corpus in the raw layout
+# (docs/data.md) needs train/valid/test.SRC-TGT.* and mono.SRC, mono.TGT; set SRC/TGT to its codes.
+# Scale knobs (environment): ARCH (transformer_lowres_small), MLE_UPDATES (3000), ITER_UPDATES (1500, the most
+# updates per direction and iteration), VALID_EVERY (200 updates), PATIENCE (5 validations), MAX_TOKENS (4096),
+# LR (5e-4), LR_ITER (2e-4, continued training), BEAM (5, test), GEN_MAX_TOKENS (8192), SIZES (synthetic --sizes).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+PY="${PYTHON:-$ROOT/.venv/bin/python}"; [ -x "$PY" ] || PY=python
+BINDIR="$(dirname "$PY")"
+TRAIN="$BINDIR/fairseq-train"; [ -x "$TRAIN" ] || TRAIN=fairseq-train
+GENERATE="$BINDIR/fairseq-generate"; [ -x "$GENERATE" ] || GENERATE=fairseq-generate
+PREPROCESS="$BINDIR/fairseq-preprocess"; [ -x "$PREPROCESS" ] || PREPROCESS=fairseq-preprocess
+RAW=""; OUT="runs/wake_sleep"; SEED=1; ITERATIONS=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --raw-dir) RAW="$2"; shift 2 ;;
+    --iterations) ITERATIONS="$2"; shift 2 ;;
+    --out) OUT="$2"; shift 2 ;;
+    --seed) SEED="$2"; shift 2 ;;
+    *) echo "unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
+  esac
+done
+if ! [[ "$ITERATIONS" =~ ^[0-9]+$ ]] || [ "$ITERATIONS" -lt 1 ]; then
+  echo "--iterations must be an integer >= 1, got '${ITERATIONS}' (iteration 1 is standard back-translation;" \
+       "iteration 0, MLE, always runs)" >&2
+  exit 2
+fi
+SRC="${SRC:-lrl}"; TGT="${TGT:-tgt}"; ARCH="${ARCH:-transformer_lowres_small}"
+MLE_UPDATES="${MLE_UPDATES:-3000}"; ITER_UPDATES="${ITER_UPDATES:-1500}"; VALID_EVERY="${VALID_EVERY:-200}"
+PATIENCE="${PATIENCE:-5}"; MAX_TOKENS="${MAX_TOKENS:-4096}"; LR="${LR:-5e-4}"; LR_ITER="${LR_ITER:-2e-4}"
+BEAM="${BEAM:-5}"; GEN_MAX_TOKENS="${GEN_MAX_TOKENS:-8192}"
+DEVICE=(); "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' || DEVICE=(--cpu)
+mkdir -p "$OUT"
+
+if [ -z "$RAW" ]; then
+  RAW="$OUT/raw"
+  [ -f "$RAW/manifest.json" ] || "$PY" -m fairseq_metabt.synthetic --preset domain --out "$RAW" --seed 1 \
+      ${SIZES:+--sizes "$SIZES"}
+fi
+for lang in "$SRC" "$TGT"; do
+  if [ ! -s "$RAW/mono.$lang" ]; then
+    side=$([ "$lang" = "$TGT" ] && echo "target monotext M_T, back-translated in the wake phase" \
+                                || echo "source monotext M_S, translated in the sleep phase")
+    echo "wake-sleep needs $side: $RAW/mono.$lang is missing or empty; add it to the raw directory" >&2
+    exit 2
+  fi
+done
+BIN="$OUT/bin"
+[ -f "$BIN/prepare.json" ] || "$PY" "$ROOT/scripts/prepare_data.py" "$RAW" "$BIN"
+RUN="$OUT/seed$SEED"
+mkdir -p "$RUN"
+
+COMMON=(--user-dir "$ROOT/fairseq_metabt" --task translation --arch "$ARCH" --share-decoder-input-output-embed
+        --optimizer adam --adam-betas "(0.9, 0.98)" --clip-norm 1.0 --criterion label_smoothed_cross_entropy
+        --label-smoothing 0.1 --max-tokens "$MAX_TOKENS" --upsample-primary 1 --validate-interval-updates "$VALID_EVERY"
+        --save-interval-updates "$VALID_EVERY" --keep-interval-updates 1 --no-epoch-checkpoints --patience "$PATIENCE"
+        --best-checkpoint-metric loss --seed "$SEED" --num-workers 0 --log-format simple --log-interval 50
+        "${DEVICE[@]}")
+
+# train DIR DATA S T MAX_UPDATE [INIT]: one direction, early stopping on dev; continued from INIT if given
+train() {
+  local dir="$1" data="$2" s="$3" t="$4" max="$5" init="${6:-}"
+  [ -f "$dir/done" ] && return 0
+  mkdir -p "$dir"
+  local schedule=(--lr "$LR" --lr-scheduler inverse_sqrt --warmup-updates 400)
+  # continued training: optimizer and schedule re-initialised; fairseq ignores --finetune-from-model
+  # when $dir/checkpoint_last.pt exists, i.e. an interrupted stage resumes
+  [ -n "$init" ] && schedule=(--lr "$LR_ITER" --lr-scheduler inverse_sqrt --warmup-updates 100
+                              --finetune-from-model "$init")
+  echo "training $s->$t in $dir (log: $dir/train.log)"
+  "$TRAIN" "$data" -s "$s" -t "$t" "${COMMON[@]}" "${schedule[@]}" --max-update "$max" --save-dir "$dir" \
+      >> "$dir/train.log" 2>&1 || { tail -40 "$dir/train.log" >&2; exit 1; }
+  grep -E "valid on 'valid' subset" "$dir/train.log" | tail -1 || true
+  touch "$dir/done"
+}
+
+# evaluate DIR S T ITERATION DIRECTION [PSEUDO_JSON]: dev and test BLEU, one results.tsv row
+evaluate() {
+  local dir="$1" s="$2" t="$3" it="$4" direction="$5" pseudo="${6:-}"
+  for subset in valid test; do
+    [ -f "$dir/$subset.json" ] || "$PY" "$ROOT/scripts/evaluate.py" "$BIN" --path "$dir/checkpoint_best.pt" \
+        -s "$s" -t "$t" --subset "$subset" --beam "$BEAM" --json "$dir/$subset.json" >/dev/null
+  done
+  "$PY" - "$dir" "$it" "$direction" "$s-$t" "$pseudo" "$RUN/results.tsv" <<'EOF'
+import json, os, sys
+d, it, direction, pair, pseudo, out = sys.argv[1:]
+dev, test = (json.load(open(os.path.join(d, f"{s}.json"))) for s in ("valid", "test"))
+p = json.load(open(pseudo)) if pseudo else {"pairs": 0, "mean_len": 0.0}
+rows = [l for l in open(out)] if os.path.exists(out) else ["iteration\tdirection\tpair\tdev_bleu\ttest_bleu\tpseudo_pairs\tpseudo_mean_len\n"]
+rows = [r for r in rows if not r.startswith(f"{it}\t{direction}\t")]
+rows.append(f"{it}\t{direction}\t{pair}\t{dev['bleu']}\t{test['bleu']}\t{p['pairs']}\t{p['mean_len']}\n")
+open(out, "w").writelines(rows)
+print(f"iteration {it} {direction} ({pair}): dev BLEU {dev['bleu']}, test BLEU {test['bleu']}, pseudo pairs {p['pairs']}")
+EOF
+}
+
+# pseudo IT PHASE MODEL GEN_FROM GEN_TO: translate all of mono.GEN_FROM with MODEL, binarise the pseudo bitext
+# (generated GEN_TO side, real GEN_FROM side) together with B into $RUN/iterIT/PHASE-data
+pseudo() {
+  local it="$1" phase="$2" model="$3" from="$4" to="$5"
+  local dir="$RUN/iter$it/$phase-data"
+  [ -f "$dir/done" ] && return 0
+  rm -rf "$dir"; mkdir -p "$dir/gen" "$dir/text"
+  "$PY" "$ROOT/examples/wake_sleep/pseudo_bitext.py" link-mono "$BIN" "$from" "$to" "$dir/gen"
+  "$GENERATE" "$dir/gen" --user-dir "$ROOT/fairseq_metabt" --path "$model" -s "$from" -t "$to" --gen-subset test \
+    --beam 1 --max-len-a 1.2 --max-len-b 10 --max-tokens "$GEN_MAX_TOKENS" --required-batch-size-multiple 1 \
+    "${DEVICE[@]}" > "$dir/generate.log"
+  grep -E "^Translated|Generate test" "$dir/generate.log" || true
+  "$PY" "$ROOT/examples/wake_sleep/pseudo_bitext.py" pairs "$dir/generate.log" "$BIN/spm/mono.$from" \
+    "$dir/text/train" "$to" "$from" > "$dir/pseudo.json"
+  # the pseudo bitext as train1: fairseq's translation task trains on train + train1 (B ∪ pseudo)
+  "$PREPROCESS" --source-lang "$SRC" --target-lang "$TGT" --trainpref "$dir/text/train" --destdir "$dir/bin1" \
+    --srcdict "$BIN/dict.txt" --tgtdict "$BIN/dict.txt" --workers 1 > "$dir/preprocess.log" 2>&1
+  for lang in "$SRC" "$TGT"; do
+    cp "$BIN/dict.txt" "$dir/dict.$lang.txt"
+    for ext in bin idx; do
+      mv "$dir/bin1/train.$SRC-$TGT.$lang.$ext" "$dir/train1.$SRC-$TGT.$lang.$ext"
+      for split in train valid test; do
+        ln -sf "$(cd "$BIN" && pwd)/$split.$SRC-$TGT.$lang.$ext" "$dir/$split.$SRC-$TGT.$lang.$ext"
+      done
+    done
+  done
+  echo "iteration $it $phase pseudo bitext: $(cat "$dir/pseudo.json")"
+  touch "$dir/done"
+}
+
+# iteration 0: MLE on B, both directions
+FWD="$RUN/iter0/forward"; BWD="$RUN/iter0/backward"
+train "$FWD" "$BIN" "$SRC" "$TGT" "$MLE_UPDATES"
+train "$BWD" "$BIN" "$TGT" "$SRC" "$MLE_UPDATES"
+evaluate "$FWD" "$SRC" "$TGT" 0 forward
+evaluate "$BWD" "$TGT" "$SRC" 0 backward
+
+for ((i = 1; i <= ITERATIONS; i++)); do
+  echo "=== wake-sleep iteration $i of $ITERATIONS ==="
+  # wake: x~ = q_phi(y) for y in M_T (backward model of iteration i-1); theta on B ∪ B_back
+  pseudo "$i" wake "$BWD/checkpoint_best.pt" "$TGT" "$SRC"
+  NEW_FWD="$RUN/iter$i/forward"
+  train "$NEW_FWD" "$RUN/iter$i/wake-data" "$SRC" "$TGT" "$ITER_UPDATES" "$FWD/checkpoint_best.pt"
+  evaluate "$NEW_FWD" "$SRC" "$TGT" "$i" forward "$RUN/iter$i/wake-data/pseudo.json"
+  # sleep: y~ = p_theta(x~) for x~ in M_S (the forward model just trained); phi on reversed B ∪ B_dreamt
+  pseudo "$i" sleep "$NEW_FWD/checkpoint_best.pt" "$SRC" "$TGT"
+  NEW_BWD="$RUN/iter$i/backward"
+  train "$NEW_BWD" "$RUN/iter$i/sleep-data" "$TGT" "$SRC" "$ITER_UPDATES" "$BWD/checkpoint_best.pt"
+  evaluate "$NEW_BWD" "$TGT" "$SRC" "$i" backward "$RUN/iter$i/sleep-data/pseudo.json"
+  FWD="$NEW_FWD"; BWD="$NEW_BWD"
+done
+echo "results: $RUN/results.tsv"
+column -t -s $'\t' "$RUN/results.tsv" || cat "$RUN/results.tsv"
