@@ -205,3 +205,32 @@ def test_language_pairs():
         hub_of(parse_lang_pairs("a-t,b-u"))
     with pytest.raises(ValueError, match="twice"):
         parse_lang_pairs("a-t,a-t")
+
+
+# ---- per-language gradient shares without extra backward passes ------------------------------------
+@pytest.mark.parametrize("sketch_dim", [0, 8])
+def test_gradient_shares_equal_separate_backward_passes(sketch_dim):
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2))
+    params = list(m.parameters())
+    sketch = G.CountSketch(sum(p.numel() for p in params), sketch_dim, seed=1) if sketch_dim else None
+    shares = G.GradientShares(params, 3, sketch)
+    xs = [torch.randn(5, 4) for _ in range(4)]
+    groups = [0, 2, 0, 1]  # two micro-batches of group 0 accumulate
+    m.zero_grad()
+    shares.reset()
+    shares.mark()
+    for x, grp in zip(xs, groups):
+        (m(x) ** 2).sum().mul(2.0).backward()  # a loss scale of 2, divided out below
+        shares.capture(grp, scale=2.0)
+    for grp in range(3):
+        brute = torch.zeros(sum(p.numel() for p in params))
+        for x, gg in zip(xs, groups):
+            if gg == grp:
+                grads = torch.autograd.grad((m(x) ** 2).sum(), params)
+                brute += G.flatten(grads, params)
+        expect = sketch(brute) if sketch else brute
+        assert torch.allclose(shares.shares[grp], expect, atol=1e-5), grp
+    # the shares add up to fairseq's accumulated gradient
+    if not sketch_dim:
+        assert torch.allclose(shares.shares.sum(0) * 2.0, G.flat_grad(params), atol=1e-5)

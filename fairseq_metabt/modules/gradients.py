@@ -179,3 +179,57 @@ class CountSketch:
             raise ValueError(f"sketch expects {self.dim_in} elements, got {v.numel()}")
         out = torch.zeros(self.dim_out, device=v.device, dtype=torch.float32)
         return out.index_add_(0, self.bucket.to(v.device), v.float() * self.sign.to(v.device, torch.float32))
+
+    def add_slice_(self, out: torch.Tensor, v: torch.Tensor, offset: int, alpha: float = 1.0) -> torch.Tensor:
+        """``out += alpha * S(x)`` where ``x`` is zero except ``v`` at coordinates ``offset:offset+len(v)``."""
+        n = v.numel()
+        sign = self.sign[offset:offset + n].to(v.device, torch.float32)
+        return out.index_add_(0, self.bucket[offset:offset + n].to(v.device), v.reshape(-1).float() * sign,
+                              alpha=alpha)
+
+
+class GradientShares:
+    """Split the gradient that accumulates in ``.grad`` into per-group shares, in place.
+
+    Call :meth:`mark` before a group's backward pass and :meth:`capture` after it: the group's share,
+    ``grad_after - grad_before``, is added to row ``group`` of :attr:`shares` (projected by ``sketch``
+    when given).  Per-parameter in-place arithmetic, no flattened copies: one extra fp32 copy of the
+    parameters' size plus ``groups x dim`` for the shares (DDS: one row per language).
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor], groups: int, sketch: Optional[CountSketch] = None):
+        self.params, self.sketch = list(params), sketch
+        total = sum(p.numel() for p in self.params)
+        device = self.params[0].device if self.params else None
+        self.shares = torch.zeros(groups, sketch.dim_out if sketch is not None else total, device=device)
+        self._before = [torch.zeros(p.numel(), device=p.device) for p in self.params]
+        self._offsets = [0]
+        for p in self.params:
+            self._offsets.append(self._offsets[-1] + p.numel())
+
+    def reset(self) -> None:
+        self.shares.zero_()
+
+    @torch.no_grad()
+    def mark(self) -> None:
+        """Remember the current ``.grad`` (the state before the next group's backward pass)."""
+        for p, before in zip(self.params, self._before):
+            if p.grad is None:
+                before.zero_()
+            else:
+                before.copy_(p.grad.reshape(-1))
+
+    @torch.no_grad()
+    def capture(self, group: int, scale: float = 1.0) -> None:
+        """Add ``(grad - grad_at_mark) / scale`` to row ``group`` and move the mark to the current ``.grad``."""
+        row = self.shares[group]
+        for i, (p, before) in enumerate(zip(self.params, self._before)):
+            if p.grad is None:
+                continue
+            g = p.grad.reshape(-1)
+            lo, hi = self._offsets[i], self._offsets[i + 1]
+            if self.sketch is None:
+                row[lo:hi].add_(g, alpha=1.0 / scale).sub_(before, alpha=1.0 / scale)
+            else:
+                self.sketch.add_slice_(row, g.float() - before, lo, alpha=1.0 / scale)
+            before.copy_(g)

@@ -217,6 +217,7 @@ class DDSTranslationTask(TranslationTask):
         self._prior_done = False
         self._theta: Optional[List[torch.Tensor]] = None
         self._sketch: Optional[G.CountSketch] = None
+        self._shares: Optional[G.GradientShares] = None
         self._pending: Optional[Dict] = None
         self._dev = None
 
@@ -333,12 +334,10 @@ class DDSTranslationTask(TranslationTask):
                     raise ValueError(f"the checkpoint's gradient EMAs have shape {tuple(self.ema.shape)}, this run "
                                      f"needs {(len(self.langs), dim)}: keep --dds-grad-params/--dds-grad-sketch-dim")
                 self.ema = torch.zeros(len(self.langs), dim, device=self._theta[0].device)
+            self._shares = G.GradientShares(self._theta, len(self.langs), self._sketch)
             logger.info("dds: gradient EMAs over %d parameters%s: %.2f MiB", d,
                         f", sketched to {k}" if k else "", self.ema.numel() * 4 / 2**20)
         return self._theta
-
-    def _project(self, flat: torch.Tensor) -> torch.Tensor:
-        return self._sketch(flat) if self._sketch is not None else flat
 
     # ---- Alg. 2 lines 4–7 -----------------------------------------------------------------------
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
@@ -351,8 +350,9 @@ class DDSTranslationTask(TranslationTask):
         if self._pending is None or self._pending["update"] != update_num:
             # a new update (an update skipped by fairseq, e.g. on overflow, leaves nothing behind)
             self._pending = {"update": update_num, "micro": 0,
-                             "grad": torch.zeros_like(self.ema) if self.updates_scorer else None,
                              "ntokens": torch.zeros(n, dtype=torch.float64, device=theta[0].device)}
+            if self._shares is not None:
+                self._shares.reset()
         pending = self._pending
         gen = seeded_generator(self.cfg.seed, update_num, _rank(), pending["micro"])
         pending["micro"] += 1
@@ -363,7 +363,8 @@ class DDSTranslationTask(TranslationTask):
 
         # every key on every worker, even for a language absent here: fairseq sums logs across workers by key
         agg_loss, agg_size, agg_log = 0.0, 0, {f"dds_nsent_{x}": 0.0 for x in self.langs}
-        prev = G.flat_grad(theta) if self.updates_scorer else None
+        if self._shares is not None:
+            self._shares.mark()
         scale = _loss_scale(optimizer)
         for k, (lang, batch) in enumerate(batches.items()):
             if self._theta[0].is_cuda:
@@ -375,12 +376,10 @@ class DDSTranslationTask(TranslationTask):
                 if ignore_grad:
                     loss = loss * 0
                 optimizer.backward(loss)
-            if not ignore_grad and self.updates_scorer:
+            if not ignore_grad and self._shares is not None:
                 # this language's share of the gradient: the real training gradient, no extra backward pass
-                cur = G.flat_grad(theta)
-                pending["grad"][lang] += self._project(cur - prev) / scale
+                self._shares.capture(lang, scale)
                 pending["ntokens"][lang] += float(batch["ntokens"])
-                prev = cur
             if not ignore_grad:
                 self.usage[lang] += float(batch["nsentences"])
             agg_loss += float(loss.detach())
@@ -402,13 +401,13 @@ class DDSTranslationTask(TranslationTask):
                 self._scorer_step(model, update_num)
             return
         # Alg. 2 line 7 on the workers' all-reduced per-language gradients (mean per target token)
-        grads, ntok = pending["grad"], pending["ntokens"].float()
-        packed = torch.cat([grads.reshape(-1), ntok])
-        G.all_reduce_mean_(packed)
-        grads, ntok = packed[:-len(self.langs)].view_as(grads), packed[-len(self.langs):]
+        grads, ntok = self._shares.shares, pending["ntokens"]
+        G.all_reduce_mean_(grads)
+        G.all_reduce_mean_(ntok)
         for lang in range(len(self.langs)):
-            if ntok[lang] > 0:
-                G.ema_update_(self.ema[lang], grads[lang] / ntok[lang], self.cfg.dds_alpha1, self.cfg.dds_alpha2)
+            if ntok[lang] > 0:  # g_i: mean gradient per target token of language i in this update
+                G.ema_update_(self.ema[lang], grads[lang], self.cfg.dds_alpha1,
+                              self.cfg.dds_alpha2 / float(ntok[lang]))
                 self.ema_seen[lang] = True
         optimizer.step()  # theta_{t-1} -> theta_t
         self.last_update = update_num + 1
@@ -439,7 +438,8 @@ class DDSTranslationTask(TranslationTask):
         with eval_mode(inner):
             nll = -sequence_log_probs(inner, batch, self.tgt_dict.pad()).sum() / max(float(batch["ntokens"]), 1.0)
             grads = torch.autograd.grad(nll, self._theta, allow_unused=True)
-        return G.all_reduce_mean_(self._project(G.flatten(grads, self._theta)))
+        flat = G.flatten(grads, self._theta)
+        return G.all_reduce_mean_(self._sketch(flat) if self._sketch is not None else flat)
 
     def compute_rewards(self, dev: torch.Tensor) -> torch.Tensor:
         """``r_i = sim(grad[S_i], grad[S])``; 0 for a language not trained on yet or a degenerate gradient."""
