@@ -89,6 +89,20 @@ def test_resume_continues_identically(trained, multiway_bin, tmp_path):
         assert x["p"] == pytest.approx(y["p"], abs=1e-5) and x["usage"] == y["usage"]
 
 
+def test_dataloader_workers_do_not_change_the_run(trained, multiway_bin, tmp_path):
+    # the loader yields target ids only; languages are drawn in the training process
+    save, _ = trained
+    other = str(tmp_path / "workers")
+    args = dds_args(multiway_bin, other, 6)
+    args[args.index("--num-workers") + 1] = "2"
+    run(args)
+    a = torch.load(os.path.join(save, "checkpoint_last.pt"))
+    b = torch.load(os.path.join(other, "checkpoint_last.pt"))
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-6), k
+    assert [r["usage"] for r in records(save)] == [r["usage"] for r in records(other)]
+
+
 def test_generate_any_pair(trained, multiway_bin):
     save, _ = trained
     out = run([fairseq("fairseq-generate"), multiway_bin, "--user-dir", USER_DIR, "--task", "dds_translation",
