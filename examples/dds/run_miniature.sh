@@ -13,6 +13,7 @@
 # corpus in the raw layout (docs/data.md) runs unchanged: --raw-dir DIR --langs "aze tur rus por ces ..."
 # --lrl aze --related tur --pivot eng.  Results: WORK/results.md, docs/results.md (section dds-miniature),
 # WORK/seedS/SYSTEM/dds_languages.png and examples/dds/language_usage_{tcs_dds,dds}.png (seed of the first run).
+# DOCS_RESULTS=FILE writes the table there instead of docs/results.md (e.g. for a smoke run).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"; BIN="$(dirname "$PY")"
@@ -83,4 +84,4 @@ done
 "$PY" "$ROOT/scripts/aggregate_results.py" --runs "$WORK"/seed* --systems $SYSTEMS \
   --title "DDS, miniature (${RAW}), BLEU $LRL-$PIVOT test" \
   --command "bash examples/dds/run_miniature.sh --seeds \"$SEEDS\" --max-update $MAXUPD --interval $K --scorer-lr $SLR --arch $ARCH${EXTRA_TRAIN:+ --extra-train \"$EXTRA_TRAIN\"}" \
-  --out "$WORK/results.md" --docs "$ROOT/docs/results.md" --section dds-miniature
+  --out "$WORK/results.md" --docs "${DOCS_RESULTS:-$ROOT/docs/results.md}" --section dds-miniature
