@@ -1,9 +1,6 @@
 #!/usr/bin/env python
-"""Offline wake-sleep helpers (examples/wake_sleep/run.sh).
+"""Offline wake-sleep helper (examples/wake_sleep/run.sh); plain Python, no fairseq import (fast).
 
-    pseudo_bitext.py link-mono BIN LANG OTHER OUT_DIR
-        OUT_DIR/test.LANG-OTHER.{LANG,OTHER}.{bin,idx} -> BIN/mono.LANG (the other side a dummy copy) and
-        the dictionaries, so that fairseq-generate can translate the whole monotext.
     pseudo_bitext.py pairs GENERATE_LOG MONO_PIECES OUT_PREFIX GEN_LANG REAL_LANG
         Alg. 1 lines 3-5 / 8-10: the generated sentence of every monotext line (fairseq-generate's H-<id>
         lines, sentencepiece pieces) next to the monotext line itself: OUT_PREFIX.GEN_LANG and
@@ -11,12 +8,8 @@
         (pairs, dropped, mean generated length in pieces).
 """
 import json
-import os
 import re
 import sys
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from fairseq_metabt.data.mono import mono_as_test_split  # noqa: E402
 
 
 def pairs(log: str, mono_pieces: str, out_prefix: str, gen_lang: str, real_lang: str) -> dict:
@@ -47,9 +40,7 @@ def pairs(log: str, mono_pieces: str, out_prefix: str, gen_lang: str, real_lang:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 6 and sys.argv[1] == "link-mono":
-        mono_as_test_split(*sys.argv[2:])
-    elif len(sys.argv) == 7 and sys.argv[1] == "pairs":
+    if len(sys.argv) == 7 and sys.argv[1] == "pairs":
         print(json.dumps(pairs(*sys.argv[2:])))
     else:
         raise SystemExit(__doc__)

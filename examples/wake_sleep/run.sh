@@ -22,7 +22,8 @@
 # (docs/data.md) needs train/valid/test.SRC-TGT.* and mono.SRC, mono.TGT; set SRC/TGT to its codes.
 # Scale knobs (environment): ARCH (transformer_lowres_small), MLE_UPDATES (3000), ITER_UPDATES (1500, the most
 # updates per direction and iteration), VALID_EVERY (200 updates), PATIENCE (5 validations), MAX_TOKENS (4096),
-# LR (5e-4), LR_ITER (2e-4, continued training), BEAM (5, test), GEN_MAX_TOKENS (8192), SIZES (synthetic --sizes).
+# LR (5e-4), LR_ITER (2e-4, continued training), BEAM (5, evaluation), GEN_MAX_TOKENS (8192), EVAL_SUBSETS
+# ("valid test"; empty: no evaluation), SIZES (synthetic --sizes).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"; [ -x "$PY" ] || PY=python
@@ -48,7 +49,7 @@ fi
 SRC="${SRC:-lrl}"; TGT="${TGT:-tgt}"; ARCH="${ARCH:-transformer_lowres_small}"
 MLE_UPDATES="${MLE_UPDATES:-3000}"; ITER_UPDATES="${ITER_UPDATES:-1500}"; VALID_EVERY="${VALID_EVERY:-200}"
 PATIENCE="${PATIENCE:-5}"; MAX_TOKENS="${MAX_TOKENS:-4096}"; LR="${LR:-5e-4}"; LR_ITER="${LR_ITER:-2e-4}"
-BEAM="${BEAM:-5}"; GEN_MAX_TOKENS="${GEN_MAX_TOKENS:-8192}"
+BEAM="${BEAM:-5}"; GEN_MAX_TOKENS="${GEN_MAX_TOKENS:-8192}"; EVAL_SUBSETS="${EVAL_SUBSETS-valid test}"
 DEVICE=(); "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' || DEVICE=(--cpu)
 mkdir -p "$OUT"
 
@@ -97,14 +98,15 @@ train() {
 # evaluate DIR S T ITERATION DIRECTION [PSEUDO_JSON]: dev and test BLEU, one results.tsv row
 evaluate() {
   local dir="$1" s="$2" t="$3" it="$4" direction="$5" pseudo="${6:-}"
-  for subset in valid test; do
+  for subset in $EVAL_SUBSETS; do
     [ -f "$dir/$subset.json" ] || "$PY" "$ROOT/scripts/evaluate.py" "$BIN" --path "$dir/checkpoint_best.pt" \
         -s "$s" -t "$t" --subset "$subset" --beam "$BEAM" --json "$dir/$subset.json" >/dev/null
   done
   "$PY" - "$dir" "$it" "$direction" "$s-$t" "$pseudo" "$RUN/results.tsv" <<'EOF'
 import json, os, sys
 d, it, direction, pair, pseudo, out = sys.argv[1:]
-dev, test = (json.load(open(os.path.join(d, f"{s}.json"))) for s in ("valid", "test"))
+dev, test = ((json.load(open(os.path.join(d, f"{s}.json"))) if os.path.exists(os.path.join(d, f"{s}.json"))
+              else {"bleu": "-"}) for s in ("valid", "test"))
 p = json.load(open(pseudo)) if pseudo else {"pairs": 0, "mean_len": 0.0}
 rows = [l for l in open(out)] if os.path.exists(out) else ["iteration\tdirection\tpair\tdev_bleu\ttest_bleu\tpseudo_pairs\tpseudo_mean_len\n"]
 rows = [r for r in rows if not r.startswith(f"{it}\t{direction}\t")]
@@ -121,7 +123,12 @@ pseudo() {
   local dir="$RUN/iter$it/$phase-data"
   [ -f "$dir/done" ] && return 0
   rm -rf "$dir"; mkdir -p "$dir/gen" "$dir/text"
-  "$PY" "$ROOT/examples/wake_sleep/pseudo_bitext.py" link-mono "$BIN" "$from" "$to" "$dir/gen"
+  # the whole monotext as the test split of FROM-TO (the TO side a dummy copy), for fairseq-generate
+  local abs_bin; abs_bin="$(cd "$BIN" && pwd)"
+  for side in "$from" "$to"; do
+    cp "$BIN/dict.txt" "$dir/gen/dict.$side.txt"
+    for ext in bin idx; do ln -s "$abs_bin/mono.$from.$ext" "$dir/gen/test.$from-$to.$side.$ext"; done
+  done
   "$GENERATE" "$dir/gen" --user-dir "$ROOT/fairseq_metabt" --path "$model" -s "$from" -t "$to" --gen-subset test \
     --beam 1 --max-len-a 1.2 --max-len-b 10 --max-tokens "$GEN_MAX_TOKENS" --required-batch-size-multiple 1 \
     "${DEVICE[@]}" > "$dir/generate.log"
