@@ -120,3 +120,20 @@ def test_bad_input_is_named(quickstart_bin, tmp_path):
     assert "--ws-iterations must be >= 1" in out
     out = _fails(ws_args(quickstart_bin, str(tmp_path / "d"), 2, "--arch", "transformer_lowres_tiny"))
     assert "use --arch dual_transformer_tiny" in out
+
+
+def test_validation_scores_both_directions_and_shows_the_frozen_one(quickstart_bin, tmp_path):
+    """Validating after each phase: a wake phase leaves the backward dev loss unchanged, a sleep phase
+    the forward one; --eval-bleu reports the dev BLEU of both directions."""
+    out = run(ws_args(quickstart_bin, str(tmp_path / "v"), 8, "--ws-iterations", "1", "--eval-bleu",
+                      "--eval-bleu-remove-bpe", "sentencepiece", "--eval-bleu-args", '{"beam": 1, "max_len_b": 8}',
+                      "--validate-interval-updates", "1")).stdout
+    valid = {int(m.group(4)): (float(m.group(1)), float(m.group(2)), m.group(3))
+             for m in re.finditer(r"valid on 'valid' subset \| loss ([\d.]+) .*bwd_valid_loss ([\d.]+) .*"
+                                  r"bwd_bleu ([\d.]+) .*num_updates (\d+)", out)}
+    assert sorted(valid) == list(range(1, 9))
+    fwd, bwd = {u: v[0] for u, v in valid.items()}, {u: v[1] for u, v in valid.items()}
+    assert fwd[2] != fwd[1] and bwd[2] != bwd[1]  # iteration 0: both directions train
+    assert fwd[5] != fwd[2] and bwd[5] == bwd[2]  # wake (updates 3-5): only the forward model
+    assert bwd[8] != bwd[5] and fwd[8] == fwd[5]  # sleep (updates 6-8): only the backward model
+    assert re.search(r"\| bleu [\d.]+ \|", out)

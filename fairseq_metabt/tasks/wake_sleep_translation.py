@@ -26,19 +26,22 @@ fairseq's Adam, gradient clipping and legacy_ddp all-reduce skip them: Adam's
 momentum cannot move a frozen model.
 """
 # no "from __future__ import annotations": fairseq reads the config dataclass field types at runtime
+import json
 import logging
 import math
 import time
 from dataclasses import dataclass, field
+from argparse import Namespace
 from typing import Dict, List, NamedTuple, Optional
 
+import numpy as np
 import torch
 from fairseq import metrics, utils
 from fairseq.data import RoundRobinZipDatasets, data_utils
 from fairseq.dataclass import ChoiceEnum
 from fairseq.distributed import utils as distributed_utils
 from fairseq.tasks import register_task
-from fairseq.tasks.translation import TranslationConfig, TranslationTask
+from fairseq.tasks.translation import EVAL_BLEU_ORDER, TranslationConfig, TranslationTask
 from omegaconf import II
 
 from fairseq_metabt.data.batches import reversed_batch, strip_padding
@@ -154,6 +157,7 @@ class WakeSleepTranslationTask(TranslationTask):
         self._mono: Dict[str, object] = {}  # "tgt" (wake) / "src" (sleep): source-only LanguagePairDatasets
         self._cache: Optional[Dict] = None  # phase mode: {"start", "rows": {mono id: generated tokens}}
         self.progress = {"phase": None, "iteration": 0, "phase_start": 0, "updates_done": 0, "switches": 0}
+        self._bwd_eval = None  # (backward model, its --eval-bleu generator)
         self._entered: Optional[int] = None  # start of the phase this process has set up (not checkpointed)
 
     @staticmethod
@@ -376,7 +380,21 @@ class WakeSleepTranslationTask(TranslationTask):
             bwd_loss, _, _ = criterion(dual.backward_model, rev)
         logging_output["ws_bwd_valid_loss"] = float(bwd_loss)
         logging_output["ws_bwd_valid_ntokens"] = float(rev["ntokens"])
+        if self.cfg.eval_bleu:  # the backward model's dev BLEU too (--eval-bleu scores only the forward one)
+            bleu = self._inference_with_bleu(self._backward_bleu_generator(dual), rev, dual.backward_model)
+            logging_output["ws_bwd_bleu_sys_len"] = bleu.sys_len
+            logging_output["ws_bwd_bleu_ref_len"] = bleu.ref_len
+            for i in range(EVAL_BLEU_ORDER):
+                logging_output[f"ws_bwd_bleu_counts_{i}"] = bleu.counts[i]
+                logging_output[f"ws_bwd_bleu_totals_{i}"] = bleu.totals[i]
         return loss, sample_size, logging_output
+
+    def _backward_bleu_generator(self, dual: DualTransformerModel):
+        """fairseq's generator for --eval-bleu (same --eval-bleu-args), on the backward model."""
+        if self._bwd_eval is None or self._bwd_eval[0] is not dual.backward_model:
+            args = Namespace(**json.loads(self.cfg.eval_bleu_args))
+            self._bwd_eval = (dual.backward_model, self.build_generator([dual.backward_model], args))
+        return self._bwd_eval[1]
 
     # ---- state -----------------------------------------------------------------------------
     def get_checkpoint_dict(self) -> Dict:
@@ -426,6 +444,24 @@ class WakeSleepTranslationTask(TranslationTask):
             metrics.log_scalar("pseudo_empty", total("pseudo_empty"), 1, round=1)
         if total("gen_time") > 0:
             metrics.log_scalar("gen_sps", total("gen_sents") / total("gen_time"), 1, round=1)
+        totals = [total(f"bwd_bleu_totals_{i}") for i in range(EVAL_BLEU_ORDER)]
+        if max(totals) > 0:
+            metrics.log_scalar("_bwd_bleu_counts", np.array([total(f"bwd_bleu_counts_{i}")
+                                                             for i in range(EVAL_BLEU_ORDER)]))
+            metrics.log_scalar("_bwd_bleu_totals", np.array(totals))
+            metrics.log_scalar("_bwd_bleu_sys_len", total("bwd_bleu_sys_len"))
+            metrics.log_scalar("_bwd_bleu_ref_len", total("bwd_bleu_ref_len"))
+            metrics.log_derived("bwd_bleu", _backward_bleu)
+
+
+def _backward_bleu(meters) -> float:
+    """Corpus BLEU of the backward model from the summed n-gram statistics (as TranslationTask does)."""
+    from sacrebleu.metrics import BLEU
+
+    bleu = BLEU.compute_bleu(correct=meters["_bwd_bleu_counts"].sum, total=meters["_bwd_bleu_totals"].sum,
+                             sys_len=int(meters["_bwd_bleu_sys_len"].sum),
+                             ref_len=int(meters["_bwd_bleu_ref_len"].sum), smooth_method="exp")
+    return round(bleu.score, 2)
 
 
 def _all_gather_rows(rows: Dict[int, torch.Tensor]) -> Dict[int, torch.Tensor]:
