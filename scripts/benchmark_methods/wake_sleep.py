@@ -12,7 +12,8 @@ the training comparison), then trains the two systems of the harness:
    task then fills its phase caches with the same models (``--ws-pseudo-data phase``,
    ``--lr`` ~0 so the models stay put) and logs its generation time; with
    ``--ws-pseudo-data online`` the per-batch generation rate ``gen_sps``.
-   ``gen_ratio`` = in-training / fairseq-generate sentences/s (goal >= 0.9).
+   ``gen_ratio`` = in-training / fairseq-generate sentences/s (goal >= 0.9); each side is
+   measured ``--repeats`` times (3) and the best kept, as load on a shared machine only slows.
 2. Phase-switch overhead: the cache fill at a switch, in seconds and in updates.
 3. Step time (the harness's ``ratio``): wake-sleep with online greedy generation
    against the same dual model trained by MLE only (no generation, no pseudo pairs).
@@ -93,23 +94,29 @@ def measure_generation(bin_dir, args, work_dir):
     # wake generates with the backward model from M_T, sleep with the forward model from M_S
     for phase, direction, s, t in (("wake", "backward", tgt, src), ("sleep", "forward", src, tgt)):
         data = mono_as_test_split(bin_dir, s, t, os.path.join(work_dir, f"gen-{s}-{t}"))
-        text = _run([_tool("fairseq-generate"), data, "--path", exported[direction], "-s", s, "-t", t,
-                     "--gen-subset", "test", "--beam", "1", "--max-len-a", "1.2", "--max-len-b", "10",
-                     "--max-tokens", gen_tokens, "--required-batch-size-multiple", "1", *cpu],
-                    os.path.join(work_dir, f"generate.{direction}.log"))
-        m = _GENERATE.search(text)
-        reference[phase] = (int(m.group(1).replace(",", "")), float(m.group(2)), float(m.group(3)))
+        for r in range(args.repeats):  # best of R: the machine's load only ever slows a run down
+            text = _run([_tool("fairseq-generate"), data, "--path", exported[direction], "-s", s, "-t", t,
+                         "--gen-subset", "test", "--beam", "1", "--max-len-a", "1.2", "--max-len-b", "10",
+                         "--max-tokens", gen_tokens, "--required-batch-size-multiple", "1", *cpu],
+                        os.path.join(work_dir, f"generate.{direction}.{r}.log"))
+            m = _GENERATE.search(text)
+            run = (int(m.group(1).replace(",", "")), float(m.group(2)), float(m.group(3)))
+            if phase not in reference or run[2] > reference[phase][2]:
+                reference[phase] = run
 
     init = ["--forward-init", exported["forward"], "--backward-init", exported["backward"],
             "--lr-scheduler", "fixed", "--lr", "1e-12", "--warmup-updates", "0"]
     phase_len = args.phase_updates
-    text = _run(_train_args(bin_dir, args, os.path.join(work_dir, "cache"), 2 * phase_len, *init,
+    text = _run(_train_args(bin_dir, args, os.path.join(work_dir, "cache"), 2 * phase_len * args.repeats, *init,
                             "--wake-updates", str(phase_len), "--sleep-updates", str(phase_len),
                             "--ws-pseudo-data", "phase", "--ws-gen-max-tokens", gen_tokens, "--no-save"),
                 os.path.join(work_dir, "cache.log"))
-    cache = {("wake" if m.group(2).startswith("back") else "sleep"): (int(m.group(1)), float(m.group(4)),
-                                                                      float(m.group(5)))
-             for m in _CACHE.finditer(text)}
+    cache = {}  # best of the R fills per phase (same frozen models, same monotext)
+    for m in _CACHE.finditer(text):
+        phase = "wake" if m.group(2).startswith("back") else "sleep"
+        run = (int(m.group(1)), float(m.group(4)), float(m.group(5)))
+        if phase not in cache or run[2] > cache[phase][2]:
+            cache[phase] = run
     records = [json.loads(line.split("| train_inner |", 1)[1]) for line in text.splitlines() if "| train_inner |" in line]
     steady = [float(r["ups"]) for r in records[1:] if float(r.get("ups", 0)) > 0 and r.get("cache_gen_s") is None]
     step = 1.0 / statistics.median(steady) if steady else float("nan")
@@ -119,7 +126,7 @@ def measure_generation(bin_dir, args, work_dir):
     online = [json.loads(line.split("| train_inner |", 1)[1]) for line in text.splitlines() if "| train_inner |" in line]
     online_sps = statistics.median(float(r["gen_sps"]) for r in online if "gen_sps" in r)
 
-    print(f"generation (greedy, {_dual_arch(args.arch)}, --max-tokens {gen_tokens}):")
+    print(f"generation (greedy, {_dual_arch(args.arch)}, --max-tokens {gen_tokens}, best of {args.repeats}):")
     for phase in ("wake", "sleep"):
         n_ref, t_ref, sps_ref = reference[phase]
         n, t, sps = cache.get(phase, (0, float("nan"), float("nan")))
@@ -131,6 +138,7 @@ def measure_generation(bin_dir, args, work_dir):
 
 def build(bin_dir, args):
     args.mle_updates = getattr(args, "mle_updates", 30)
+    args.repeats = getattr(args, "repeats", 3)
     args.phase_updates = getattr(args, "phase_updates", max(args.log_interval * 2, 10))
     work = os.path.join(args.work_dir, "wake_sleep_generation") if getattr(args, "work_dir", None) else \
         tempfile.mkdtemp(prefix="benchmark_wake_sleep_")
@@ -156,6 +164,7 @@ if __name__ == "__main__":
     p.add_argument("--max-tokens", type=int, default=2048)
     p.add_argument("--mle-updates", type=int, default=30)
     p.add_argument("--phase-updates", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=3, help="generation measurements per system (best kept)")
     p.add_argument("--log-interval", type=int, default=5)
     p.add_argument("--updates", type=int, default=20)
     p.add_argument("--seed", type=int, default=1)
