@@ -10,7 +10,8 @@ from fairseq.data import LanguagePairDataset, ListDataset
 from fairseq_metabt.data.language_sampler import LanguageSampledDataset, marginal, seeded_generator
 from fairseq_metabt.modules import gradients as G
 from fairseq_metabt.modules.scorer import LanguageScorer, language_reinforce_loss
-from fairseq_metabt.tasks.dds_translation import DDSTranslationTask, check_dds_config, hub_of, parse_lang_pairs
+from fairseq_metabt.tasks.dds_translation import (DDSTranslationTask, centered, check_dds_config, hub_of,
+                                                  parse_lang_pairs)
 from tiny_models import tiny_dictionary
 
 
@@ -234,3 +235,14 @@ def test_gradient_shares_equal_separate_backward_passes(sketch_dim):
     # the shares add up to fairseq's accumulated gradient
     if not sketch_dim:
         assert torch.allclose(shares.shares.sum(0) * 2.0, G.flat_grad(params), atol=1e-5)
+
+
+def test_centered_rewards():
+    r = centered(torch.tensor([0.9, 0.0, 0.7, 0.8]), torch.tensor([True, False, True, True]))
+    assert torch.allclose(r, torch.tensor([0.1, 0.0, -0.1, 0.0]), atol=1e-6)
+    # a constant reward then gives the scorer no gradient at all
+    scorer = LanguageScorer(3, hidden=4, seed=0)
+    loss = language_reinforce_loss(scorer, torch.ones(2, 3, dtype=torch.bool),
+                                   centered(torch.full((3,), 0.8), torch.ones(3, dtype=torch.bool)))
+    loss.backward()
+    assert all(float(p.grad.abs().max()) == 0.0 for p in scorer.parameters())

@@ -102,6 +102,11 @@ class DDSTranslationConfig(TranslationConfig):
         metadata={"help": "false: keep the initial distribution fixed (the baselines); no EMAs, dev gradients or "
                           "rewards are computed then"}
     )
+    dds_reward_centering: bool = field(
+        default=False,
+        metadata={"help": "subtract the mean reward over the languages trained on before the scorer update (a "
+                          "baseline; Alg. 2 has none, and with all-positive cosines its update drifts to uniform)"},
+    )
     dds_grad_params: Optional[str] = field(
         default=None, metadata={"help": "regular expression: keep EMAs only for the parameters whose name matches"}
     )
@@ -120,6 +125,14 @@ class DDSTranslationConfig(TranslationConfig):
 
 def _rank() -> int:
     return distributed_utils.get_data_parallel_rank() if distributed_utils.get_data_parallel_world_size() > 1 else 0
+
+
+def centered(rewards: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """Rewards minus their mean over the languages that have one (``seen``); the others stay 0."""
+    out = torch.zeros_like(rewards)
+    if bool(seen.any()):
+        out[seen] = rewards[seen] - rewards[seen].mean()
+    return out
 
 
 def parse_lang_pairs(text: str) -> List[Tuple[str, str]]:
@@ -453,10 +466,11 @@ class DDSTranslationTask(TranslationTask):
     def _scorer_step(self, model, update_num: int) -> None:
         if self.updates_scorer:
             self.rewards = self.compute_rewards(self.dev_gradient(model, update_num))
+            rewards = centered(self.rewards, self.ema_seen) if self.cfg.dds_reward_centering else self.rewards
             for it in range(self.cfg.dds_scorer_iters):
                 gen = seeded_generator(self.cfg.seed, update_num, it, 29)
                 avail = self.train_data.sample_targets(self.cfg.dds_scorer_batch, gen)
-                loss = language_reinforce_loss(self.scorer, avail, self.rewards)
+                loss = language_reinforce_loss(self.scorer, avail, rewards)
                 self.scorer_optimizer.zero_grad()
                 loss.backward()
                 self.scorer_optimizer.step()
