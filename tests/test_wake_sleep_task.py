@@ -3,6 +3,9 @@
 Each update runs ``Trainer.train_step`` exactly as fairseq-train does (optimizer, clipping,
 lr schedule); a spy around the criterion records which model was trained on which pairs.
 """
+import os
+import shutil
+
 import pytest
 import torch
 from fairseq import options, tasks
@@ -174,3 +177,19 @@ def test_bad_schedules_are_named(quickstart_bin):
         build(quickstart_bin, "--ws-iterations", "2")
     assert isinstance(build(quickstart_bin, "--ws-iterations", "2", "--max-update", "9")[0],
                       WakeSleepTranslationTask)
+
+
+@pytest.mark.parametrize("lang,needed", [("lrl", "the sleep phase draws source sentences"),
+                                         ("tgt", "the wake phase back-translates")])
+def test_missing_monotext_is_named(quickstart_bin, tmp_path, lang, needed):
+    broken = tmp_path / "bin"
+    shutil.copytree(quickstart_bin, broken)
+    for ext in ("bin", "idx"):
+        os.remove(broken / f"mono.{lang}.{ext}")
+    with pytest.raises(FileNotFoundError, match=f"{needed}.*mono.{lang}.bin/.idx does not exist.*prepare_data.py"):
+        build(str(broken))
+
+
+def test_single_model_architecture_is_refused(quickstart_bin):
+    with pytest.raises(ValueError, match="use --arch dual_transformer_tiny"):
+        build(quickstart_bin, "--arch", "transformer_lowres_tiny")
