@@ -7,6 +7,7 @@
 #        [--langs "lrl hrl unra unrb nsy"] [--lrl lrl] [--related hrl] [--pivot tgt]
 #        [--max-update 3000] [--interval 50] [--scorer-lr 1e-4] [--arch transformer_lowres_small]
 #        [--systems "uniform temperature related tcs dds tcs_dds"] [--extra-train "fairseq-train args"]
+# Extra systems: dds_centered, tcs_dds_centered (--dds-reward-centering, a baseline Alg. 2 does not have).
 #
 # Default data: the synthetic `multilingual` preset with --multiway (every source language translates a
 # subset of one target pool, so targets have 1-5 source languages), generated into WORK/raw.  A real
@@ -64,6 +65,8 @@ for seed in $SEEDS; do
         tcs)         args=(--dds-init tcs --dds-update-scorer false);;
         dds)         args=(--dds-init uniform);;
         tcs_dds)     args=(--dds-init tcs);;
+        dds_centered)     args=(--dds-init uniform --dds-reward-centering);;  # extra, not in the paper
+        tcs_dds_centered) args=(--dds-init tcs --dds-reward-centering);;
         *) echo "unknown system $sys" >&2; exit 2;;
       esac
       echo "[dds miniature] seed $seed: $sys" >&2
