@@ -22,7 +22,7 @@
 # (docs/data.md) needs train/valid/test.SRC-TGT.* and mono.SRC, mono.TGT; set SRC/TGT to its codes.
 # Scale knobs (environment): ARCH (transformer_lowres_small), MLE_UPDATES (3000), ITER_UPDATES (1500, the most
 # updates per direction and iteration), VALID_EVERY (200 updates), PATIENCE (5 validations), MAX_TOKENS (4096),
-# LR (5e-4), LR_ITER (2e-4, continued training), BEAM (5, evaluation), GEN_MAX_TOKENS (8192), EVAL_SUBSETS
+# LR (5e-4), WARMUP (400 updates, iteration 0), LR_ITER (2e-4, continued training, 100 warm-up updates), BEAM (5, evaluation), GEN_MAX_TOKENS (8192), EVAL_SUBSETS
 # ("valid test"; empty: no evaluation), SIZES (synthetic --sizes).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -49,6 +49,7 @@ fi
 SRC="${SRC:-lrl}"; TGT="${TGT:-tgt}"; ARCH="${ARCH:-transformer_lowres_small}"
 MLE_UPDATES="${MLE_UPDATES:-3000}"; ITER_UPDATES="${ITER_UPDATES:-1500}"; VALID_EVERY="${VALID_EVERY:-200}"
 PATIENCE="${PATIENCE:-5}"; MAX_TOKENS="${MAX_TOKENS:-4096}"; LR="${LR:-5e-4}"; LR_ITER="${LR_ITER:-2e-4}"
+WARMUP="${WARMUP:-400}"
 BEAM="${BEAM:-5}"; GEN_MAX_TOKENS="${GEN_MAX_TOKENS:-8192}"; EVAL_SUBSETS="${EVAL_SUBSETS-valid test}"
 DEVICE=(); "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' || DEVICE=(--cpu)
 mkdir -p "$OUT"
@@ -83,7 +84,7 @@ train() {
   local dir="$1" data="$2" s="$3" t="$4" max="$5" init="${6:-}"
   [ -f "$dir/done" ] && return 0
   mkdir -p "$dir"
-  local schedule=(--lr "$LR" --lr-scheduler inverse_sqrt --warmup-updates 400)
+  local schedule=(--lr "$LR" --lr-scheduler inverse_sqrt --warmup-updates "$WARMUP")
   # continued training: optimizer and schedule re-initialised; fairseq ignores --finetune-from-model
   # when $dir/checkpoint_last.pt exists, i.e. an interrupted stage resumes
   [ -n "$init" ] && schedule=(--lr "$LR_ITER" --lr-scheduler inverse_sqrt --warmup-updates 100

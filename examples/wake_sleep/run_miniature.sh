@@ -10,7 +10,8 @@
 # in-domain monotext on both sides: the paper's TED setting), generated once with corpus seed 1 at
 # SIZES (default train=2000,valid=200,test=200,mono_tgt=4000,mono_lrl=4000); the seeds vary training.
 # Each seed runs examples/wake_sleep/run.sh (same commands, same knobs: ARCH, MLE_UPDATES, ITER_UPDATES,
-# VALID_EVERY, PATIENCE, ... in the environment) in OUT/seedS; every stage is resumable.  The table goes
+# VALID_EVERY, LR, WARMUP, LR_ITER, PATIENCE, ... in the environment; miniature defaults: transformer_lowres_tiny,
+# 2000 / 1000 updates, lr 1e-3 / 5e-4) in OUT/seedS; every stage is resumable.  The table goes
 # to OUT/results.md and into docs/results.md (section wake_sleep-miniature).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -35,7 +36,10 @@ if [ -z "$RAW" ]; then
       --sizes "${SIZES:-train=2000,valid=200,test=200,mono_tgt=4000,mono_lrl=4000}"
 fi
 export ARCH="${ARCH:-transformer_lowres_tiny}" MLE_UPDATES="${MLE_UPDATES:-2000}" ITER_UPDATES="${ITER_UPDATES:-1000}"
-export VALID_EVERY="${VALID_EVERY:-200}"
+export VALID_EVERY="${VALID_EVERY:-200}" LR="${LR:-1e-3}" WARMUP="${WARMUP:-200}" LR_ITER="${LR_ITER:-5e-4}"
+KNOBS="ARCH=$ARCH MLE_UPDATES=$MLE_UPDATES ITER_UPDATES=$ITER_UPDATES VALID_EVERY=$VALID_EVERY LR=$LR WARMUP=$WARMUP"
+KNOBS="$KNOBS LR_ITER=$LR_ITER${EVAL_SUBSETS+ EVAL_SUBSETS=\"$EVAL_SUBSETS\"}"
+[ -z "$RAW_ARG" ] && [ -n "${SIZES:-}" ] && KNOBS="$KNOBS SIZES=$SIZES"
 SRC="${SRC:-lrl}"; TGT="${TGT:-tgt}"
 systems=()
 for ((i = 0; i <= ITERATIONS; i++)); do systems+=("iter$i-forward" "iter$i-backward"); done
@@ -53,5 +57,5 @@ done
 runs=(); for seed in $SEEDS; do runs+=("$OUT/seed$seed"); done
 "$PY" "$ROOT/scripts/aggregate_results.py" --runs "${runs[@]}" --systems "${systems[@]}" \
   --title "Wake-sleep back-translation, miniature (${RAW_ARG:-synthetic domain}; forward = $SRC->$TGT, backward = $TGT->$SRC)" \
-  --command "ARCH=$ARCH MLE_UPDATES=$MLE_UPDATES ITER_UPDATES=$ITER_UPDATES VALID_EVERY=$VALID_EVERY bash examples/wake_sleep/run_miniature.sh ${RAW_ARG:+--raw-dir $RAW_ARG }--seeds \"$SEEDS\" --iterations $ITERATIONS" \
+  --command "$KNOBS bash examples/wake_sleep/run_miniature.sh ${RAW_ARG:+--raw-dir $RAW_ARG }--seeds \"$SEEDS\" --iterations $ITERATIONS" \
   --out "$OUT/results.md" --docs "$ROOT/docs/results.md" --section wake_sleep-miniature
