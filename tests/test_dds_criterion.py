@@ -80,13 +80,34 @@ def test_taylor_rewards_match_per_example_gradients():
     assert all(not p.requires_grad for p in crit.scorer.parameters()), "psi stays out of fairseq's optimizer"
 
 
-def test_criterion_trains_with_fairseq(quickstart_bin, tmp_path):
-    out = run([fairseq("fairseq-train"), quickstart_bin, "--user-dir", USER_DIR, "--task", "translation",
-               "-s", "lrl", "-t", "tgt", "--criterion", "dds_weighted_cross_entropy", "--label-smoothing", "0.1",
-               "--dds-dev-max-tokens", "300", "--arch", "transformer_lowres_tiny", "--optimizer", "adam",
-               "--lr", "1e-3", "--max-tokens", "600", "--max-update", "4", "--save-dir", str(tmp_path / "c"),
-               "--cpu", "--seed", "2", "--log-format", "simple", "--log-interval", "1", "--num-workers", "0",
-               "--no-progress-bar"]).stdout
+def criterion_train_args(bin_dir, save_dir, max_update):
+    return [fairseq("fairseq-train"), bin_dir, "--user-dir", USER_DIR, "--task", "translation",
+            "-s", "lrl", "-t", "tgt", "--criterion", "dds_weighted_cross_entropy", "--label-smoothing", "0.1",
+            "--dds-dev-max-tokens", "300", "--dds-scorer-lr", "1e-2", "--arch", "transformer_lowres_tiny",
+            "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "600", "--max-update", str(max_update),
+            "--save-dir", save_dir, "--cpu", "--seed", "2", "--log-format", "simple", "--log-interval", "1",
+            "--num-workers", "0", "--no-progress-bar"]
+
+
+def test_criterion_trains_with_fairseq_and_resumes_identically(quickstart_bin, tmp_path):
+    whole, split = str(tmp_path / "whole"), str(tmp_path / "split")
+    out = run(criterion_train_args(quickstart_bin, whole, 4)).stdout
     last = [line for line in out.splitlines() if "train_inner" in line][-1]
     assert "dds_reward=" in last and "dds_weight_max=" in last
-    assert os.path.exists(tmp_path / "c" / "checkpoint_last.pt")
+    run(criterion_train_args(quickstart_bin, split, 2))
+    out = run(criterion_train_args(quickstart_bin, split, 4)).stdout
+    assert "@ 2 updates" in out
+    a = torch.load(os.path.join(whole, "checkpoint_last.pt"))
+    b = torch.load(os.path.join(split, "checkpoint_last.pt"))
+    # psi's weights, its Adam moments and step count, and the update counter all continue as if uninterrupted
+    ea, eb = a["criterion"]["_extra_state"], b["criterion"]["_extra_state"]
+    assert ea["scorer_updates"] == eb["scorer_updates"] == 3, "scorer steps after updates 2, 3 and 4"
+    for k in a["criterion"]:
+        if k.startswith("scorer."):
+            assert torch.allclose(a["criterion"][k], b["criterion"][k], atol=1e-6), k
+    sa, sb = ea["scorer_optimizer"]["state"], eb["scorer_optimizer"]["state"]
+    assert sa.keys() == sb.keys() and sa
+    for i in sa:
+        assert torch.allclose(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"], atol=1e-9), i
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-6), k

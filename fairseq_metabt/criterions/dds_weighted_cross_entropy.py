@@ -91,6 +91,19 @@ class DDSWeightedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
         self.last_dev_gradient: Optional[torch.Tensor] = None
         self.last_rewards: Optional[torch.Tensor] = None
 
+    # ---- state: saved with the scorer's weights ------------------------------------------------------
+    def get_extra_state(self) -> Dict:
+        """fairseq saves a criterion that has parameters (psi) and restores it on resume; this adds psi's Adam
+        state, the update counter (it seeds the dev-batch draw) and the pending previous batch with its
+        shadow theta_{t-1}, so a resumed run takes the same scorer steps as an uninterrupted one."""
+        return {"scorer_optimizer": self.scorer_optimizer.state_dict(), "scorer_updates": self.scorer_updates,
+                "previous": self._previous}
+
+    def set_extra_state(self, state: Dict) -> None:
+        self.scorer_optimizer.load_state_dict(state["scorer_optimizer"])
+        self.scorer_updates = int(state["scorer_updates"])
+        self._previous = state.get("previous")
+
     # ---- Alg. 1 lines 7–10 for the previous batch ---------------------------------------------------
     def _dev_batch(self):
         if self._dev is None:
@@ -154,6 +167,9 @@ class DDSWeightedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
         theta = [p for p in unwrap(model).parameters() if p.requires_grad]
         log_extra: Dict[str, float] = {}
         if training and not self.freeze and self._previous is not None:
+            if self._previous["shadow"][0].device != theta[0].device:  # restored from a CPU-loaded checkpoint
+                self._previous = utils.move_to_cuda(self._previous) if theta[0].is_cuda else utils.move_to_cpu(
+                    self._previous)
             changed = any(not torch.equal(s, p.detach()) for s, p in zip(self._previous["shadow"], theta))
             if changed:  # fairseq has stepped: theta_t is here, the previous batch's rewards can be taken
                 log_extra = self._update_scorer(model, theta)
