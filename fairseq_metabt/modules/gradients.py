@@ -233,3 +233,38 @@ class GradientShares:
             else:
                 self.sketch.add_slice_(row, g.float() - before, lo, alpha=1.0 / scale)
             before.copy_(g)
+
+
+def loss_scale(optimizer) -> float:
+    """The loss scale fairseq's fp16/AMP optimizers multiply gradients by (1 in fp32): divide it out of a
+    gradient read from ``.grad`` before comparing it with anything else."""
+    scaler = getattr(optimizer, "scaler", None)
+    if scaler is not None and hasattr(scaler, "loss_scale"):
+        return float(scaler.loss_scale)
+    grad_scaler = getattr(optimizer, "_grad_scaler", None)
+    if grad_scaler is not None:
+        return float(grad_scaler.get_scale())
+    return 1.0
+
+
+def checksum(tensors: Iterable[torch.Tensor]) -> float:
+    """Sum of all entries in fp64: a cheap fingerprint of a set of parameters or buffers."""
+    return float(sum(t.detach().double().sum() for t in tensors))
+
+
+def check_replicas(checksums: Sequence[float], rel_tol: float, what: str) -> float:
+    """Largest spread across data-parallel workers of any of ``checksums`` (0 without workers).
+
+    State a task keeps beside fairseq's model (a second model, a scorer, EMAs) must stay identical on
+    every rank; a spread above ``rel_tol * (1 + max |checksum|)`` raises, naming ``what``."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
+        return 0.0
+    s = torch.tensor(list(checksums), dtype=torch.float64)
+    hi, lo = s.clone(), -s.clone()
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    dist.all_reduce(lo, op=dist.ReduceOp.MAX)
+    spread = float((hi + lo).max())
+    if spread > rel_tol * (1.0 + float(s.abs().max())):
+        raise RuntimeError(f"{what} diverged across workers (checksum spread {spread}); "
+                           "use --ddp-backend legacy_ddp")
+    return spread

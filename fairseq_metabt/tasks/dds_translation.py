@@ -49,7 +49,6 @@ from fairseq_metabt.models.dual_transformer import unwrap
 from fairseq_metabt.modules import gradients as G
 from fairseq_metabt.modules.generation import eval_mode, sequence_log_probs
 from fairseq_metabt.modules.scorer import LanguageScorer, language_reinforce_loss
-from fairseq_metabt.tasks.meta_backtranslation import _loss_scale
 
 logger = logging.getLogger(__name__)
 
@@ -378,7 +377,7 @@ class DDSTranslationTask(TranslationTask):
         agg_loss, agg_size, agg_log = 0.0, 0, {f"dds_nsent_{x}": 0.0 for x in self.langs}
         if self._shares is not None:
             self._shares.mark()
-        scale = _loss_scale(optimizer)
+        scale = G.loss_scale(optimizer)
         for k, (lang, batch) in enumerate(batches.items()):
             if self._theta[0].is_cuda:
                 batch = utils.move_to_cuda(batch)
@@ -486,16 +485,9 @@ class DDSTranslationTask(TranslationTask):
         """With several workers the scorer must be identical on every rank: compare checksums."""
         if distributed_utils.get_data_parallel_world_size() <= 1:
             return
-        s = torch.tensor([float(sum(p.detach().double().sum() for p in self.scorer.parameters())),
-                          float(self.ema.double().sum()) if self.ema is not None else 0.0], dtype=torch.float64)
-        hi, lo = s.clone(), -s.clone()
-        torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
-        torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MAX)
-        diff = float((hi + lo).max())
+        sums = [G.checksum(self.scorer.parameters()), G.checksum([self.ema]) if self.ema is not None else 0.0]
+        diff = G.check_replicas(sums, 1e-4, "the DDS scorer or EMAs")
         metrics.log_scalar("dds_replica_diff", diff, weight=1, round=8)
-        if diff > 1e-4 * (1.0 + float(s.abs().max())):
-            raise RuntimeError(f"the DDS scorer or EMAs diverged across workers (checksum spread {diff}); "
-                               "use --ddp-backend legacy_ddp")
 
     # ---- observability --------------------------------------------------------------------------
     def log_path(self) -> str:

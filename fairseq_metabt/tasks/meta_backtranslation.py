@@ -333,7 +333,7 @@ class MetaBacktranslationTask(TranslationTask):
             # g is this micro-batch's share of the accumulated gradient (before the update)
             before = G.flat_grad(theta)
             optimizer.backward(loss_p * self.cfg.pseudo_weight)
-            g = (G.flat_grad(theta) - before) / (self.cfg.pseudo_weight or 1.0) / _loss_scale(optimizer)
+            g = (G.flat_grad(theta) - before) / (self.cfg.pseudo_weight or 1.0) / G.loss_scale(optimizer)
             pending.update(pseudo=pseudo, g=g, ntokens=float(pseudo["ntokens"]))
             log["pseudo_loss"], log["pseudo_ntokens"] = float(loss_p.detach()), float(pseudo["ntokens"])
             total_loss = total_loss + self.cfg.pseudo_weight * loss_p.detach()
@@ -460,16 +460,8 @@ class MetaBacktranslationTask(TranslationTask):
         """With several workers, both models must stay identical on every rank: compare checksums."""
         if distributed_utils.get_data_parallel_world_size() <= 1:
             return
-        sums = torch.tensor([float(sum(p.detach().double().sum() for p in theta)),
-                             float(sum(p.detach().double().sum() for p in psi))], dtype=torch.float64)
-        hi, lo = sums.clone(), -sums.clone()
-        torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
-        torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MAX)
-        diff = float((hi + lo).max())
+        diff = G.check_replicas([G.checksum(theta), G.checksum(psi)], 1e-3, "forward/backward model replicas")
         metrics.log_scalar("replica_diff", diff, weight=1, round=6)
-        if diff > 1e-3 * (1.0 + float(sums.abs().max())):
-            raise RuntimeError(f"forward/backward model replicas diverged across workers (checksum spread {diff}); "
-                               "use --ddp-backend legacy_ddp")
 
     def _dev_gradient(self, dual: DualTransformerModel, theta: List[torch.Tensor], update_num: int) -> torch.Tensor:
         """grad_theta of the mean per-token dev loss (NLL, eval mode: J_dev without dropout noise)."""
@@ -588,17 +580,6 @@ def initialise_directions(model: DualTransformerModel, forward_init: Optional[st
             state = checkpoint_utils.load_checkpoint_to_cpu(path)["model"]
             model.load_direction_state_dict(direction, state)
             logger.info("initialised the %s model from %s", direction, path)
-
-
-def _loss_scale(optimizer) -> float:
-    """The loss scale fairseq's fp16/AMP optimizers multiply gradients by (1 in fp32)."""
-    scaler = getattr(optimizer, "scaler", None)
-    if scaler is not None and hasattr(scaler, "loss_scale"):
-        return float(scaler.loss_scale)
-    grad_scaler = getattr(optimizer, "_grad_scaler", None)
-    if grad_scaler is not None:
-        return float(grad_scaler.get_scale())
-    return 1.0
 
 
 def _adam_preconditioner(optimizer, theta: List[torch.Tensor]) -> torch.Tensor:
