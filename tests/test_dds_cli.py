@@ -157,11 +157,13 @@ def test_not_multiway_and_one_to_many(tmp_path):
     save = str(tmp_path / "o2m")
     out = run(dds_args(bin_dir, save, 2, "--dds-dev-lang-pair", "tgt-lrl", pairs=o2m)).stdout
     assert "dds_p_hrl=" in last_inner(out)
-    gen = run([fairseq("fairseq-generate"), bin_dir, "--user-dir", USER_DIR, "--task", "dds_translation",
-               "--lang-pairs", o2m, "--path", os.path.join(save, "checkpoint_last.pt"), "-s", "tgt", "-t", "hrl",
-               "--gen-subset", "test", "--beam", "2", "--max-len-b", "6", "--cpu", "--required-batch-size-multiple", "1"]).stdout
-    assert sum(line.startswith("H-") for line in gen.splitlines()) == 21
-    assert re.search(r"S-\d+\s+__hrl__", gen), "the source carries the target-language tag"
+    for lang_pairs in (["--lang-pairs", o2m], []):  # without --lang-pairs, the checkpoint's pairs are used
+        gen = run([fairseq("fairseq-generate"), bin_dir, "--user-dir", USER_DIR, "--task", "dds_translation",
+                   *lang_pairs, "--path", os.path.join(save, "checkpoint_last.pt"), "-s", "tgt", "-t", "hrl",
+                   "--gen-subset", "test", "--beam", "2", "--max-len-b", "6", "--cpu",
+                   "--required-batch-size-multiple", "1"]).stdout
+        assert sum(line.startswith("H-") for line in gen.splitlines()) == 21
+        assert re.search(r"S-\d+\s+__hrl__", gen), "the source carries the target-language tag"
 
 
 def test_two_workers_make_identical_decisions(multiway_bin, tmp_path):

@@ -252,17 +252,23 @@ class DDSTranslationTask(TranslationTask):
             max_source_positions=self.cfg.max_source_positions, max_target_positions=self.cfg.max_target_positions,
             shuffle=shuffle, prepend_bos_src=prepend)
 
-    def _source_tag(self, src: str, tgt: str) -> Optional[int]:
+    def _source_tag(self, src: str, tgt: str, pairs: List[Tuple[str, str]]) -> Optional[int]:
         """One-to-many: the target-language tag put before every source sentence."""
-        if self.pairs and not self.hub_is_target and src == self.hub:
-            return self.src_dict.index(lang_tag(tgt))
+        if pairs:
+            hub, hub_is_target = hub_of(pairs)
+            if not hub_is_target and src == hub:
+                return self.src_dict.index(lang_tag(tgt))
         return None
 
-    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+    def load_dataset(self, split, epoch=1, combine=False, task_cfg=None, **kwargs):
         if split != self.cfg.train_subset or not self.pairs:
             src, tgt = self.cfg.source_lang, self.cfg.target_lang
+            # fairseq-generate passes the checkpoint's task config: without --lang-pairs on its command line,
+            # the training run's pairs still say whether sources need a target-language tag (one-to-many)
+            saved = getattr(task_cfg, "lang_pairs", None) if task_cfg is not None else None
+            pairs = self.pairs or (parse_lang_pairs(saved) if saved else [])
             self.datasets[split] = self._pair_dataset(split, src, tgt, shuffle=split != "test",
-                                                      prepend=self._source_tag(src, tgt))
+                                                      prepend=self._source_tag(src, tgt, pairs))
             return
         parts = []
         for (src, tgt), lang in zip(self.pairs, self.langs):
@@ -431,7 +437,7 @@ class DDSTranslationTask(TranslationTask):
         if self._dev is None:
             src, tgt = self.dev_pair
             ds = self._pair_dataset(self.cfg.dds_dev_subset, src, tgt, shuffle=False,
-                                    prepend=self._source_tag(src, tgt))
+                                    prepend=self._source_tag(src, tgt, self.pairs))
             batches = data_utils.batch_by_size(ds.ordered_indices(), ds.num_tokens,
                                                max_tokens=self.cfg.dds_dev_max_tokens)
             if not batches:
