@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Wake-sleep back-translation, offline: Alg. 1 of Cotterell & Kreutzer (2018) with fairseq's own CLIs.
 #
-#   bash examples/wake_sleep/run.sh [--raw-dir RAW] --iterations I [--out OUT] [--seed S]
+#   bash examples/wake_sleep/run.sh [--raw-dir RAW] --iterations I [--out OUT] [--seed S] [--control]
 #
 # Iteration 0: the forward (SRC->TGT) and backward (TGT->SRC) models by MLE on the bitext B.
 # Iteration i = 1..I:
@@ -12,6 +12,8 @@
 #                       monotext, Sec. 3.3); the backward model continues training on reversed B + the
 #                       dreamt pairs, early stopping on dev.
 # Iteration 1 is therefore standard back-translation (its sleep phase only prepares iteration 2).
+# --control also trains the iteration-0 models further on B alone, I times with the same schedule
+# (rows controlI): the supervised baseline with the same number of updates.
 # Each model is evaluated (dev and test BLEU, scripts/evaluate.py) after its iteration; OUT/seedS/results.tsv
 # collects iteration, direction, dev/test BLEU and the pseudo bitext's size and mean length.
 # Every stage leaves a marker, so a re-run resumes at the first unfinished stage (an interrupted
@@ -31,13 +33,14 @@ BINDIR="$(dirname "$PY")"
 TRAIN="$BINDIR/fairseq-train"; [ -x "$TRAIN" ] || TRAIN=fairseq-train
 GENERATE="$BINDIR/fairseq-generate"; [ -x "$GENERATE" ] || GENERATE=fairseq-generate
 PREPROCESS="$BINDIR/fairseq-preprocess"; [ -x "$PREPROCESS" ] || PREPROCESS=fairseq-preprocess
-RAW=""; OUT="runs/wake_sleep"; SEED=1; ITERATIONS=""
+RAW=""; OUT="runs/wake_sleep"; SEED=1; ITERATIONS=""; CONTROL=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --raw-dir) RAW="$2"; shift 2 ;;
     --iterations) ITERATIONS="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
     --seed) SEED="$2"; shift 2 ;;
+    --control) CONTROL=1; shift ;;
     *) echo "unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
@@ -173,5 +176,17 @@ for ((i = 1; i <= ITERATIONS; i++)); do
   evaluate "$NEW_BWD" "$TGT" "$SRC" "$i" backward "$RUN/iter$i/sleep-data/pseudo.json"
   FWD="$NEW_FWD"; BWD="$NEW_BWD"
 done
+if [ "$CONTROL" = 1 ]; then
+  # supervised control: the iteration-0 models trained further on B alone, with the same per-iteration
+  # schedule and budget, so gains over it are the pseudo data's and not the extra updates'
+  CF="$RUN/iter0/forward"; CB="$RUN/iter0/backward"
+  for ((i = 1; i <= ITERATIONS; i++)); do
+    train "$RUN/control$i/forward" "$BIN" "$SRC" "$TGT" "$ITER_UPDATES" "$CF/checkpoint_best.pt"
+    evaluate "$RUN/control$i/forward" "$SRC" "$TGT" "control$i" forward
+    train "$RUN/control$i/backward" "$BIN" "$TGT" "$SRC" "$ITER_UPDATES" "$CB/checkpoint_best.pt"
+    evaluate "$RUN/control$i/backward" "$TGT" "$SRC" "control$i" backward
+    CF="$RUN/control$i/forward"; CB="$RUN/control$i/backward"
+  done
+fi
 echo "results: $RUN/results.tsv"
 column -t -s $'\t' "$RUN/results.tsv" || cat "$RUN/results.tsv"

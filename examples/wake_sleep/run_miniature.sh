@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Miniature reproduction of wake-sleep back-translation (Cotterell & Kreutzer 2018, Table 1 shape):
-# iterations 0 (MLE), 1 (= back-translation), 2 and 3, both directions, several training seeds;
-# test BLEU mean ± std per iteration and direction.
+# iterations 0 (MLE), 1 (= back-translation), 2 and 3, both directions, several training seeds, and the
+# supervised control (controlI: the MLE models trained further on the bitext alone, same schedule and
+# number of updates as iterations 1..I); test BLEU mean ± std per system.
 #
 #   bash examples/wake_sleep/run_miniature.sh [--raw-dir DIR] [--seeds "1 2 3"] [--out DIR] [--iterations 3]
 #
@@ -43,14 +44,18 @@ KNOBS="$KNOBS LR_ITER=$LR_ITER${EVAL_SUBSETS+ EVAL_SUBSETS=\"$EVAL_SUBSETS\"}"
 SRC="${SRC:-lrl}"; TGT="${TGT:-tgt}"
 systems=()
 for ((i = 0; i <= ITERATIONS; i++)); do systems+=("iter$i-forward" "iter$i-backward"); done
+for ((i = 1; i <= ITERATIONS; i++)); do systems+=("control$i-forward" "control$i-backward"); done
 for seed in $SEEDS; do
   echo "=== seed $seed ==="
-  bash "$ROOT/examples/wake_sleep/run.sh" --raw-dir "$RAW" --out "$OUT" --seed "$seed" --iterations "$ITERATIONS"
+  bash "$ROOT/examples/wake_sleep/run.sh" --raw-dir "$RAW" --out "$OUT" --seed "$seed" --iterations "$ITERATIONS" \
+    --control
   # results/SYSTEM.json per seed, the layout scripts/aggregate_results.py reads
   mkdir -p "$OUT/seed$seed/results"
   for ((i = 0; i <= ITERATIONS; i++)); do
     for direction in forward backward; do
       cp "$OUT/seed$seed/iter$i/$direction/test.json" "$OUT/seed$seed/results/iter$i-$direction.json"
+      [ "$i" -eq 0 ] || cp "$OUT/seed$seed/control$i/$direction/test.json" \
+          "$OUT/seed$seed/results/control$i-$direction.json"
     done
   done
 done
