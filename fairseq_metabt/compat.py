@@ -8,10 +8,16 @@ versions lives here, so that it can be found and removed in one place.
   legacy config, numpy scalars/arrays for ``--eval-bleu`` statistics in
   ``extra_state``).  We allow-list exactly those types instead of turning
   ``weights_only`` off, so loading an untrusted pickle is still refused.
+* fairseq never calls ``torch.distributed.destroy_process_group()``.  With
+  gloo, a rank that reaches interpreter shutdown with the process group alive
+  can abort ("terminate called without an active exception", SIGABRT) after
+  training has finished (pytorch/pytorch#190489; seen here in 2-worker CPU
+  runs).  We destroy the group at exit, while the interpreter is still whole.
 """
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 from typing import List
 
@@ -71,6 +77,21 @@ def allow_fairseq_checkpoint_types() -> bool:
     return True
 
 
+def destroy_process_group_at_exit() -> None:
+    """Destroy the default process group if fairseq left one (a local operation: no collective, no wait)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+_EXIT_HOOK_INSTALLED = False
+
+
 def apply() -> None:
     """Install every accommodation; called once when the plugin is imported."""
+    global _EXIT_HOOK_INSTALLED
     allow_fairseq_checkpoint_types()
+    if not _EXIT_HOOK_INSTALLED:
+        atexit.register(destroy_process_group_at_exit)
+        _EXIT_HOOK_INSTALLED = True

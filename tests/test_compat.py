@@ -2,6 +2,8 @@
 import argparse
 import io
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import torch
 
 import fairseq_metabt  # noqa: F401  (applies compat)
 from fairseq_metabt import compat
+from conftest import ROOT
 
 
 class NotAllowListed:
@@ -51,3 +54,20 @@ def test_allow_list_is_exact():
     assert "Namespace" in names and "ndarray" in names and "_reconstruct" in names
     # nothing broad such as builtins.object or a module-level eval slipped in
     assert not names & {"object", "eval", "exec", "getattr", "type"}
+
+
+def test_process_group_is_destroyed_at_exit(tmp_path):
+    """fairseq leaves its gloo group alive at exit (a SIGABRT risk); the plugin's exit hook destroys it."""
+    script = f"""
+import atexit, torch.distributed as dist
+# registered first, so it runs last (atexit is LIFO): after the plugin's hook
+atexit.register(lambda: print("initialized at exit:", dist.is_initialized(), flush=True))
+import fairseq_metabt  # noqa: F401
+dist.init_process_group("gloo", init_method="file://{tmp_path / 'store'}", rank=0, world_size=1)
+print("initialized:", dist.is_initialized(), flush=True)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout
+    assert "initialized: True" in proc.stdout
+    assert "initialized at exit: False" in proc.stdout, proc.stdout
