@@ -19,3 +19,14 @@ def test_architectures_registered_through_user_dir():
     )
     out = run([sys.executable, "-c", code], cwd="/").stdout
     assert "['transformer_lowres_small', 'transformer_lowres_tiny']" in out
+
+
+def test_options_helper_lists_each_components_own_flags():
+    out = run([sys.executable, "-m", "fairseq_metabt.options", "meta_backtranslation", "stgs_reconstruction",
+               "latent_depth_transformer"], cwd="/").stdout
+    for flag in ("--meta-reward", "--backward-lr", "--stgs-tau", "--reconstruction-weight",
+                 "--latent-tau", "--decoder-latent-layers"):
+        assert flag in out, flag
+    assert "learning rate of the backward model" in out, "help texts from the config dataclasses"
+    proc = run([sys.executable, "-m", "fairseq_metabt.options", "no_such_component"], check=False, cwd="/")
+    assert proc.returncode == 2 and "no task, criterion or model is registered as 'no_such_component'" in proc.stdout
