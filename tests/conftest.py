@@ -38,6 +38,22 @@ def run(cmd: List[str], check: bool = True, input: Optional[str] = None, timeout
     return proc
 
 
+def fails(cmd: List[str]) -> str:
+    """Run a command that must fail; its output (which should name the problem and the fix)."""
+    proc = run(cmd, check=False)
+    assert proc.returncode != 0, f"expected a failure: {' '.join(cmd)}\n{proc.stdout[-3000:]}"
+    return proc.stdout
+
+
+def assert_same_weights(a: dict, b: dict, atol: float = 1e-6) -> None:
+    """Two checkpoints' model weights agree (e.g. an interrupted-and-resumed run and an uninterrupted one)."""
+    import torch
+
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k], b["model"][k], atol=atol), k
+
+
 def fairseq(name: str) -> str:
     return os.path.join(BIN_PATH, name)
 

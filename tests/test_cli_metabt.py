@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, USER_DIR, cli_env, fairseq, run
+from conftest import ROOT, USER_DIR, assert_same_weights, cli_env, fails, fairseq, run
 
 
 def metabt_args(bin_dir, save_dir, max_update, *extra):
@@ -49,8 +49,7 @@ def test_resume_continues_as_if_uninterrupted(trained, quickstart_bin, tmp_path)
     assert "@ 3 updates" in out
     a = torch.load(os.path.join(save, "checkpoint_last.pt"))
     b = torch.load(os.path.join(split, "checkpoint_last.pt"))
-    for k in a["model"]:
-        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-6), k
+    assert_same_weights(a, b)
     ta, tb = a["extra_state"]["MetaBacktranslationTask"], b["extra_state"]["MetaBacktranslationTask"]
     assert abs(ta["baseline"]["value"] - tb["baseline"]["value"]) < 1e-6
     assert ta["meta_steps"] == tb["meta_steps"] == 6
@@ -105,31 +104,26 @@ def test_two_workers_keep_both_models_identical(quickstart_bin, tmp_path):
     assert os.path.exists(tmp_path / "ddp" / "checkpoint_last.pt")
 
 
-def _fails(args):
-    proc = run(args, check=False)
-    assert proc.returncode != 0
-    return proc.stdout
-
 
 def test_bad_input_is_named(quickstart_bin, tmp_path):
     broken = tmp_path / "bin"
     shutil.copytree(quickstart_bin, broken)
     for ext in ("bin", "idx"):
         os.remove(broken / f"mono.tgt.{ext}")
-    out = _fails(metabt_args(str(broken), str(tmp_path / "a"), 2))
+    out = fails(metabt_args(str(broken), str(tmp_path / "a"), 2))
     assert "needs target monolingual data" in out and "mono.tgt" in out
 
-    out = _fails(metabt_args(quickstart_bin, str(tmp_path / "b"), 2, "--meta-dev-subset", "nodev"))
+    out = fails(metabt_args(quickstart_bin, str(tmp_path / "b"), 2, "--meta-dev-subset", "nodev"))
     assert "--meta-dev-subset nodev" in out
 
     with open(broken / "dict.lrl.txt", "a") as f:
         f.write("extra_symbol 1\n")
     shutil.copy(os.path.join(quickstart_bin, "mono.tgt.bin"), broken / "mono.tgt.bin")
     shutil.copy(os.path.join(quickstart_bin, "mono.tgt.idx"), broken / "mono.tgt.idx")
-    out = _fails(metabt_args(str(broken), str(tmp_path / "c"), 2))
+    out = fails(metabt_args(str(broken), str(tmp_path / "c"), 2))
     assert "one joint dictionary" in out
 
-    out = _fails(metabt_args(quickstart_bin, str(tmp_path / "d"), 2, "--meta-baseline-decay", "1.5"))
+    out = fails(metabt_args(quickstart_bin, str(tmp_path / "d"), 2, "--meta-baseline-decay", "1.5"))
     assert "--meta-baseline-decay must be in [0, 1)" in out
 
 

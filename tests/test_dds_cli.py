@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, USER_DIR, cli_env, fairseq, make_corpus, prepare, run
+from conftest import ROOT, USER_DIR, assert_same_weights, cli_env, fails, fairseq, make_corpus, prepare, run
 
 PAIRS = "lrl-tgt,hrl-tgt,unra-tgt,unrb-tgt,nsy-tgt"
 SIZES = "train=80,hrl=160,unra=60,unrb=60,nsy=60,valid=21,test=21,mono_tgt=40,mono_lrl=40"
@@ -76,8 +76,7 @@ def test_resume_continues_identically(trained, multiway_bin, tmp_path):
     assert "@ 3 updates" in out
     a = torch.load(os.path.join(save, "checkpoint_last.pt"))
     b = torch.load(os.path.join(split, "checkpoint_last.pt"))
-    for k in a["model"]:
-        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-6), k
+    assert_same_weights(a, b)
     ta, tb = a["extra_state"]["DDSTranslationTask"], b["extra_state"]["DDSTranslationTask"]
     for k in ta["scorer"]:
         assert torch.allclose(ta["scorer"][k], tb["scorer"][k], atol=1e-7), k
@@ -98,8 +97,7 @@ def test_dataloader_workers_do_not_change_the_run(trained, multiway_bin, tmp_pat
     run(args)
     a = torch.load(os.path.join(save, "checkpoint_last.pt"))
     b = torch.load(os.path.join(other, "checkpoint_last.pt"))
-    for k in a["model"]:
-        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-6), k
+    assert_same_weights(a, b)
     assert [r["usage"] for r in records(save)] == [r["usage"] for r in records(other)]
 
 
@@ -179,20 +177,15 @@ def test_two_workers_make_identical_decisions(multiway_bin, tmp_path):
     assert [r["update"] for r in records(str(tmp_path / "ddp"))] == [2, 4]
 
 
-def _fails(args):
-    proc = run(args, check=False)
-    assert proc.returncode != 0
-    return proc.stdout
-
 
 def test_bad_input_is_named(multiway_bin, tmp_path):
-    out = _fails(dds_args(multiway_bin, str(tmp_path / "a"), 2, "--dds-dev-lang-pair", "xyz-tgt"))
+    out = fails(dds_args(multiway_bin, str(tmp_path / "a"), 2, "--dds-dev-lang-pair", "xyz-tgt"))
     assert "--dds-dev-lang-pair xyz-tgt is not among --lang-pairs" in out
-    out = _fails(dds_args(multiway_bin, str(tmp_path / "b"), 2, pairs=PAIRS + ",xyz-tgt"))
+    out = fails(dds_args(multiway_bin, str(tmp_path / "b"), 2, pairs=PAIRS + ",xyz-tgt"))
     assert "language pair xyz-tgt has no train data" in out
-    out = _fails(dds_args(multiway_bin, str(tmp_path / "c"), 2, "--dds-update-interval", "0"))
+    out = fails(dds_args(multiway_bin, str(tmp_path / "c"), 2, "--dds-update-interval", "0"))
     assert "--dds-update-interval (K) must be a positive integer, got 0" in out
-    out = _fails(dds_args(multiway_bin, str(tmp_path / "d"), 2, "--dds-scorer-iters", "0"))
+    out = fails(dds_args(multiway_bin, str(tmp_path / "d"), 2, "--dds-scorer-iters", "0"))
     assert "--dds-scorer-iters (E) must be a positive integer, got 0" in out
-    out = _fails(dds_args(multiway_bin, str(tmp_path / "e"), 2, "--dds-alpha1", "1.5"))
+    out = fails(dds_args(multiway_bin, str(tmp_path / "e"), 2, "--dds-alpha1", "1.5"))
     assert "--dds-alpha1 must be in [0, 1], got 1.5" in out

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import torch
 
-from conftest import ROOT, USER_DIR, cli_env, fairseq, run
+from conftest import ROOT, USER_DIR, assert_same_weights, cli_env, fails, fairseq, run
 
 TASK_STATE = "WakeSleepTranslationTask"
 
@@ -70,8 +70,7 @@ def test_resume_mid_phase_continues_as_if_uninterrupted(trained, quickstart_bin,
     assert "@ 7 updates" in out and "(resumed at update 8)" in out
     a = torch.load(os.path.join(save, "checkpoint_last.pt"))
     b = torch.load(os.path.join(split, "checkpoint_last.pt"))
-    for k in a["model"]:
-        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-6), k
+    assert_same_weights(a, b)
     assert a["extra_state"][TASK_STATE]["updates_done"] == b["extra_state"][TASK_STATE]["updates_done"] == 9
 
 
@@ -100,11 +99,6 @@ def test_two_workers_keep_both_models_identical(quickstart_bin, tmp_path):
     assert (ts["phase"], ts["updates_done"]) == ("sleep", 7)
 
 
-def _fails(args):
-    proc = run(args, check=False)
-    assert proc.returncode != 0
-    return proc.stdout
-
 
 def test_bad_input_is_named(quickstart_bin, tmp_path):
     """Through the CLI (the other cases in-process in test_wake_sleep_task.py): a missing monotext."""
@@ -112,7 +106,7 @@ def test_bad_input_is_named(quickstart_bin, tmp_path):
     shutil.copytree(quickstart_bin, broken)
     for ext in ("bin", "idx"):
         os.remove(broken / f"mono.tgt.{ext}")
-    out = _fails(ws_args(str(broken), str(tmp_path / "a"), 2))
+    out = fails(ws_args(str(broken), str(tmp_path / "a"), 2))
     assert "the wake phase back-translates" in out and "mono.tgt.bin/.idx does not exist" in out
     assert "prepare_data.py" in out
 
