@@ -45,6 +45,18 @@ def fails(cmd: List[str]) -> str:
     return proc.stdout
 
 
+def two_workers(train_args: List[str], log_dir: str, timeout: int = 900) -> str:
+    """``scripts/train_ddp.sh 2 ARGS`` (fairseq-train's arguments, without the program): both gloo ranks
+    must train; rank 0's output is returned, the other rank's log is ``log_dir/rank1.log``."""
+    env = cli_env()
+    env["DDP_LOG_DIR"] = log_dir
+    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "train_ddp.sh"), "2", *train_args],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert "training on 2 devices" in proc.stdout, proc.stdout[-4000:]
+    return proc.stdout
+
+
 def assert_same_weights(a: dict, b: dict, atol: float = 1e-6) -> None:
     """Two checkpoints' model weights agree (e.g. an interrupted-and-resumed run and an uninterrupted one)."""
     import torch

@@ -2,13 +2,12 @@
 import os
 import re
 import shutil
-import subprocess
 import sys
 
 import pytest
 import torch
 
-from conftest import ROOT, USER_DIR, assert_same_weights, cli_env, fails, fairseq, run
+from conftest import ROOT, USER_DIR, assert_same_weights, fails, fairseq, run, two_workers
 
 
 def metabt_args(bin_dir, save_dir, max_update, *extra):
@@ -92,14 +91,9 @@ def test_frozen_backward_model_is_online_backtranslation(quickstart_bin, tmp_pat
 
 
 def test_two_workers_keep_both_models_identical(quickstart_bin, tmp_path):
-    env = cli_env()
-    env["DDP_LOG_DIR"] = str(tmp_path / "logs")
     args = metabt_args(quickstart_bin, str(tmp_path / "ddp"), 4)[1:]
-    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "train_ddp.sh"), "2", *args],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    assert "training on 2 devices" in proc.stdout
-    diffs = [float(x) for x in re.findall(r"replica_diff=([0-9.e-]+)", proc.stdout)]
+    out = two_workers(args, str(tmp_path / "logs"))
+    diffs = [float(x) for x in re.findall(r"replica_diff=([0-9.e-]+)", out)]
     assert diffs and max(diffs) == 0.0, diffs
     assert os.path.exists(tmp_path / "ddp" / "checkpoint_last.pt")
 

@@ -1,12 +1,11 @@
 """STGS reconstruction through the real fairseq CLIs: train, pre-train → fine-tune, resume, 2 workers, generate."""
 import os
 import re
-import subprocess
 
 import pytest
 import torch
 
-from conftest import ROOT, USER_DIR, cli_env, fairseq, run
+from conftest import USER_DIR, fairseq, run, two_workers
 from test_stgs_reconstruction import bidir_bin  # noqa: F401  (session fixture: tiny bidirectional corpus)
 
 REC_METRICS = ("trans_loss", "rec_loss", "rec_acc", "sample_len", "sample_eos")
@@ -102,14 +101,8 @@ def test_generate_each_direction(pretrained_and_finetuned, bidir_bin, src, tgt):
 
 
 def test_two_workers(bidir_bin, tmp_path):  # noqa: F811
-    env = cli_env()
-    env["DDP_LOG_DIR"] = str(tmp_path / "logs")
-    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "train_ddp.sh"), "2",
-                           *train_args(bidir_bin, str(tmp_path / "two"), 4)],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    assert "training on 2 devices" in proc.stdout
+    out = two_workers(train_args(bidir_bin, str(tmp_path / "two"), 4), str(tmp_path / "logs"))
     assert "distributed init (rank 1)" in (tmp_path / "logs" / "rank1.log").read_text()
-    last = [line for line in proc.stdout.splitlines() if "| train |" in line][-1]
+    last = [line for line in out.splitlines() if "| train |" in line][-1]
     assert "num_updates 4" in last and "rec_loss" in last and "sample_eos" in last
     assert os.path.exists(tmp_path / "two" / "checkpoint_last.pt")

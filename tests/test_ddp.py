@@ -3,7 +3,7 @@ import os
 import re
 import subprocess
 
-from conftest import ROOT, cli_env, tiny_train_args
+from conftest import ROOT, cli_env, tiny_train_args, two_workers
 
 
 def _epoch_updates(log: str) -> int:
@@ -17,17 +17,12 @@ def test_two_workers_split_the_epoch(quickstart_bin, tmp_path):
     single = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env())
     assert single.returncode == 0, single.stdout[-3000:]
 
-    env = cli_env()
-    env["DDP_LOG_DIR"] = str(tmp_path / "logs")
     ddp_args = tiny_train_args(quickstart_bin, str(tmp_path / "two"), 1000, "--max-epoch", "1")[1:]
-    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "train_ddp.sh"), "2", *ddp_args],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    assert "training on 2 devices" in proc.stdout
+    out = two_workers(ddp_args, str(tmp_path / "logs"))
     rank1 = (tmp_path / "logs" / "rank1.log").read_text()
     assert "distributed init (rank 1)" in rank1
     # each rank consumed its own shard: one epoch takes half as many updates
-    n1, n2 = _epoch_updates(single.stdout), _epoch_updates(proc.stdout)
+    n1, n2 = _epoch_updates(single.stdout), _epoch_updates(out)
     assert n2 == (n1 + 1) // 2 or n2 == n1 // 2, (n1, n2)
     assert os.path.exists(tmp_path / "two" / "checkpoint_last.pt")
 

@@ -2,13 +2,12 @@
 import json
 import os
 import re
-import subprocess
 import sys
 
 import pytest
 import torch
 
-from conftest import ROOT, USER_DIR, assert_same_weights, cli_env, fails, fairseq, make_corpus, prepare, run
+from conftest import ROOT, USER_DIR, assert_same_weights, fails, fairseq, make_corpus, prepare, run, two_workers
 
 PAIRS = "lrl-tgt,hrl-tgt,unra-tgt,unrb-tgt,nsy-tgt"
 SIZES = "train=80,hrl=160,unra=60,unrb=60,nsy=60,valid=21,test=21,mono_tgt=40,mono_lrl=40"
@@ -165,14 +164,9 @@ def test_not_multiway_and_one_to_many(tmp_path):
 
 
 def test_two_workers_make_identical_decisions(multiway_bin, tmp_path):
-    env = cli_env()
-    env["DDP_LOG_DIR"] = str(tmp_path / "logs")
     args = dds_args(multiway_bin, str(tmp_path / "ddp"), 4)[1:]
-    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "train_ddp.sh"), "2", *args],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    assert "training on 2 devices" in proc.stdout
-    diffs = [float(x) for x in re.findall(r"dds_replica_diff=([0-9.e-]+)", proc.stdout)]
+    out = two_workers(args, str(tmp_path / "logs"))
+    diffs = [float(x) for x in re.findall(r"dds_replica_diff=([0-9.e-]+)", out)]
     assert diffs and max(diffs) == 0.0, diffs
     assert [r["update"] for r in records(str(tmp_path / "ddp"))] == [2, 4]
 

@@ -2,12 +2,11 @@
 import os
 import re
 import shutil
-import subprocess
 
 import pytest
 import torch
 
-from conftest import ROOT, USER_DIR, assert_same_weights, cli_env, fails, fairseq, run
+from conftest import USER_DIR, assert_same_weights, fails, fairseq, run, two_workers
 
 TASK_STATE = "WakeSleepTranslationTask"
 
@@ -84,17 +83,12 @@ def test_generate_translates_with_the_forward_model(trained, quickstart_bin):
 
 
 def test_two_workers_keep_both_models_identical(quickstart_bin, tmp_path):
-    env = cli_env()
-    env["DDP_LOG_DIR"] = str(tmp_path / "logs")
     args = ws_args(quickstart_bin, str(tmp_path / "ddp"), 7, "--ws-pseudo-data", "phase")[1:]
-    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "train_ddp.sh"), "2", *args],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    assert "training on 2 devices" in proc.stdout
-    diffs = [float(x) for x in re.findall(r"replica_diff=([0-9.e-]+)", proc.stdout)]
+    out = two_workers(args, str(tmp_path / "logs"))
+    diffs = [float(x) for x in re.findall(r"replica_diff=([0-9.e-]+)", out)]
     assert len(diffs) == 7 and max(diffs) == 0.0, diffs
     # each worker generated half of the monotext; the all-gathered cache holds all of it
-    assert "200 back-translations generated" in proc.stdout and "200 dreamt translations generated" in proc.stdout
+    assert "200 back-translations generated" in out and "200 dreamt translations generated" in out
     ts = torch.load(tmp_path / "ddp" / "checkpoint_last.pt")["extra_state"][TASK_STATE]
     assert (ts["phase"], ts["updates_done"]) == ("sleep", 7)
 
