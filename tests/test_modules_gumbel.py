@@ -2,7 +2,13 @@
 import pytest
 import torch
 
-from fairseq_metabt.modules.gumbel import gumbel_noise, gumbel_sigmoid, straight_through_gumbel_softmax
+from fairseq_metabt.modules.gumbel import (
+    gumbel_argmax_softmax,
+    gumbel_noise,
+    gumbel_sigmoid,
+    straight_through_embedding,
+    straight_through_gumbel_softmax,
+)
 
 
 def test_stgs_forward_is_one_hot_of_perturbed_argmax_and_backward_is_softmax_gradient():
@@ -20,6 +26,43 @@ def test_stgs_forward_is_one_hot_of_perturbed_argmax_and_backward_is_softmax_gra
     ref = torch.softmax((logits + noise) / 2.0, -1)
     (ref * w).sum().backward()
     assert torch.allclose(grad_st, logits.grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(15,), (3, 6)])
+def test_straight_through_embedding_has_the_dense_one_hot_products_value_and_gradients(shape):
+    """Lookup + custom backward == (one_hot - soft.detach() + soft) @ E, brute force, repeated ids included."""
+    torch.manual_seed(0)
+    vocab, dim = 11, 4
+    weight = torch.randn(vocab, dim, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(*shape, dim, dtype=torch.float64)
+    # 1. any soft input (a leaf): gradients w.r.t. soft and E
+    soft = torch.rand(*shape, vocab, dtype=torch.float64).softmax(-1).requires_grad_()
+    index = torch.randint(0, vocab, shape)
+    assert index.unique().numel() < index.numel()  # some rows of E receive several gradients
+    hard = torch.nn.functional.one_hot(index, vocab).double()
+    dense = (hard - soft.detach() + soft) @ weight
+    fast = straight_through_embedding(index, soft, weight)
+    torch.testing.assert_close(fast, dense, rtol=0, atol=1e-12)
+    g_dense = torch.autograd.grad((dense * upstream).sum(), (soft, weight))
+    g_fast = torch.autograd.grad((fast * upstream).sum(), (soft, weight))
+    for a, b in zip(g_fast, g_dense):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    # 2. the STGS sample itself: the same gradient reaches the logits through the softmax (Eq. 6)
+    logits = torch.randn(*shape, vocab, dtype=torch.float64, requires_grad=True)
+    st, _ = straight_through_gumbel_softmax(logits, tau=2.0, beta=0.5, generator=torch.Generator().manual_seed(3))
+    index, soft = gumbel_argmax_softmax(logits, tau=2.0, beta=0.5, generator=torch.Generator().manual_seed(3))
+    dense, fast = st @ weight, straight_through_embedding(index.squeeze(-1), soft, weight)
+    torch.testing.assert_close(fast, dense, rtol=0, atol=1e-12)
+    g_dense = torch.autograd.grad((dense * upstream).sum(), (logits, weight))
+    g_fast = torch.autograd.grad((fast * upstream).sum(), (logits, weight))
+    for a, b in zip(g_fast, g_dense):
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_straight_through_embedding_refuses_mismatched_shapes():
+    with pytest.raises(ValueError, match="soft must be index's shape"):
+        straight_through_embedding(torch.zeros(3, dtype=torch.long), torch.zeros(3, 5), torch.zeros(6, 2))
 
 
 def test_stgs_beta_zero_is_greedy():

@@ -118,7 +118,7 @@ def test_one_hot_soft_input_encodes_exactly_like_tokens(trained):
     src = batch(task, "test", range(6))["net_input"]["src_tokens"]
     one_hot = F.one_hot(src, len(task.src_dict)).float()
     ref = model.encoder(src, src_lengths=src.ne(1).sum(1))
-    soft = encode_soft(model.encoder, src, one_hot)
+    soft = encode_soft(model.encoder, src, one_hot @ model.encoder.embed_tokens.weight)
     assert torch.equal(ref["encoder_padding_mask"][0], soft["encoder_padding_mask"][0])
     torch.testing.assert_close(soft["encoder_out"][0], ref["encoder_out"][0], rtol=0, atol=1e-5)
     # the decoder's embedding substitution is just as exact
@@ -167,13 +167,12 @@ def test_incremental_decoding_equals_full_recomputation(trained, beta):
                                 incremental=inc, generator=torch.Generator().manual_seed(5)) for inc in (True, False)]
     inc, full = runs
     assert torch.equal(inc.tokens, full.tokens) and torch.equal(inc.lengths, full.lengths)
-    torch.testing.assert_close(inc.logits, full.logits, rtol=0, atol=1e-4)
-    torch.testing.assert_close(inc.one_hots, full.one_hots)
-    # the straight-through gradients agree too: same loss on the soft sample, same gradient
-    w = torch.randn_like(inc.one_hots)
+    torch.testing.assert_close(inc.embeddings, full.embeddings, rtol=0, atol=0)
+    # the straight-through gradients agree too (through every step's soft sample and the decoder)
+    w = torch.randn_like(inc.embeddings)
     weight = model.decoder.embed_tokens.weight
-    g_inc = torch.autograd.grad((inc.one_hots * w).sum(), weight, retain_graph=True)[0]
-    g_full = torch.autograd.grad((full.one_hots * w).sum(), weight)[0]
+    g_inc = torch.autograd.grad((inc.embeddings * w).sum(), weight, retain_graph=True)[0]
+    g_full = torch.autograd.grad((full.embeddings * w).sum(), weight)[0]
     torch.testing.assert_close(g_inc, g_full, rtol=1e-3, atol=1e-4)
 
 
@@ -190,14 +189,14 @@ def test_tokens_after_first_eos_are_masked(trained):
         out = free_running_decode(model.decoder, enc, 25, beta=0.0, prefix_tokens=prefix)
     assert out.tokens.size(1) > 2
     assert out.tokens[0, :2].tolist() == [tags[0, 0].item(), eos] and out.lengths[0] == 2
-    assert (out.tokens[0, 2:] == pad).all() and (out.one_hots[0, 2:] == 0).all()
+    assert (out.tokens[0, 2:] == pad).all() and (out.embeddings[0, 2:] == 0).all()
     for i in range(3):  # every row: exactly one EOS, last of its length; nothing after
         row = out.tokens[i]
         assert int(row.eq(eos).sum()) == 1 and row[out.lengths[i] - 1] == eos
         assert (row[out.lengths[i]:] == pad).all()
-        assert torch.equal(out.one_hots[i, : out.lengths[i]].argmax(-1), row[: out.lengths[i]])
+        assert torch.equal(out.embeddings[i, : out.lengths[i]], model.encoder.embed_tokens(row[: out.lengths[i]]))
     # the masked tail is invisible to the reconstructor: row 0 encodes as if alone and unpadded
-    rec = encode_soft(model.encoder, out.tokens, out.one_hots)
+    rec = encode_soft(model.encoder, out.tokens, out.embeddings)
     alone = model.encoder(out.tokens[:1, :2], src_lengths=torch.tensor([2]))
     torch.testing.assert_close(rec["encoder_out"][0][:2, 0], alone["encoder_out"][0][:, 0], rtol=0, atol=1e-5)
 

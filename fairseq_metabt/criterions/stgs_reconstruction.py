@@ -137,7 +137,7 @@ class StgsReconstructionCriterion(LabelSmoothedCrossEntropyCriterion):
         # ê (tag + tokens + </s>) is a source for the reverse direction; the original source f,
         # tag included, right-padded, is the reconstruction target
         rec_target = utils.convert_padding_direction(src_tokens, pad, left_to_right=True)
-        rec_encoder_out = encode_soft(model.encoder, sample.tokens, sample.one_hots)
+        rec_encoder_out = encode_soft(model.encoder, sample.tokens, sample.embeddings)
         rec_output = model.decoder(shift_right(rec_target, pad, eos), encoder_out=rec_encoder_out)
         lprobs = model.get_normalized_probs(rec_output, log_probs=True)
         rec_loss, rec_nll = label_smoothed_nll_loss(

@@ -6,9 +6,12 @@
   one-hot ``argmax`` is taken (Eq. 5) with the gradient of
   ``softmax((a + G)/τ)`` (Eq. 6), and the straight-through one-hot times the
   embedding matrix is the next step's input embedding ``E(ê_<t)`` (Eq. 2).
-  It runs on fairseq's incremental state, so each step costs one position.
-* :func:`encode_soft` encodes a sequence given as straight-through one-hots
-  (or any distributions) times the encoder's embedding matrix, through
+  It runs on fairseq's incremental state, so each step costs one position,
+  and the one-hot product is a row lookup with the dense product's exact
+  gradient (:func:`~fairseq_metabt.modules.gumbel.straight_through_embedding`),
+  so no B×T×V tensor is built in the forward pass.
+* :func:`encode_soft` encodes a sequence given by its input embeddings (the
+  sample's straight-through one-hots × E, or any soft embeddings) through
   fairseq's own ``TransformerEncoder(token_embeddings=...)``.
 
 Both work on any fairseq ``TransformerModel``; the reconstruction criterion
@@ -26,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from fairseq_metabt.modules.gumbel import straight_through_gumbel_softmax
+from fairseq_metabt.modules.gumbel import gumbel_argmax_softmax, straight_through_embedding
 
 
 @dataclass
@@ -34,18 +37,17 @@ class FreeRunningSample:
     """A batch of free-running samples, masked after each row's first EOS.
 
     ``tokens`` (B, T): sampled ids, ``pad`` after the first EOS (which is kept);
-    ``one_hots`` (B, T, V): straight-through one-hots (value = one-hot of
-    ``tokens``, gradient of Eq. 6), zero after the first EOS;
+    ``embeddings`` (B, T, C): straight-through one-hots × E (Eq. 2): value
+    ``E[tokens]``, gradient of Eq. 6 through the sampled steps (forced tag and
+    EOS: E only), zero after the first EOS;
     ``lengths`` (B,): tokens up to and including the first EOS;
-    ``ended_with_eos`` (B,): EOS was chosen before the length cap forced it;
-    ``logits`` (B, T, V): the unperturbed logits of every step (zero after the first EOS).
+    ``ended_with_eos`` (B,): EOS was chosen before the length cap forced it.
     """
 
     tokens: Tensor
-    one_hots: Tensor
+    embeddings: Tensor
     lengths: Tensor
     ended_with_eos: Tensor
-    logits: Tensor
 
 
 @contextlib.contextmanager
@@ -93,63 +95,65 @@ def free_running_decode(
     forced, EOS is forced at step ``max_len``, and a row that has produced EOS
     leaves the batch (its incremental state is dropped with fairseq's
     ``reorder_incremental_state``), so the tokens after a row's first EOS are
-    never computed: they are ``pad`` with zero one-hots.  With ``beta = 0`` the
+    never computed: they are ``pad`` with zero embeddings.  With ``beta = 0`` the
     sample is the greedy translation.  ``incremental=False`` recomputes the
     whole prefix at every step (for testing the incremental path).
     """
     weight = decoder.embed_tokens.weight  # (V, C); shared with the output layer and the encoder
     pad, eos = decoder.padding_idx, decoder.dictionary.eos()
     bsz = encoder_out["encoder_out"][0].size(1)
-    vocab = weight.size(0)
     device = weight.device
-    pad_mask = _one_hot_mask(vocab, pad, device)
+    pad_mask = _one_hot_mask(weight.size(0), pad, device)
 
     active = torch.arange(bsz, device=device)  # rows still decoding
     memory = encoder_out
     prev_tokens = torch.full((bsz, 1), eos, dtype=torch.long, device=device)
-    history = F.embedding(prev_tokens, weight)  # (b, t, C) inputs so far: E(</s>), as fairseq's BOS input
+    emb = F.embedding(prev_tokens, weight)  # (b, 1, C) step input: E(</s>), as fairseq's BOS input
+    history = emb  # all inputs so far, kept only to recompute the prefix (incremental=False)
     incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = {} if incremental else None
     ended_with_eos = torch.zeros(bsz, dtype=torch.bool, device=device)
-    one_hots, all_logits, tokens = [], [], []
+    embeddings, tokens = [], []
 
     for step in range(max_len + 1):
-        emb = history[:, -1:] if incremental else history
-        with embedding_output(decoder.embed_tokens, emb):
-            logits, _ = decoder(prev_tokens, encoder_out=memory, incremental_state=incremental_state)
-        logits = logits[:, -1, :]
+        forced = None
         if prefix_tokens is not None and step < prefix_tokens.size(1) and step < max_len:
-            st = F.one_hot(prefix_tokens[active, step], vocab).to(logits.dtype)  # forced: no gradient
-            sampled = False
+            forced = prefix_tokens[active, step]
         elif step >= max_len:
-            st = F.one_hot(torch.full_like(active, eos), vocab).to(logits.dtype)
-            sampled = False
+            forced = torch.full_like(active, eos)
+        with embedding_output(decoder.embed_tokens, emb if incremental else history):
+            # a forced step's output distribution is never used: its states (cached for the next steps) suffice
+            out, _ = decoder(prev_tokens, encoder_out=memory, incremental_state=incremental_state,
+                             features_only=forced is not None)
+        if forced is None:
+            logits = out[:, -1, :].masked_fill(pad_mask, float("-inf"))
+            index, soft = gumbel_argmax_softmax(logits, tau=tau, beta=beta, generator=generator)
+            token = index.squeeze(-1)
+            st_emb = straight_through_embedding(token, soft, weight)  # (b, C) = st @ E, exact gradient
         else:
-            st, _ = straight_through_gumbel_softmax(logits.masked_fill(pad_mask, float("-inf")), tau=tau, beta=beta,
-                                                    generator=generator)
-            sampled = True
-        token = st.argmax(-1)
+            token = forced
+            st_emb = F.embedding(token, weight)  # forced: no sample gradient, E's only
         done = token.eq(eos)
-        if sampled:
+        if forced is None:
             ended_with_eos[active[done]] = True
-        # scatter the active rows into full-batch step outputs (finished rows: pad, zero one-hot)
-        one_hots.append(st.new_zeros(bsz, vocab).index_copy(0, active, st))
-        all_logits.append(logits.new_zeros(bsz, vocab).index_copy(0, active, logits))
+        # scatter the active rows into full-batch step outputs (finished rows: pad, zero embedding)
+        embeddings.append(st_emb.new_zeros(bsz, st_emb.size(-1)).index_copy(0, active, st_emb))
         tokens.append(token.new_full((bsz,), pad).index_copy(0, active, token))
         if bool(done.all()):
             break
         if bool(done.any()):
             keep = (~done).nonzero().squeeze(1)
-            active, token, st = active[keep], token[keep], st[keep]
+            active, token, st_emb = active[keep], token[keep], st_emb[keep]
             prev_tokens, history = prev_tokens[keep], history[keep]
             memory = _select_rows(memory, keep)
             if incremental_state is not None:
                 decoder.reorder_incremental_state_scripting(incremental_state, keep)
         prev_tokens = torch.cat([prev_tokens, token[:, None]], dim=1)
-        history = torch.cat([history, (st @ weight)[:, None, :]], dim=1)  # straight-through one-hot × E
+        emb = st_emb[:, None, :]
+        if not incremental:
+            history = torch.cat([history, emb], dim=1)
 
     tokens_t = torch.stack(tokens, dim=1)
-    return FreeRunningSample(tokens_t, torch.stack(one_hots, dim=1), tokens_t.ne(pad).long().sum(1), ended_with_eos,
-                             torch.stack(all_logits, dim=1))
+    return FreeRunningSample(tokens_t, torch.stack(embeddings, dim=1), tokens_t.ne(pad).long().sum(1), ended_with_eos)
 
 
 def _select_rows(encoder_out: Dict[str, List[Tensor]], rows: Tensor) -> Dict[str, List[Tensor]]:
@@ -167,12 +171,13 @@ def _one_hot_mask(vocab: int, index: int, device) -> Tensor:
     return mask
 
 
-def encode_soft(encoder: nn.Module, tokens: Tensor, distributions: Tensor) -> Dict[str, List[Tensor]]:
-    """Encode ``distributions`` (B, T, V) × embedding matrix; ``tokens`` (B, T) give padding and positions.
+def encode_soft(encoder: nn.Module, tokens: Tensor, embeddings: Tensor) -> Dict[str, List[Tensor]]:
+    """Encode a sequence given by its (B, T, C) input ``embeddings``; ``tokens`` (B, T) give padding and positions.
 
-    With hard one-hots this is exactly ``encoder(tokens)`` in value; the
-    gradient reaches the distributions and the embedding matrix.
+    ``embeddings`` are what ``encoder.embed_tokens(tokens)`` would be, e.g. a
+    :class:`FreeRunningSample`'s straight-through one-hots × E: with hard
+    one-hots this is exactly ``encoder(tokens)`` in value, and the gradient
+    reaches whatever produced the embeddings.
     """
-    embeddings = distributions @ encoder.embed_tokens.weight
     lengths = tokens.ne(encoder.padding_idx).long().sum(1)
     return encoder(tokens, src_lengths=lengths, token_embeddings=embeddings)

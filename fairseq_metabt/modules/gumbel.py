@@ -4,6 +4,10 @@
   one-hot sample ``one_hot(argmax(a + G))`` with ``G ~ Gumbel(0, beta)`` in the
   forward pass, and the gradient of ``softmax((a + G) / tau)`` in the backward
   pass (Jang et al., 2017; Bengio et al., 2013).
+* :func:`gumbel_argmax_softmax` — the same sample as ``(index, soft)``, and
+  :func:`straight_through_embedding` — the straight-through one-hot times an
+  embedding matrix (Niu et al. 2019, Eq. 2 with Eq. 5–6), computed as a row
+  lookup with the exact gradient of the dense product (no V-wide forward).
 * :func:`gumbel_sigmoid` — the relaxed Bernoulli used for latent layer gates
   (Li et al., 2020, Eq. 5): ``sigmoid((logit + L) / tau)`` with logistic noise
   ``L = log u - log(1 - u)`` (the difference of two Gumbel variables), with an
@@ -33,6 +37,26 @@ def gumbel_noise(like: torch.Tensor, scale: float = 1.0, generator: Optional[tor
     return -scale * torch.log(-torch.log(_uniform_like(like, generator, eps)))
 
 
+def gumbel_argmax_softmax(
+    logits: torch.Tensor,
+    tau: float = 2.0,
+    beta: float = 1.0,
+    dim: int = -1,
+    generator: Optional[torch.Generator] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The STGS sample (Niu et al. 2019, Eq. 5–6) as ``(index, soft)``.
+
+    ``index = argmax(logits + G)`` (the hard sample of Eq. 5, ``dim`` kept
+    with size 1) and ``soft = softmax((logits + G) / tau)`` (Eq. 6, the
+    gradient path), ``G ~ Gumbel(0, beta)`` (``beta = 0``: greedy).
+    """
+    if tau <= 0:
+        raise ValueError(f"STGS temperature tau must be > 0, got {tau}")
+    perturbed = logits + gumbel_noise(logits, beta, generator)
+    soft = F.softmax(perturbed.float() / tau, dim=dim).to(logits.dtype)
+    return perturbed.argmax(dim=dim, keepdim=True), soft
+
+
 def straight_through_gumbel_softmax(
     logits: torch.Tensor,
     tau: float = 2.0,
@@ -46,13 +70,45 @@ def straight_through_gumbel_softmax(
     in value and carries the gradient of ``soft = softmax((logits + G) / tau)``;
     ``G ~ Gumbel(0, beta)`` (``beta = 0``: greedy).
     """
-    if tau <= 0:
-        raise ValueError(f"STGS temperature tau must be > 0, got {tau}")
-    perturbed = logits + gumbel_noise(logits, beta, generator)
-    soft = F.softmax(perturbed.float() / tau, dim=dim).to(logits.dtype)
-    index = perturbed.argmax(dim=dim, keepdim=True)
+    index, soft = gumbel_argmax_softmax(logits, tau, beta, dim, generator)
     hard = torch.zeros_like(soft).scatter_(dim, index, 1.0)
     return hard - soft.detach() + soft, soft
+
+
+class _StraightThroughEmbedding(torch.autograd.Function):
+    """``weight[index]`` forward; backward of ``(one_hot(index) - soft.detach() + soft) @ weight``."""
+
+    @staticmethod
+    def forward(ctx, index: torch.Tensor, soft: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(index, weight)
+        ctx.soft_dtype = soft.dtype
+        return F.embedding(index, weight)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        index, weight = ctx.saved_tensors
+        grad_soft = grad_weight = None
+        if ctx.needs_input_grad[1]:  # d/d soft of (st @ W) = grad @ Wᵀ, V-wide: the softmax needs every entry
+            grad_soft = (grad @ weight.t()).to(ctx.soft_dtype)
+        if ctx.needs_input_grad[2]:  # d/d W = stᵀ @ grad, st one-hot: the rows of grad added at their index
+            flat = grad.reshape(-1, grad.size(-1)).to(weight.dtype)
+            grad_weight = torch.zeros_like(weight).index_add_(0, index.reshape(-1), flat)
+        return None, grad_soft, grad_weight
+
+
+def straight_through_embedding(index: torch.Tensor, soft: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Straight-through one-hot × embedding matrix (Niu et al. 2019, Eq. 2 with Eq. 5–6), as a lookup.
+
+    ``index`` (...) are the sampled ids, ``soft`` (..., V) the relaxed samples
+    of :func:`gumbel_argmax_softmax`, ``weight`` (V, C).  The value is
+    ``weight[index]``, the gradients w.r.t. ``soft`` and ``weight`` are exactly
+    those of the dense ``(one_hot(index) - soft.detach() + soft) @ weight``,
+    without its V-wide forward product and with a row scatter for ``weight``.
+    """
+    if soft.shape[:-1] != index.shape or soft.size(-1) != weight.size(0):
+        raise ValueError(f"straight_through_embedding: index {tuple(index.shape)}, soft {tuple(soft.shape)} and "
+                         f"weight {tuple(weight.shape)} disagree (soft must be index's shape + (V,), weight (V, C))")
+    return _StraightThroughEmbedding.apply(index, soft, weight)
 
 
 def gumbel_sigmoid(
