@@ -100,3 +100,57 @@ def test_fine_tunes_from_a_plain_transformer_checkpoint(bidir_bin):  # noqa: F81
         assert torch.equal(hidden.state_dict()[k], v), k
     for k, v in before.items():
         assert torch.equal(hidden.state_dict()[k], v), k
+
+
+def test_frozen_translator_trains_only_the_reconstructors_with_the_same_loss(bidir_bin):  # noqa: F811
+    task, model, joint = build_hidden(bidir_bin)
+    task.load_dataset("test")
+    sample = batch(task, "test", range(6))
+    loss, _, log = joint(model, sample)
+    loss.backward()
+    joint_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    _, _, crit = build_hidden(bidir_bin, "--freeze-translator")
+    frozen_loss, _, frozen_log = crit(model, sample)
+    torch.testing.assert_close(frozen_loss.detach(), loss.detach())  # the loss reported is unchanged
+    frozen_loss.backward()
+    for name, p in model.named_parameters():
+        if name.startswith(("encoder.", "decoder.")):  # the translator, its shared embeddings included
+            assert p.grad is None, name
+        else:  # the reconstructors' own layers learn exactly as in joint training
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+            torch.testing.assert_close(p.grad, joint_grads[name], rtol=1e-5, atol=1e-7)
+
+
+def test_freeze_translator_without_reconstruction_weights_is_refused(bidir_bin):  # noqa: F811
+    with pytest.raises(ValueError, match="--freeze-translator.*both reconstruction weights are 0"):
+        build_hidden(bidir_bin, "--freeze-translator", "--encoder-reconstruction-weight", "0",
+                     "--decoder-reconstruction-weight", "0")
+
+
+def hidden_train(bin_dir: str, save: str, updates: int, *extra: str, arch="transformer_hidden_reconstruction_tiny",
+                 criterion="hidden_reconstruction") -> str:
+    return run([fairseq("fairseq-train"), bin_dir, "--user-dir", USER_DIR, "--task", "bidirectional_translation",
+                "-s", "lrl", "-t", "tgt", "--arch", arch, "--share-all-embeddings", "--criterion", criterion,
+                "--label-smoothing", "0.1", "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "1024",
+                "--max-update", str(updates), "--save-dir", save, "--cpu", "--log-format", "simple",
+                "--no-progress-bar", "--num-workers", "0", "--ddp-backend", "legacy_ddp", "--no-epoch-checkpoints",
+                "--seed", "1", *extra]).stdout
+
+
+def test_reconstructor_warm_up_stage_then_joint_fine_tuning(bidir_bin, tmp_path):  # noqa: F811
+    """L_T pre-training → reconstructors alone on the frozen translator → joint fine-tuning (docs recipe)."""
+    pre, warm, joint = (str(tmp_path / d) for d in ("pre", "warm", "joint"))
+    hidden_train(bidir_bin, pre, 3, arch="transformer_lowres_tiny", criterion="label_smoothed_cross_entropy")
+    out = hidden_train(bidir_bin, warm, 3, "--freeze-translator",
+                       "--finetune-from-model", os.path.join(pre, "checkpoint_last.pt"))
+    assert "keep their initialisation" in out  # fresh reconstructors, as in the paper
+    a = torch.load(os.path.join(pre, "checkpoint_last.pt"))["model"]
+    b = torch.load(os.path.join(warm, "checkpoint_last.pt"))["model"]
+    for k, v in a.items():  # the translator did not move, bit for bit
+        assert torch.equal(v, b[k]), k
+    out = hidden_train(bidir_bin, joint, 2, "--lr", "1e-4",
+                       "--finetune-from-model", os.path.join(warm, "checkpoint_last.pt"))
+    assert "keep their initialisation" not in out  # the warmed-up reconstructors were loaded
+    c = torch.load(os.path.join(joint, "checkpoint_last.pt"))["model"]
+    assert not torch.equal(b["encoder.embed_tokens.weight"], c["encoder.embed_tokens.weight"])
