@@ -1,6 +1,7 @@
 """STGS reconstruction through the real fairseq CLIs: train, pre-train → fine-tune, resume, 2 workers, generate."""
 import os
 import re
+import struct
 
 import pytest
 import torch
@@ -41,8 +42,10 @@ def pretrained_and_finetuned(bidir_bin, tmp_path_factory):  # noqa: F811
     pre, fine = str(tmp_path_factory.mktemp("pre")), str(tmp_path_factory.mktemp("fine"))
     pre_out = run([fairseq("fairseq-train")] + train_args(bidir_bin, pre, 6,
                                                           criterion="label_smoothed_cross_entropy")).stdout
+    # every update logged, to the progress bar and to TensorBoard (logging only: the weights are unaffected)
     fine_out = run([fairseq("fairseq-train")] + finetune_args(
-        bidir_bin, os.path.join(pre, "checkpoint_last.pt"), fine, 8)).stdout
+        bidir_bin, os.path.join(pre, "checkpoint_last.pt"), fine, 8)
+        + ["--log-interval", "1", "--tensorboard-logdir", os.path.join(fine, "tb")]).stdout
     return pre, fine, pre_out, fine_out
 
 
@@ -64,6 +67,40 @@ def test_fine_tuning_starts_from_the_pretrained_model_and_logs_reconstruction(pr
     b = torch.load(os.path.join(fine, "checkpoint_last.pt"))["model"]
     assert not torch.equal(a["encoder.embed_tokens.weight"], b["encoder.embed_tokens.weight"])
     assert "rec_loss" not in pre_out
+
+
+def tensorboard_scalars(logdir: str) -> dict:
+    """{tag: {step: value}} from the event files fairseq's TensorBoard wrapper (tensorboardX) wrote."""
+    from tensorboardX.proto import event_pb2
+
+    scalars = {}
+    for name in sorted(os.listdir(logdir)):
+        data, pos = open(os.path.join(logdir, name), "rb").read(), 0
+        while pos < len(data):  # TFRecord: u64 length, u32 crc, payload, u32 crc
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+            pos += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+    return scalars
+
+
+def test_every_update_logs_reconstruction_accuracy_and_sample_statistics(pretrained_and_finetuned):
+    """rec_acc, sample_len, sample_eos per update (--log-interval 1) in the log and in TensorBoard's train_inner."""
+    _, fine, _, fine_out = pretrained_and_finetuned
+    inner = {}
+    for line in fine_out.splitlines():
+        if "| train_inner |" in line:
+            fields = dict(re.findall(r"(\w+)=([-0-9.e]+)", line))  # simple format: key=value, ...
+            inner[int(fields["num_updates"])] = fields
+    assert sorted(inner) == list(range(1, 9))
+    scalars = tensorboard_scalars(os.path.join(fine, "tb", "train_inner"))
+    for step, fields in inner.items():
+        acc, length, eos = float(fields["rec_acc"]), float(fields["sample_len"]), float(fields["sample_eos"])
+        assert 0 <= acc <= 100 and 0 <= eos <= 1
+        assert length >= 2  # at least the forced tag and EOS
+        for key, value in (("rec_acc", acc), ("sample_len", length), ("sample_eos", eos)):
+            assert abs(scalars[key][step] - value) <= 0.01, (key, step, scalars[key][step], value)
 
 
 def test_resumed_fine_tuning_equals_an_uninterrupted_one(pretrained_and_finetuned, bidir_bin, tmp_path):  # noqa: F811
