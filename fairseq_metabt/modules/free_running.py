@@ -120,10 +120,11 @@ def free_running_decode(
             forced = prefix_tokens[active, step]
         elif step >= max_len:
             forced = torch.full_like(active, eos)
-        with embedding_output(decoder.embed_tokens, emb if incremental else history):
-            # a forced step's output distribution is never used: its states (cached for the next steps) suffice
-            out, _ = decoder(prev_tokens, encoder_out=memory, incremental_state=incremental_state,
-                             features_only=forced is not None)
+        if step < max_len:  # at the cap EOS is forced and nothing follows: that step needs no decoder pass
+            with embedding_output(decoder.embed_tokens, emb if incremental else history):
+                # a forced step's output distribution is never used: its states (cached for later steps) suffice
+                out, _ = decoder(prev_tokens, encoder_out=memory, incremental_state=incremental_state,
+                                 features_only=forced is not None)
         if forced is None:
             logits = out[:, -1, :].masked_fill(pad_mask, float("-inf"))
             index, soft = gumbel_argmax_softmax(logits, tau=tau, beta=beta, generator=generator)

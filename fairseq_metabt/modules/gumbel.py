@@ -52,7 +52,7 @@ def gumbel_argmax_softmax(
     """
     if tau <= 0:
         raise ValueError(f"STGS temperature tau must be > 0, got {tau}")
-    perturbed = logits + gumbel_noise(logits, beta, generator)
+    perturbed = logits + gumbel_noise(logits, beta, generator) if beta != 0 else logits  # β = 0: greedy
     soft = F.softmax(perturbed.float() / tau, dim=dim).to(logits.dtype)
     return perturbed.argmax(dim=dim, keepdim=True), soft
 
