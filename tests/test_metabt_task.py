@@ -35,20 +35,20 @@ def test_reward_is_cosine_of_pseudo_gradient_before_and_dev_gradient_after_the_u
     assert psi and not any(p.requires_grad for p in psi), "psi is kept out of fairseq's optimizer"
 
     seen = {}
-    rewards_fn, dev_fn = task._rewards, task._dev_gradient
+    rewards_fn, dev_fn = task.rewards, task._dev_gradient
 
     def spy_dev(dual, th, update_num):
         seen["theta_at_dev"] = [p.detach().clone() for p in th]
         seen["update_num"] = update_num
         return dev_fn(dual, th, update_num)
 
-    def spy_rewards(dual, th, prev, pending, g, d, have):
+    def spy_rewards(dual, th, prev, pending, g, d, h=None):
         seen.update(pending=pending, g=g.clone(), d=d.clone())
-        out = rewards_fn(dual, th, prev, pending, g, d, have)
+        out = rewards_fn(dual, th, prev, pending, g, d, h)
         seen["reward"] = out[0]
         return out
 
-    task._dev_gradient, task._rewards = spy_dev, spy_rewards
+    task._dev_gradient, task.rewards = spy_dev, spy_rewards
     theta_before = [p.detach().clone() for p in theta]
     psi_before = [p.detach().clone() for p in psi]
     trainer.train_step([next(itr)])
@@ -88,17 +88,17 @@ def test_per_sentence_taylor_rewards_match_exact_dot_products(quickstart_bin):
         "--meta-sentence-method", "taylor", "--meta-taylor-eps", "1e-3")
     trainer.train_step([next(itr)])
     captured = {}
-    rewards_fn = task._rewards
+    rewards_fn = task.rewards
 
-    def spy(dual, th, prev, pending, g, d, have):
-        out = rewards_fn(dual, th, prev, pending, g, d, have)
+    def spy(dual, th, prev, pending, g, d, h=None):
+        out = rewards_fn(dual, th, prev, pending, g, d, h)
         task.cfg.meta_sentence_method = "double_backward"
-        exact = rewards_fn(dual, th, prev, pending, g, d, have)
+        exact = rewards_fn(dual, th, prev, pending, g, d, h)
         task.cfg.meta_sentence_method = "taylor"
         captured.update(taylor=out[0], exact=exact[0])
         return out
 
-    task._rewards = spy
+    task.rewards = spy
     trainer.train_step([next(itr)])
     taylor, exact = captured["taylor"], captured["exact"]
     assert taylor.numel() > 2 and exact.shape == taylor.shape
