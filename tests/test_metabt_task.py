@@ -1,27 +1,21 @@
 """meta_backtranslation inside fairseq's real Trainer: the reward is taken at the updated theta."""
 import torch
 
-from conftest import USER_DIR
+from conftest import USER_DIR, in_process_trainer
 from fairseq_metabt.modules import gradients as G
 from fairseq_metabt.modules.generation import sequence_log_probs
 
 
-def _trainer(bin_dir, *extra):
-    from fairseq import options, tasks
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-    from fairseq.trainer import Trainer
+def metabt_argv(bin_dir, *extra):
+    """In-process fairseq-train arguments of a tiny, dropout-free meta_backtranslation run."""
+    return [bin_dir, "--user-dir", USER_DIR, "--task", "meta_backtranslation", "-s", "lrl", "-t", "tgt",
+            "--arch", "dual_transformer_tiny", "--dropout", "0", "--optimizer", "adam", "--lr", "1e-3",
+            "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--max-tokens", "600",
+            "--cpu", "--seed", "3", "--meta-dev-max-tokens", "300", *extra]
 
-    parser = options.get_training_parser()
-    args = options.parse_args_and_arch(parser, [
-        bin_dir, "--user-dir", USER_DIR, "--task", "meta_backtranslation", "-s", "lrl", "-t", "tgt",
-        "--arch", "dual_transformer_tiny", "--dropout", "0", "--optimizer", "adam", "--lr", "1e-3",
-        "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--max-tokens", "600",
-        "--cpu", "--seed", "3", "--meta-dev-max-tokens", "300", *extra])
-    cfg = convert_namespace_to_omegaconf(args)
-    task = tasks.setup_task(cfg.task)
-    model = task.build_model(cfg.model)
-    criterion = task.build_criterion(cfg.criterion)
-    trainer = Trainer(cfg, task, model, criterion)
+
+def _trainer(bin_dir, *extra):
+    task, model, criterion, trainer = in_process_trainer(metabt_argv(bin_dir, *extra))
     itr = trainer.get_train_iterator(epoch=1).next_epoch_itr(shuffle=False)
     return task, model, criterion, trainer, itr
 
