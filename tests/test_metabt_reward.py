@@ -215,11 +215,13 @@ def test_a_skipped_update_leaves_nothing_behind(quickstart_bin):
         assert torch.allclose(clean[k], retried[k], atol=1e-7), k
 
 
-def test_bitext_part_of_every_batch_is_the_translation_baselines(quickstart_bin):
+@pytest.mark.parametrize("task_name,streams", [("meta_backtranslation", ("mono",)),
+                                               ("wake_sleep_translation", ("mono_tgt", "mono_src"))])
+def test_bitext_part_of_every_batch_is_the_translation_baselines(quickstart_bin, task_name, streams):
     common = [quickstart_bin, "--user-dir", USER_DIR, "-s", "lrl", "-t", "tgt", "--optimizer", "adam",
               "--lr", "1e-3", "--max-tokens", "600", "--cpu", "--seed", "5"]
     base = in_process_trainer(common + ["--task", "translation", "--arch", "transformer_lowres_tiny"])[3]
-    meta = in_process_trainer(common + ["--task", "meta_backtranslation", "--arch", "dual_transformer_tiny"])[3]
+    meta = in_process_trainer(common + ["--task", task_name, "--arch", "dual_transformer_tiny"])[3]
     epochs = {}
     for name, trainer in (("base", base), ("meta", meta)):
         itr = trainer.get_train_iterator(epoch=1)
@@ -230,15 +232,16 @@ def test_bitext_part_of_every_batch_is_the_translation_baselines(quickstart_bin)
             assert torch.equal(b["id"], m["bitext"]["id"])
             assert torch.equal(b["net_input"]["src_tokens"], m["bitext"]["net_input"]["src_tokens"])
             assert torch.equal(b["target"], m["bitext"]["target"])
-            assert m["mono"]["id"].numel() == b["id"].numel()  # one y' per bitext sentence, on top
-        # the epoch walks the monotext evenly: 400 bitext sentences, 200 monolingual ones, each twice
-        counts = torch.bincount(torch.tensor([i for m in meta_batches for i in m["mono"]["id"].tolist()]))
-        assert counts.numel() == 200 and set(counts.tolist()) == {2}
+            for stream in streams:  # one monolingual sentence per bitext sentence, on top
+                assert m[stream]["id"].numel() == b["id"].numel()
+        for stream in streams:  # the epoch walks the monotext evenly: 400 bitext, 200 monolingual, each twice
+            counts = torch.bincount(torch.tensor([i for m in meta_batches for i in m[stream]["id"].tolist()]))
+            assert counts.numel() == 200 and set(counts.tolist()) == {2}
     ds = meta.task.dataset("train")
     walks = []
     for epoch in (1, 2):
         ds.set_epoch(epoch)
-        walks.append([ds.mono_index("mono", i) for i in range(len(ds))])
+        walks.append([ds.mono_index(streams[0], i) for i in range(len(ds))])
     assert walks[0] != walks[1], "the monotext walk moves on with the epoch"
 
 
@@ -255,3 +258,42 @@ def test_controls_and_ddp_backend(quickstart_bin):
                   ("--ddp-backend", "fully_sharded")):
         with pytest.raises(ValueError, match="needs --ddp-backend legacy_ddp"):
             in_process_trainer(metabt_argv(quickstart_bin, *extra))
+
+
+def test_backward_model_is_told_which_language_to_produce_with_related_pairs(tmp_path):
+    from conftest import make_corpus, prepare
+
+    raw = make_corpus(str(tmp_path / "raw"), "multilingual", sizes="train=40,hrl=80,unra=10,unrb=10,nsy=10,"
+                      "valid=11,test=11,mono_tgt=30,mono_lrl=10")
+    bin_dir = prepare(raw, str(tmp_path / "bin"))
+    task, model, criterion, trainer, itr = _trainer(bin_dir, "--related-lang-pairs", "hrl-tgt", *SHORT)
+    d = task.src_dict
+    lrl, hrl = d.index("__lrl__"), d.index("__hrl__")
+    assert d.unk() not in (lrl, hrl)
+    inputs = []
+    sampler = task._sampler(model)
+
+    class Recorder:
+        settings = sampler.settings
+
+        def __call__(self, net_input):
+            inputs.append(net_input["src_tokens"].clone())
+            return sampler(net_input)
+
+        def max_len(self, src_tokens):
+            return sampler.max_len(src_tokens)
+
+    task._sampler = lambda dual: Recorder()
+    seen_langs = set()
+    for _ in range(4):
+        sample = next(itr)
+        rev = task.psi_reversed_batch(sample["bitext"])
+        firsts = {int(i): int(row[0]) for i, row in zip(rev["id"], strip_padding(rev["net_input"]["src_tokens"],
+                                                                                 d.pad()))}
+        for i in sample["bitext"]["id"].tolist():  # ids 0..39: lrl-tgt, 40..119: hrl-tgt
+            assert firsts[i] == (lrl if i < 40 else hrl), i
+            seen_langs.add(i < 40)
+        trainer.train_step([sample])
+    assert seen_langs == {True, False}
+    # pseudo-sources for y' are asked for in the low-resource language
+    assert inputs and all(int(row[0]) == lrl for batch in inputs for row in strip_padding(batch, d.pad()))
