@@ -218,14 +218,17 @@ def test_a_skipped_update_leaves_nothing_behind(quickstart_bin):
 @pytest.mark.parametrize("task_name,streams", [("meta_backtranslation", ("mono",)),
                                                ("wake_sleep_translation", ("mono_tgt", "mono_src"))])
 def test_bitext_part_of_every_batch_is_the_translation_baselines(quickstart_bin, task_name, streams):
+    """Batch for batch, epoch after epoch, through fairseq's real iterators with a data-loading worker
+    (fairseq-train's default), as fairseq_cli.train asks for them."""
     common = [quickstart_bin, "--user-dir", USER_DIR, "-s", "lrl", "-t", "tgt", "--optimizer", "adam",
-              "--lr", "1e-3", "--max-tokens", "600", "--cpu", "--seed", "5"]
+              "--lr", "1e-3", "--max-tokens", "600", "--cpu", "--seed", "5", "--num-workers", "1"]
     base = in_process_trainer(common + ["--task", "translation", "--arch", "transformer_lowres_tiny"])[3]
     meta = in_process_trainer(common + ["--task", task_name, "--arch", "dual_transformer_tiny"])[3]
     epochs = {}
     for name, trainer in (("base", base), ("meta", meta)):
-        itr = trainer.get_train_iterator(epoch=1)
-        epochs[name] = [list(itr.next_epoch_itr(shuffle=True)) for _ in range(2)]
+        epochs[name] = [list(trainer.get_train_iterator(epoch=e, load_dataset=e == 1).next_epoch_itr(shuffle=True))
+                        for e in (1, 2)]
+    on_top = []  # per epoch: bitext batch -> the monotext ids on top of it
     for base_batches, meta_batches in zip(epochs["base"], epochs["meta"]):
         assert len(base_batches) == len(meta_batches) > 1
         for b, m in zip(base_batches, meta_batches):
@@ -237,12 +240,10 @@ def test_bitext_part_of_every_batch_is_the_translation_baselines(quickstart_bin,
         for stream in streams:  # the epoch walks the monotext evenly: 400 bitext, 200 monolingual, each twice
             counts = torch.bincount(torch.tensor([i for m in meta_batches for i in m[stream]["id"].tolist()]))
             assert counts.numel() == 200 and set(counts.tolist()) == {2}
-    ds = meta.task.dataset("train")
-    walks = []
-    for epoch in (1, 2):
-        ds.set_epoch(epoch)
-        walks.append([ds.mono_index(streams[0], i) for i in range(len(ds))])
-    assert walks[0] != walks[1], "the monotext walk moves on with the epoch"
+        on_top.append({tuple(m["bitext"]["id"].tolist()): m[streams[0]]["id"].sort().values.tolist()
+                       for m in meta_batches})
+    assert on_top[0].keys() == on_top[1].keys()
+    assert on_top[0] != on_top[1], "the monotext walk moves on with the epoch, in the data-loading worker too"
 
 
 def test_controls_and_ddp_backend(quickstart_bin):

@@ -5,7 +5,8 @@ translation baseline's batch, with the pseudo pairs added on top; otherwise the
 comparison with the baseline is confounded by fewer bitext sentences per update.
 :class:`BitextWithMonoDataset` is therefore indexed, ordered, filtered and
 batched by the bitext alone (``--max-tokens`` counts bitext tokens, exactly as
-``--task translation`` does with the same seed), and every bitext example
+``--task translation`` does with the same seed, in every epoch of a run that
+starts at epoch 1), and every bitext example
 carries one sentence of each monolingual stream.  The monotext is walked in a
 seeded random order that continues from epoch to epoch, so an epoch is sized by
 the bitext, never by unused monotext, and a larger monotext is covered over the
@@ -23,7 +24,7 @@ from collections import OrderedDict
 from typing import Dict, List
 
 import numpy as np
-from fairseq.data import FairseqDataset
+from fairseq.data import FairseqDataset, data_utils
 
 
 class BitextWithMonoDataset(FairseqDataset):
@@ -95,7 +96,12 @@ class BitextWithMonoDataset(FairseqDataset):
         return self.bitext.sizes
 
     def ordered_indices(self):
-        return self.bitext.ordered_indices()
+        # fairseq orders a dataset under numpy_seed(seed + epoch) and keeps the batches of a reusable
+        # dataset (the baseline's LanguagePairDataset) from the epoch it started at: in a fresh run,
+        # epoch 1's, for every epoch.  This dataset is rebuilt every epoch (below), so it fixes that
+        # seed itself and gets the baseline's batches in every epoch.
+        with data_utils.numpy_seed(self.seed + 1):
+            return self.bitext.ordered_indices()
 
     def filter_indices_by_size(self, indices, max_sizes):
         return self.bitext.filter_indices_by_size(indices, max_sizes)
@@ -105,7 +111,10 @@ class BitextWithMonoDataset(FairseqDataset):
 
     @property
     def can_reuse_epoch_itr_across_epochs(self):
-        return True  # the batches (bitext indices) are the same every epoch; set_epoch moves the monotext walk
+        # False: fairseq then makes a new iterator (and DataLoader) each epoch, so data-loading workers,
+        # which hold copies of this dataset, see set_epoch's new monotext walk (persistent workers of a
+        # reused DataLoader would keep the first epoch's forever)
+        return False
 
     def set_epoch(self, epoch):
         self.epoch = int(epoch)
