@@ -3,6 +3,7 @@ and the gate logits' own optimizer (constant learning rate, no warm-up, saved an
 from argparse import Namespace
 from types import SimpleNamespace
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -11,7 +12,7 @@ from fairseq.data import Dictionary
 
 from fairseq_metabt.criterions.latent_layers_loss import LatentLayersLossCriterion
 from fairseq_metabt.modules.latent_layers import LatentLayerGates, gates_are_hard
-from fairseq_metabt.tasks.latent_depth_translation import LatentDepthTranslationTask
+from fairseq_metabt.tasks.latent_depth_translation import LatentDepthTranslationTask, check_gate_lr
 
 LAYERS, DIM, HIDDEN = 4, 8, 16
 
@@ -125,3 +126,12 @@ def test_gate_logits_have_their_own_constant_learning_rate_and_checkpointed_opti
     shared = _task(latent_inner_steps=1)
     d_phi, _ = update(4, shared)
     assert shared.gate_optimizer is None and 0 < d_phi.max() <= 1.1e-6
+
+
+def test_gate_lr_bad_input():
+    with pytest.raises(ValueError, match="--latent-gate-lr must be > 0, got 0.0"):
+        check_gate_lr(Namespace(latent_gate_lr=0.0))
+    with pytest.raises(ValueError, match="use --amp instead of --fp16/--bf16"):
+        check_gate_lr(Namespace(latent_gate_lr=0.1, fp16=True, bf16=False, amp=False))
+    check_gate_lr(Namespace(latent_gate_lr=0.1, fp16=False, bf16=False, amp=True))
+    check_gate_lr(Namespace(latent_gate_lr=None, fp16=True))

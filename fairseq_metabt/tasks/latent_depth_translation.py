@@ -74,6 +74,19 @@ def latent_languages(lang_pairs: List[str], side: str = "auto") -> Tuple[str, Li
     raise ValueError(f"--latent-lang-side must be auto, source or target, got {side!r}")
 
 
+def check_gate_lr(args) -> None:
+    """``--latent-gate-lr``: positive, and only with fp32 parameters (fp32 or ``--amp`` training)."""
+    gate_lr = getattr(args, "latent_gate_lr", None)
+    if gate_lr is None:
+        return
+    if gate_lr <= 0:
+        raise ValueError(f"--latent-gate-lr must be > 0, got {gate_lr} (leave it unset to share the model's "
+                         "optimizer)")
+    if (getattr(args, "fp16", False) or getattr(args, "bf16", False)) and not getattr(args, "amp", False):
+        raise ValueError("--latent-gate-lr needs fp32 parameters: use --amp instead of --fp16/--bf16 "
+                         "(fairseq's FP16 optimizer keeps its own flat copy of every parameter)")
+
+
 @register_task("latent_depth_translation")
 class LatentDepthTranslationTask(MultilingualTranslationTask):
     """Multilingual (or bilingual) translation with one latent-depth Transformer (Li et al. 2020, Alg. 2)."""
@@ -101,14 +114,7 @@ class LatentDepthTranslationTask(MultilingualTranslationTask):
         if self.latent_side == "target" and not args.decoder_langtok:
             raise ValueError("one-to-many latent depth needs --decoder-langtok: the shared decoder must be "
                              "told the target language")
-        gate_lr = getattr(args, "latent_gate_lr", None)
-        if gate_lr is not None and gate_lr <= 0:
-            raise ValueError(f"--latent-gate-lr must be > 0, got {gate_lr} (leave it unset to share the model's "
-                             "optimizer)")
-        if gate_lr is not None and (getattr(args, "fp16", False) or getattr(args, "bf16", False)) \
-                and not getattr(args, "amp", False):
-            raise ValueError("--latent-gate-lr needs fp32 parameters: use --amp instead of --fp16/--bf16 "
-                             "(fairseq's FP16 optimizer keeps its own flat copy of every parameter)")
+        check_gate_lr(args)
         self.reset_gate_state()
 
     def reset_gate_state(self) -> None:
