@@ -57,7 +57,7 @@ LK_UTILISATION_CHOICES = ChoiceEnum(["aggregated", "language"])
 class LatentLayersLossConfig(LabelSmoothedCrossEntropyCriterionConfig):
     latent_kl_weight: float = field(
         default=1.0, metadata={"help": "final KL weight beta of Eq. 8 (>= 0), on the KL averaged over layers "
-                                       "(= the paper's beta / L on its sum)"})
+                                       "(acts as beta / L on the paper's sum over layers)"})
     latent_kl_anneal_updates: int = field(
         default=0, metadata={"help": "raise beta linearly from 0 to --latent-kl-weight over this many "
                                      "updates (0: constant)"})

@@ -8,7 +8,7 @@ Eq. 8, ``NLL + beta * KL(q_phi(z) || p(z)) + lambda * L_K``.
 
 Normalisations (documented in ``docs/methods/latent_depth.md``): the KL is
 *averaged* over a side's layers (fairseq's ``examples/latent_depth`` does the
-same), so ``beta`` here equals ``beta_paper / L`` on the paper's sum over
+same), so ``beta`` here acts as ``beta / L`` would on the paper's sum over
 layers; ``L_K`` acts on the layer utilisation averaged over languages,
 ``u_l = mean_n q(z_l | n)`` (as fairseq does), so each language keeps its own
 depth and only the total is pulled to ``K``.
