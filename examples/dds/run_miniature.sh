@@ -16,7 +16,8 @@ languages (all translating into --tgt); --related-lang names the one the `relate
 first of --related). Default data: the synthetic `multilingual` preset with --multiway (generated into
 WORK/raw/seed1). Extra systems: dds_centered, tcs_dds_centered (--dds-reward-centering). Old flags --lrl,
 --pivot, --langs are accepted as aliases. Results: WORK/results/summary.json, the table, and
-WORK/seedS/SYSTEM/dds_languages.png (copied to examples/dds/language_usage_{tcs_dds,dds}.png).'
+WORK/seedS/SYSTEM/dds_languages.png (copied to examples/dds/language_usage_{tcs_dds,dds}.png).
+Knobs (environment): WARMUP (300 updates), SIZES (synthetic sizes).'
 SRC=lrl; TGT=tgt; RELATED="hrl,unra,unrb,nsy"; SEEDS="1 2 3"; WORK_DIR="$ROOT/runs/dds_miniature"
 PATIENCE=5; VALIDATE_EVERY=100; MAX_UPDATE=8000
 # shellcheck source=../../scripts/recipe_lib.sh
@@ -46,7 +47,7 @@ recipe_prepare "$RAW" "$DATA" --vocab-size 4000
 ALL="$SRC-$TGT"; for l in "${RELATED_LIST[@]}"; do ALL="$ALL,$l-$TGT"; done
 COMMON=("$DATA" --user-dir "$USER_DIR" --task dds_translation --dds-dev-lang-pair "$SRC-$TGT"
         --arch "$ARCH" --optimizer adam --adam-betas "(0.9,0.98)" --lr 1e-3 --lr-scheduler inverse_sqrt
-        --warmup-updates 300 --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --max-tokens 2048
+        --warmup-updates "${WARMUP:-300}" --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --max-tokens 2048
         --dds-update-interval "$K" --dds-scorer-lr "$SLR" $(recipe_cpu_flag) --num-workers 0
         --log-format simple --log-interval 100 --no-progress-bar --ddp-backend legacy_ddp)
 

@@ -63,10 +63,14 @@ for dir in $DIRS; do
                               --share-decoders --criterion label_smoothed_cross_entropy $(sizes "$DEEP"));;
         latent_deep)    args=(--task latent_depth_translation --arch latent_depth_transformer $(sizes "$DEEP")
                               --criterion latent_layers_loss --encoder-latent-layers --decoder-latent-layers
-                              --latent-kl-weight 1.0 --latent-kl-anneal-updates 1000 --latent-lk-weight 0.1
-                              --latent-eval-select topk --latent-inner-steps 2 $LATENT_EXTRA)
-                        if [ "$dir" = o2m ]; then args+=(--decoder-target-layers "$SHALLOW" --encoder-target-layers "$DEEP");
-                        else args+=(--encoder-target-layers "$SHALLOW" --decoder-target-layers "$DEEP"); fi;;
+                              --latent-kl-weight 0.1 --latent-kl-anneal-updates 1000 --latent-lk-weight 0.1
+                              --latent-soft-updates 400 --latent-gate-lr 0.01 --latent-inner-steps 2
+                              --latent-prior uniform $LATENT_EXTRA)
+                        # K layers selected per language on the language-specific side, threshold on the other
+                        if [ "$dir" = o2m ]; then args+=(--decoder-target-layers "$SHALLOW" --decoder-latent-select topk
+                                                         --encoder-latent-select threshold);
+                        else args+=(--encoder-target-layers "$SHALLOW" --encoder-latent-select topk
+                                    --decoder-latent-select threshold); fi;;
       esac
       # shellcheck disable=SC2086
       ev_train "$out" "$DATA" --user-dir "$USER_DIR" --lang-pairs "$LP" "${args[@]}" "${COMMON[@]}" --seed "$seed" $EXTRA_TRAIN

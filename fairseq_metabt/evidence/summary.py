@@ -188,14 +188,28 @@ def _fmt_p(p: Optional[float]) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def _agg(row: dict, metric: str) -> Tuple[Optional[float], Optional[float]]:
+    """Mean and std over seeds; a legacy record without per-seed scores carries ``METRIC_mean``/``_std``."""
+    vals = [v for v in row.get(metric) or [] if v is not None]
+    if vals:
+        return _mean_std(vals)
+    return row.get(f"{metric}_mean"), row.get(f"{metric}_std")
+
+
+def _pm(mean: Optional[float], std: Optional[float]) -> str:
+    if mean is None:
+        return "–"
+    return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
+
+
 def render_table(entry: dict) -> str:
     """A markdown table of one pair's comparison: mean ± std, paired Δ and p, convergence."""
     control = entry["control"]
     rows = [f"| system | BLEU mean ± std | chrF mean ± std | ΔBLEU vs {control} | p | ΔchrF | seeds | converged |",
             "|---|---|---|---|---|---|---|---|"]
     for name, s in entry["systems"].items():
-        bm, bs = _mean_std(s["bleu"])
-        cm, cs = _mean_std(s["chrf"])
+        bm, bs = _agg(s, "bleu")
+        cm, cs = _agg(s, "chrf")
         if name == control:
             delta, p, dc = "(control)", "", ""
         else:
@@ -209,8 +223,8 @@ def render_table(entry: dict) -> str:
             conv_txt = "yes"
         else:
             conv_txt = "**no** (" + ", ".join(sorted({st or "no record" for st in s.get("status") or []})) + ")"
-        rows.append(f"| {name} | {bm:.2f} ± {bs:.2f} | {cm:.2f} ± {cs:.2f} | {delta} | {p} | {dc} | "
-                    f"{len(s['bleu'])} | {conv_txt} |")
+        rows.append(f"| {name} | {_pm(bm, bs)} | {_pm(cm, cs)} | {delta} | {p} | {dc} | "
+                    f"{s.get('n_seeds') or len(s['bleu'])} | {conv_txt} |")
     notes = [c["text"] for c in entry.get("preconditions", [])]
     for c in entry.get("also", []):
         d = "–" if c.get("delta") is None else f"{c['delta']:+.2f}"
@@ -243,8 +257,8 @@ def render_results_md(results_dir: str, header: str = "") -> str:
         out.append(f"## {s.get('title') or f[:-5]}\n")
         out.append(f"Source: `docs/results/{f}`. Command: `{s.get('command') or '–'}`. "
                    f"Corpus: {s.get('corpus') or '–'}.\n")
-        if s.get("protocol_note"):
-            out.append(s["protocol_note"].strip() + "\n")
+        if s.get("status"):
+            out.append(f"**Status: {s['status'].strip()}**\n")
         out.append(render_summary(s))
         if s.get("notes"):
             notes = s["notes"] if isinstance(s["notes"], list) else [s["notes"]]
