@@ -43,9 +43,15 @@ def add_eval(work_dir: str, system: str, seed: int, pair: str, scores: dict, hyp
                    best_update=c.best_update)
     else:
         rec.update(converged=None, status="no training record", reason=None)
-    records = load_evals(work_dir)
-    records[_key(system, seed, pair)] = rec
-    atomic_write_json(os.path.join(work_dir, EVALS), {"records": records})
+    import fcntl
+
+    os.makedirs(work_dir, exist_ok=True)
+    # several seeds may be scored at once (one recipe process per seed): read-modify-write under a lock
+    with open(os.path.join(work_dir, ".evals.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        records = load_evals(work_dir)
+        records[_key(system, seed, pair)] = rec
+        atomic_write_json(os.path.join(work_dir, EVALS), {"records": records})
     return rec
 
 
