@@ -13,6 +13,10 @@ import os
 import statistics
 import sys
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from fairseq_metabt import fileio  # noqa: E402
+
 
 def table(runs, systems):
     rows = ["| system | BLEU mean ± std | chrF mean ± std | seeds | BLEU per seed |", "|---|---|---|---|---|"]
@@ -47,8 +51,7 @@ def main(argv=None):
     print(md)
     block = f"### {a.title}\n\nCommand: `{a.command}`\n\n{md}\n"
     if a.out:
-        with open(a.out, "w") as f:
-            f.write(block)
+        fileio.write_text(a.out, block)
     if a.docs:
         begin, end = f"<!-- {a.section}:begin -->", f"<!-- {a.section}:end -->"
         text = open(a.docs).read() if os.path.exists(a.docs) else "# Results\n"
@@ -57,8 +60,7 @@ def main(argv=None):
             text = text[: text.index(begin)] + new + text[text.index(end) + len(end):]
         else:
             text = text.rstrip("\n") + "\n\n" + new + "\n"
-        with open(a.docs, "w") as f:
-            f.write(text)
+        fileio.write_text(a.docs, text)
     return 0
 
 
