@@ -18,7 +18,7 @@ from typing import Dict, List
 import pytest
 import torch
 
-from conftest import ROOT, USER_DIR, cli_env, fairseq, run, tiny_train_args
+from conftest import ROOT, USER_DIR, cli_env, fairseq, run, task_train_args, tiny_train_args
 from fairseq_metabt import errors
 from fairseq_metabt.errors import UserError
 from fairseq_metabt.fileio import RECORD_NAME
@@ -101,16 +101,8 @@ def cli_fails(cmd: List[str], *watched: str, env: dict = None) -> str:
 
 
 def train_argv(bin_dir: str, save_dir: str, task: str, *extra: str) -> List[str]:
-    """fairseq-train arguments (without the program) for a tiny run of ``task``."""
-    arch = {"meta_backtranslation": "dual_transformer_tiny", "wake_sleep_translation": "dual_transformer_tiny",
-            "latent_depth_translation": "latent_depth_transformer_tiny"}.get(task, "transformer_lowres_tiny")
-    langs = ["--lang-pairs", "lrl-tgt"] if task in ("dds_translation", "latent_depth_translation") else \
-        ["-s", "lrl", "-t", "tgt"]
-    criterion = {"latent_depth_translation": "latent_layers_loss"}.get(task, "label_smoothed_cross_entropy")
-    return [bin_dir, "--user-dir", USER_DIR, "--task", task, *langs, "--arch", arch, "--criterion", criterion,
-            "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "600", "--max-update", "2",
-            "--save-dir", save_dir, "--cpu", "--num-workers", "0", "--no-progress-bar", "--ddp-backend",
-            "legacy_ddp", *extra]
+    """fairseq-train arguments (without the program) for a tiny run of ``task``, with ``extra`` last."""
+    return task_train_args(task, bin_dir, save_dir, 2, *extra)
 
 
 # ---- shared inputs --------------------------------------------------------------------------------
@@ -449,11 +441,11 @@ def test_reconstruction_tau_not_positive(quickstart_bin, tmp_path):
 
 
 def test_hidden_reconstruction_negative_weight(quickstart_bin, tmp_path):
-    line = train_fails(train_argv(quickstart_bin, str(tmp_path / "s"), "bidirectional_translation",
-                                  "--share-all-embeddings", "--arch", "transformer_hidden_reconstruction_tiny",
-                                  "--criterion", "hidden_reconstruction", "--encoder-reconstruction-weight", "-1"),
-                       quickstart_bin)
-    assert "--encoder-reconstruction-weight must be >= 0" in line
+    argv = [quickstart_bin, "--user-dir", USER_DIR, "--task", "bidirectional_translation", "-s", "lrl", "-t", "tgt",
+            "--arch", "transformer_hidden_reconstruction_tiny", "--share-all-embeddings",
+            "--criterion", "hidden_reconstruction", "--encoder-reconstruction-weight", "-1", "--optimizer", "adam",
+            "--lr", "1e-3", "--max-tokens", "600", "--save-dir", str(tmp_path / "s"), "--cpu", "--num-workers", "0"]
+    assert "--encoder-reconstruction-weight must be >= 0" in train_fails(argv, quickstart_bin)
 
 
 # ---- the error channel itself ----------------------------------------------------------------------
