@@ -409,6 +409,43 @@ def test_metabt_forward_init_truncated(quickstart_bin, truncated_checkpoint, tmp
     assert "--forward-init" in line and "cannot be read as a checkpoint" in line
 
 
+@pytest.fixture(scope="session")
+def backward_checkpoint(quickstart_bin, tmp_path_factory) -> str:
+    """A plain tgt->lrl transformer checkpoint on the same prepared data."""
+    save = str(tmp_path_factory.mktemp("backward"))
+    run(tiny_train_args(quickstart_bin, save, 1, "--no-epoch-checkpoints", "--disable-validation",
+                        "-s", "tgt", "-t", "lrl"))
+    return os.path.join(save, "checkpoint_last.pt")
+
+
+@pytest.mark.parametrize("task", ["meta_backtranslation", "wake_sleep_translation"])
+def test_matching_init_checkpoints_are_loaded(task, quickstart_bin, plain_checkpoint, backward_checkpoint, tmp_path):
+    """The control case: the right direction and dictionary pass every check and are loaded."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    argv = train_argv(quickstart_bin, str(tmp_path / "s"), task, "--forward-init", plain_checkpoint,
+                      "--backward-init", backward_checkpoint)
+    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
+    model = tasks.setup_task(cfg.task).build_model(cfg.model)
+    for direction, path in (("forward", plain_checkpoint), ("backward", backward_checkpoint)):
+        expected = torch.load(path, map_location="cpu", weights_only=True)["model"]
+        loaded = model.direction_state_dict(direction)
+        assert loaded.keys() == expected.keys()
+        assert all(torch.equal(loaded[k], expected[k]) for k in expected), direction
+
+
+def test_interrupted_write_keeps_the_old_file(tmp_path):
+    """Atomic writes: a failure while writing leaves the previous file whole and no temporary file behind."""
+    from fairseq_metabt import fileio
+
+    path = str(tmp_path / "prepare.json")
+    fileio.write_json(path, {"ok": 1})
+    with pytest.raises(TypeError):
+        fileio.write_json(path, {"ok": 2, "bad": object()})  # json.dump fails half-way through
+    assert json.load(open(path)) == {"ok": 1} and os.listdir(tmp_path) == ["prepare.json"]
+
+
 def test_wake_sleep_zero_sleep_updates(quickstart_bin, tmp_path):
     line = train_fails(train_argv(quickstart_bin, str(tmp_path / "s"), "wake_sleep_translation",
                                   "--sleep-updates", "0"), quickstart_bin)
