@@ -68,7 +68,7 @@ def atomic_write(path: str, mode: str = "w") -> Iterator[IO]:
 def write_json(path: str, obj: object) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_write(path) as f:
-        json.dump(obj, f, indent=2)
+        json.dump(obj, f, indent=2, ensure_ascii=False)
         f.write("\n")
 
 
