@@ -435,6 +435,25 @@ def test_matching_init_checkpoints_are_loaded(task, quickstart_bin, plain_checkp
         assert all(torch.equal(loaded[k], expected[k]) for k in expected), direction
 
 
+def test_dual_checkpoint_gives_each_direction_its_languages(quickstart_bin, caplog):
+    """A dual (lrl->tgt) checkpoint: its backward model may initialise a backward (tgt->lrl) model, and it may
+    not initialise the forward model of a tgt->lrl run; a checkpoint without languages is only warned about."""
+    from fairseq.data import Dictionary
+
+    from fairseq_metabt.checkpoints import check_init_checkpoint
+
+    d = Dictionary.load(os.path.join(quickstart_bin, "dict.txt"))
+    dual = {"cfg": {"task": {"source_lang": "lrl", "target_lang": "tgt", "data": quickstart_bin}},
+            "model": {"encoder.w": torch.zeros(1), "backward_model.encoder.w": torch.zeros(1)}}
+    check_init_checkpoint(dual, "dual.pt", "--forward-init", "forward", ("lrl", "tgt"), d)
+    check_init_checkpoint(dual, "dual.pt", "--backward-init", "backward", ("tgt", "lrl"), d)
+    with pytest.raises(UserError, match="translates lrl->tgt, but the forward model of this run translates tgt->lrl"):
+        check_init_checkpoint(dual, "dual.pt", "--forward-init", "forward", ("tgt", "lrl"), d)
+    anonymous = {"cfg": {"task": {"data": quickstart_bin}}, "model": {"encoder.w": torch.zeros(1)}}
+    check_init_checkpoint(anonymous, "old.pt", "--forward-init", "forward", ("lrl", "tgt"), d)
+    assert "does not record its languages" in caplog.text
+
+
 def test_interrupted_write_keeps_the_old_file(tmp_path):
     """Atomic writes: a failure while writing leaves the previous file whole and no temporary file behind."""
     from fairseq_metabt import fileio
