@@ -15,17 +15,18 @@ train/valid/test.SRC-TGT.* and mono.TGT (docs/data.md).
 
 Systems (all SRC->TGT except backward):
   baseline     plain fairseq `translation`, trained to dev convergence (early stopping)
-  (backward    TGT->SRC, trained the same way: the back-translation model of bt, bt_mle and metabt)
+  (backward    TGT->SRC, trained the same way: the back-translation model of bt, bt_mle and metabt;
+               trained whenever one of them is listed, or when `backward` is)
   then, each fine-tuned from baseline with ONE schedule and stopping rule (lr 5e-4, warm-up 50):
   baseline_ft  the baseline continued on the bitext alone: the control, and the convergence check
   bt           back-translation: pseudo-sources sampled by the frozen backward model (--freeze-backward)
   bt_mle       the same, with the backward model also trained by MLE on the bitext (--meta-weight 0)
   metabt       meta back-translation: the backward model trained by the meta reward + MLE
 Results: WORK/results/summary.json (Δ and p against baseline_ft) and the printed table.
-Knobs (environment): ARCH (transformer_lowres_small), MAX_TOKENS (2048), SIZES (synthetic sizes), WARMUP (100,
+Knobs (environment): ARCH (transformer_lowres_small), MAX_TOKENS (4096), SIZES (synthetic sizes), WARMUP (100,
 pre-training), FT_WARMUP (50, fine-tuning).'
 SRC=lrl; TGT=tgt; RELATED=""; SEEDS="1"; WORK_DIR="$ROOT/runs/quickstart"
-PATIENCE=5; VALIDATE_EVERY=50; MAX_UPDATE=6000
+PATIENCE=4; VALIDATE_EVERY=50; MAX_UPDATE=6000
 # shellcheck source=recipe_lib.sh
 source "$ROOT/scripts/recipe_lib.sh"
 recipe_parse "$@"
@@ -39,7 +40,7 @@ while [ $# -gt 0 ]; do
 done
 bash "$ROOT/scripts/setup_env.sh"
 PY="$ROOT/.venv/bin/python"; export PATH="$ROOT/.venv/bin:$PATH"
-ARCH="${ARCH:-transformer_lowres_small}"; MAX_TOKENS="${MAX_TOKENS:-2048}"
+ARCH="${ARCH:-transformer_lowres_small}"; MAX_TOKENS="${MAX_TOKENS:-4096}"
 SIZES="${SIZES:-train=2000,valid=300,test=1000,mono_tgt=20000,mono_lrl=500}"
 start=$(date +%s)
 has() { [[ " $SYSTEMS " == *" $1 "* ]]; }
@@ -61,7 +62,7 @@ for seed in $SEEDS; do
   run="$WORK_DIR/seed$seed"
   # pre-training: both directions to dev convergence
   ev_train "$run/baseline" "${COMMON[@]}" "${PRETRAIN[@]}" --seed "$seed" --task translation -s "$SRC" -t "$TGT" --arch "$ARCH"
-  if has bt || has bt_mle || has metabt; then
+  if has backward || has bt || has bt_mle || has metabt; then
     ev_train "$run/backward" "${COMMON[@]}" "${PRETRAIN[@]}" --seed "$seed" --task translation -s "$TGT" -t "$SRC" --arch "$ARCH"
   fi
   INIT=(--forward-init "$run/baseline/checkpoint_best.pt" --backward-init "$run/backward/checkpoint_best.pt")

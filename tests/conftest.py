@@ -103,6 +103,24 @@ def quickstart_bin(tmp_path_factory) -> str:
     return prepare(raw, str(base / "bin"))
 
 
+def in_process_trainer(train_args: List[str]):
+    """fairseq's real ``Trainer`` in this process for ``fairseq-train`` arguments (no program name):
+    ``(task, model, criterion, trainer)``; the train split is loaded by ``trainer.get_train_iterator``."""
+    import numpy as np
+    from fairseq import options, tasks, utils
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.trainer import Trainer
+
+    args = options.parse_args_and_arch(options.get_training_parser(), list(train_args))
+    cfg = convert_namespace_to_omegaconf(args)
+    np.random.seed(cfg.common.seed)  # as fairseq_cli.train does: the same arguments build the same model
+    utils.set_torch_seed(cfg.common.seed)
+    task = tasks.setup_task(cfg.task)
+    model = task.build_model(cfg.model)
+    criterion = task.build_criterion(cfg.criterion)
+    return task, model, criterion, Trainer(cfg, task, model, criterion)
+
+
 # Per task: architecture, criterion and the flags that keep a run of each of the five tasks to seconds.
 TASK_FLAGS = {
     "meta_backtranslation": ["-s", "lrl", "-t", "tgt", "--arch", "dual_transformer_tiny",

@@ -198,8 +198,10 @@ def train(save_dir: str, train_args: Sequence[str], protocol: Protocol, fairseq_
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
+            log.flush()
             if echo:
                 sys.stdout.write(line)
+                sys.stdout.flush()
         rc = proc.wait()
     wall = time.time() - start
     if rc != 0:
