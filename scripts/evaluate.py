@@ -22,6 +22,10 @@ from typing import Dict, List, Optional
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 USER_DIR = os.path.join(ROOT, "fairseq_metabt")
+sys.path.insert(0, ROOT)
+
+from fairseq_metabt import checkpoints, fileio  # noqa: E402
+from fairseq_metabt.errors import cli  # noqa: E402
 
 
 def fairseq_cli(name: str) -> List[str]:
@@ -78,6 +82,7 @@ def evaluate(
 ) -> dict:
     if not os.path.exists(path):
         raise SystemExit(f"evaluate.py: checkpoint {path} does not exist; train first or fix --path")
+    checkpoints.check_readable(path, "--path")  # a truncated file: one clear line, not fairseq-generate's OSError
     if ref is None:
         info_path = os.path.join(bin_dir, "prepare.json")
         if not os.path.exists(info_path):
@@ -100,13 +105,12 @@ def evaluate(
     ] + ([] if _cuda() else ["--cpu"]) + list(extra or [])
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if output:
-        with open(output, "w", encoding="utf-8") as f:
-            f.write(proc.stdout)
+        fileio.write_text(output, proc.stdout)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-4000:])
         raise SystemExit(f"evaluate.py: fairseq-generate failed (exit {proc.returncode}): {' '.join(cmd)}")
     hyps = parse_generate_output(proc.stdout)
-    with open(ref, encoding="utf-8") as f:
+    with open(ref, encoding="utf-8", newline="\n") as f:  # lines end at \n only, as everywhere
         refs = [line.strip() for line in f]
     if sorted(hyps) != list(range(len(refs))):
         raise SystemExit(
@@ -132,6 +136,7 @@ def _cuda() -> bool:
         return False
 
 
+@cli
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: List[str] = []
@@ -157,8 +162,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"BLEU = {result['bleu']:.2f}  ({result['bleu_signature']})")
     print(f"chrF = {result['chrf']:.2f}  ({result['chrf_signature']})")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
+        fileio.write_json(args.json, result)
     return 0
 
 

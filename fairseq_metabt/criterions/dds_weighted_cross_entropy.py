@@ -35,6 +35,7 @@ from fairseq.data import data_utils
 from fairseq.distributed import utils as distributed_utils
 
 from fairseq_metabt.data.language_sampler import seeded_generator
+from fairseq_metabt.errors import UserError, UserFileError
 from fairseq_metabt.models.dual_transformer import unwrap
 from fairseq_metabt.modules import gradients as G
 from fairseq_metabt.modules.generation import eval_mode, sequence_log_probs
@@ -76,7 +77,7 @@ class DDSWeightedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
                  dds_taylor_eps=1e-2, dds_freeze_scorer=False, seed=1):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         if dds_scorer_lr <= 0 or dds_taylor_eps <= 0 or dds_dev_max_tokens <= 0 or dds_scorer_hidden <= 0:
-            raise ValueError("--dds-scorer-lr, --dds-taylor-eps, --dds-dev-max-tokens and --dds-scorer-hidden must "
+            raise UserError("--dds-scorer-lr, --dds-taylor-eps, --dds-dev-max-tokens and --dds-scorer-hidden must "
                              "be > 0")
         self.task = task
         self.dev_subset, self.dev_max_tokens, self.taylor_eps = dds_dev_subset, dds_dev_max_tokens, dds_taylor_eps
@@ -111,7 +112,7 @@ class DDSWeightedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
                 try:
                     self.task.load_dataset(self.dev_subset)
                 except FileNotFoundError as e:
-                    raise FileNotFoundError(f"--dds-dev-subset {self.dev_subset}: no such split ({e}); prepare a dev "
+                    raise UserFileError(f"--dds-dev-subset {self.dev_subset}: no such split ({e}); prepare a dev "
                                             "set of the pair or choose another split") from e
             ds = self.task.dataset(self.dev_subset)
             batches = data_utils.batch_by_size(ds.ordered_indices(), ds.num_tokens, max_tokens=self.dev_max_tokens)

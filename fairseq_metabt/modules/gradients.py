@@ -18,6 +18,8 @@ from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 import torch
 import torch.distributed as dist
 
+from fairseq_metabt.errors import UserError
+
 LossFn = Callable[[], torch.Tensor]  # returns per-example losses, shape (n,)
 
 
@@ -148,7 +150,7 @@ def select_named_params(named_params: Iterable[Tuple[str, torch.Tensor]], patter
     chosen = [(n, p) for n, p in params if regex.search(n)]
     if not chosen:
         names = ", ".join(n for n, _ in params[:8])
-        raise ValueError(f"no trainable parameter name matches {pattern!r} (names look like: {names}, ...); "
+        raise UserError(f"no trainable parameter name matches {pattern!r} (names look like: {names}, ...); "
                          "fix the regular expression")
     return chosen
 

@@ -10,6 +10,8 @@ from typing import Dict
 
 import torch
 
+from fairseq_metabt.errors import UserError
+
 
 class MovingAverageBaseline:
     """``b <- decay * b + (1 - decay) * r``; the first reward initialises ``b``.
@@ -20,7 +22,7 @@ class MovingAverageBaseline:
 
     def __init__(self, decay: float = 0.9):
         if not 0.0 <= decay < 1.0:
-            raise ValueError(f"baseline decay must be in [0, 1), got {decay}")
+            raise UserError(f"baseline decay must be in [0, 1), got {decay}")
         self.decay = decay
         self.value = 0.0
         self.initialized = False

@@ -52,10 +52,12 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask, load_langpair_dataset
 from omegaconf import II
 
+from fairseq_metabt.checkpoints import initialise_directions
 from fairseq_metabt.data.batches import pair_batch, reversed_batch, source_input, strip_padding
 from fairseq_metabt.data.mono import load_mono_dataset, mono_prefix
 from fairseq_metabt.data.on_top import BitextWithMonoDataset, pseudo_loss_scale
 from fairseq_metabt.data.tagging import lang_tag, missing_tags
+from fairseq_metabt.errors import UserError, UserFileError
 from fairseq_metabt.models.dual_transformer import DualTransformerModel, unwrap
 from fairseq_metabt.modules import gradients as G
 from fairseq_metabt.modules.generation import (
@@ -205,17 +207,17 @@ class MetaBacktranslationTask(TranslationTask):
     def _check_config(cfg: MetaBacktranslationConfig) -> None:
         GenerationSettings(cfg.bt_generation, cfg.bt_beam, cfg.bt_temperature)  # validates
         if not 0.0 <= cfg.meta_baseline_decay < 1.0:
-            raise ValueError(f"--meta-baseline-decay must be in [0, 1), got {cfg.meta_baseline_decay}")
+            raise UserError(f"--meta-baseline-decay must be in [0, 1), got {cfg.meta_baseline_decay}")
         for name in ("pseudo_weight", "meta_weight", "backward_mle_weight", "backward_lr", "backward_clip_norm"):
             if getattr(cfg, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+                raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
         if cfg.pseudo_weight == 0 and cfg.meta_weight > 0 and not cfg.freeze_backward:
-            raise ValueError("--pseudo-weight 0 leaves the forward model untouched by the pseudo pairs, so the meta "
+            raise UserError("--pseudo-weight 0 leaves the forward model untouched by the pseudo pairs, so the meta "
                              "reward is meaningless: use --pseudo-weight > 0, or --meta-weight 0 / --freeze-backward")
         if cfg.meta_taylor_eps <= 0:
-            raise ValueError(f"--meta-taylor-eps must be > 0, got {cfg.meta_taylor_eps}")
+            raise UserError(f"--meta-taylor-eps must be > 0, got {cfg.meta_taylor_eps}")
         if cfg.meta_dev_max_tokens < 1:
-            raise ValueError(f"--meta-dev-max-tokens must be >= 1, got {cfg.meta_dev_max_tokens}")
+            raise UserError(f"--meta-dev-max-tokens must be >= 1, got {cfg.meta_dev_max_tokens}")
 
     def _check_ddp_backend(self) -> None:
         """Refuse DDP backends that cannot work, before training starts.
@@ -229,7 +231,7 @@ class MetaBacktranslationTask(TranslationTask):
         except Exception:  # a config outside fairseq-train (no distributed_training to read): nothing to check
             return
         if backend == "fully_sharded" or (world > 1 and backend not in ("legacy_ddp", "no_c10d")):
-            raise ValueError(f"meta_backtranslation needs --ddp-backend legacy_ddp (got --ddp-backend {backend} "
+            raise UserError(f"meta_backtranslation needs --ddp-backend legacy_ddp (got --ddp-backend {backend} "
                              f"with {world} worker(s)); scripts/train_ddp.sh passes it")
 
     # ---- data -----------------------------------------------------------------------------
@@ -252,7 +254,7 @@ class MetaBacktranslationTask(TranslationTask):
             self._bitext_offsets = np.cumsum([len(d) for d in parts])
             missing = missing_tags(self.src_dict, self._bitext_langs)
             if missing:
-                raise ValueError(f"--related-lang-pairs: the backward model reads language tags, but the dictionary "
+                raise UserError(f"--related-lang-pairs: the backward model reads language tags, but the dictionary "
                                  f"lacks {missing}; prepare the data with scripts/prepare_data.py (it adds a tag "
                                  "for every language of the raw directory)")
         targets = []
@@ -260,7 +262,7 @@ class MetaBacktranslationTask(TranslationTask):
             targets.append(self._load_mono())
         if self.cfg.mono_sources in ("related", "both"):
             if not related:
-                raise ValueError("--mono-sources related/both takes targets from the related pairs' bitext: "
+                raise UserError("--mono-sources related/both takes targets from the related pairs' bitext: "
                                  "pass --related-lang-pairs too")
             targets += [d.tgt for d in related]
         mono = targets[0] if len(targets) == 1 else ConcatDataset(targets)
@@ -280,11 +282,11 @@ class MetaBacktranslationTask(TranslationTask):
         for pair in filter(None, (self.cfg.related_lang_pairs or "").split(",")):
             src, _, tgt = pair.strip().partition("-")
             if tgt != self.cfg.target_lang or not src or src == self.cfg.source_lang:
-                raise ValueError(f"--related-lang-pairs {pair!r}: each pair must be S'-{self.cfg.target_lang} with a "
+                raise UserError(f"--related-lang-pairs {pair!r}: each pair must be S'-{self.cfg.target_lang} with a "
                                  f"source other than {self.cfg.source_lang}")
             prefix = os.path.join(data_path, f"{split}.{src}-{tgt}.{src}")
             if not os.path.exists(prefix + ".idx"):
-                raise FileNotFoundError(f"--related-lang-pairs {pair}: {prefix}.bin/.idx not found; prepare the "
+                raise UserFileError(f"--related-lang-pairs {pair}: {prefix}.bin/.idx not found; prepare the "
                                         f"{split}.{src}-{tgt}.* files with scripts/prepare_data.py")
             out.append(load_langpair_dataset(
                 data_path, split, src, self.src_dict, tgt, self.tgt_dict, combine=False,
@@ -301,7 +303,7 @@ class MetaBacktranslationTask(TranslationTask):
         src, tgt = self.cfg.source_lang, self.cfg.target_lang
         prefix = os.path.join(data_path, f"{split}.{src}-{tgt}.{src}")
         if not os.path.exists(prefix + ".idx"):
-            raise FileNotFoundError(
+            raise UserFileError(
                 f"--meta-dev-subset {split}: {prefix}.bin/.idx not found. The meta reward needs a dev set "
                 f"of {src}-{tgt}; prepare one (valid.{src}-{tgt}.*) or choose another split."
             )
@@ -316,7 +318,7 @@ class MetaBacktranslationTask(TranslationTask):
         batches = data_utils.batch_by_size(ds.ordered_indices(), ds.num_tokens,
                                            max_tokens=self.cfg.meta_dev_max_tokens)
         if not batches:
-            raise ValueError(f"--meta-dev-subset {split} has no usable examples")
+            raise UserError(f"--meta-dev-subset {split} has no usable examples")
         return batches
 
     def dev_batch(self, update_num: int) -> Dict:
@@ -333,19 +335,19 @@ class MetaBacktranslationTask(TranslationTask):
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
         if not isinstance(model, DualTransformerModel):
-            raise ValueError(
+            raise UserError(
                 "meta_backtranslation needs a forward and a backward model: use --arch dual_transformer_tiny, "
                 f"dual_transformer_small or dual_transformer_base (got {type(model).__name__})"
             )
         if not from_checkpoint:
             self._check_ddp_backend()
-        initialise_directions(model, self.cfg.forward_init, self.cfg.backward_init, from_checkpoint)
+        initialise_directions(model, self, self.cfg.forward_init, self.cfg.backward_init, from_checkpoint)
         # psi is trained by this task's own optimizer, never by fairseq's: keeping its parameters
         # out of requires_grad excludes them from fairseq's optimizer, gradient clipping and all-reduce.
         psi = list(model.backward_model.parameters())
         for p in psi:
             p.requires_grad_(False)
-        betas = tuple(float(b) for b in self.cfg.backward_adam_betas.strip("()").split(","))
+        betas = parse_betas(self.cfg.backward_adam_betas, "--backward-adam-betas")
         self.backward_optimizer = torch.optim.Adam(psi, lr=self.cfg.backward_lr, betas=betas)
         self._generator = None
         return model
@@ -505,7 +507,7 @@ class MetaBacktranslationTask(TranslationTask):
             optimizer.step()
             return
         if isinstance(optimizer, _HALF_OPTIMIZERS):
-            raise ValueError("meta_backtranslation updates the backward model in fp32: use --amp instead of "
+            raise UserError("meta_backtranslation updates the backward model in fp32: use --amp instead of "
                              "--fp16/--bf16, or --freeze-backward")
         psi = list(dual.backward_model.parameters())
         # psi's MLE gradient as a per-token mean over the update's reversed bitext (all micro-batches)
@@ -729,18 +731,15 @@ class MetaBacktranslationTask(TranslationTask):
             metrics.log_scalar("pseudo_empty", total("mbt_pseudo_empty"), 1, round=1)
 
 
-def initialise_directions(model: DualTransformerModel, forward_init: Optional[str], backward_init: Optional[str],
-                          from_checkpoint: bool = False) -> None:
-    """Load --forward-init / --backward-init (plain transformer checkpoints) into a new dual model."""
-    from fairseq import checkpoint_utils
-
-    for direction, path in (("forward", forward_init), ("backward", backward_init)):
-        if path and not from_checkpoint:
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"--{direction}-init {path} does not exist")
-            state = checkpoint_utils.load_checkpoint_to_cpu(path)["model"]
-            model.load_direction_state_dict(direction, state)
-            logger.info("initialised the %s model from %s", direction, path)
+def parse_betas(text: str, flag: str) -> tuple:
+    """Adam's (beta1, beta2) from a flag value such as "(0.9, 0.98)"."""
+    try:
+        betas = tuple(float(b) for b in text.strip().strip("()").split(","))
+    except ValueError:
+        betas = ()
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise UserError(f"{flag} {text!r} is not two numbers in [0, 1)", f'write it like {flag} "(0.9, 0.98)"')
+    return betas
 
 
 def _adam_preconditioner(optimizer, theta: List[torch.Tensor]) -> torch.Tensor:
@@ -752,7 +751,7 @@ def _adam_preconditioner(optimizer, theta: List[torch.Tensor]) -> torch.Tensor:
     for p in theta:
         state = torch_opt.state.get(p, {})
         if "exp_avg_sq" not in state:
-            raise ValueError("--meta-reward-precondition needs Adam's second moments on the model parameters "
+            raise UserError("--meta-reward-precondition needs Adam's second moments on the model parameters "
                              "(--optimizer adam, fp32 or --amp); they were not found")
         group = next(gr for gr in torch_opt.param_groups if any(q is p for q in gr["params"]))
         beta2, eps = group["betas"][1], group["eps"]
