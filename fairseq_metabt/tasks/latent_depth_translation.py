@@ -32,6 +32,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.multilingual_translation import MultilingualTranslationTask
 
 from fairseq_metabt.models.latent_depth_transformer import LatentDepthTransformerModel
+from fairseq_metabt.modules import amp
 
 
 def latent_languages(lang_pairs: List[str], side: str = "auto") -> Tuple[str, List[str]]:
@@ -139,6 +140,7 @@ class LatentDepthTranslationTask(MultilingualTranslationTask):
     def _pairs_in(self, sample) -> List[str]:
         return [p for p in self.lang_pairs if sample.get(p) is not None and len(sample[p]) != 0]
 
+    @amp.amp_train_step
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         """One inner step: one batch per language pair (Alg. 2, lines 5–8), one backward pass each."""
         model.train()
@@ -165,6 +167,9 @@ class LatentDepthTranslationTask(MultilingualTranslationTask):
     def optimizer_step(self, optimizer, model, update_num):
         """Step Theta always, q_phi only on the last inner step (grad None → the optimizer skips it)."""
         phi = [p for n, p in self._unwrap(model).named_parameters() if n.endswith("_latent.logits")]
+        if amp.update_skipped(optimizer):  # --amp overflow: the step is skipped and the update retried
+            optimizer.step()
+            return
         if self.is_phi_step(update_num):
             self.phi_updates += 1
         else:

@@ -46,6 +46,7 @@ from omegaconf import II
 from fairseq_metabt.data.batches import pair_batch, reversed_batch, strip_padding
 from fairseq_metabt.data.mono import load_mono_dataset, mono_prefix
 from fairseq_metabt.models.dual_transformer import DualTransformerModel, unwrap
+from fairseq_metabt.modules import amp
 from fairseq_metabt.modules import gradients as G
 from fairseq_metabt.modules.generation import GenerationSettings, InStepGenerator, eval_mode, sequence_log_probs
 from fairseq_metabt.modules.reinforce import MovingAverageBaseline, policy_gradient_loss
@@ -62,6 +63,8 @@ SENTENCE_METHOD_CHOICES = ChoiceEnum(["taylor", "double_backward"])
 @dataclass
 class MetaBacktranslationConfig(TranslationConfig):
     seed: int = II("common.seed")
+    fp16: bool = II("common.fp16")
+    bf16: bool = II("common.bf16")
     mono_data: Optional[str] = field(
         default=None,
         metadata={"help": "prefix of the binarised target monolingual data (default: DATA/mono.TGT, "
@@ -151,6 +154,8 @@ class MetaBacktranslationTask(TranslationTask):
         self._check_config(cfg)
         self.baseline = MovingAverageBaseline(cfg.meta_baseline_decay)
         self.backward_optimizer: Optional[torch.optim.Optimizer] = None
+        self._psi_scaler: Optional[torch.amp.GradScaler] = None  # psi's loss scale under --amp on CUDA
+        self._psi_scaler_state: Optional[Dict] = None  # from a checkpoint, until the scaler is built
         self._generator: Optional[InStepGenerator] = None
         self._pending: List[Dict] = []  # per micro-batch: pseudo batch, g share, log-probs
         self._dev_batches: Optional[List[np.ndarray]] = None
@@ -159,6 +164,9 @@ class MetaBacktranslationTask(TranslationTask):
     @staticmethod
     def _check_config(cfg: MetaBacktranslationConfig) -> None:
         GenerationSettings(cfg.bt_generation, cfg.bt_beam, cfg.bt_temperature)  # validates
+        if not cfg.freeze_backward:
+            amp.refuse_half_precision(cfg, "meta_backtranslation", "the backward model has its own fp32 optimizer, "
+                                      "and fairseq would cast it to half precision (or pass --freeze-backward)")
         if not 0.0 <= cfg.meta_baseline_decay < 1.0:
             raise ValueError(f"--meta-baseline-decay must be in [0, 1), got {cfg.meta_baseline_decay}")
         for name in ("pseudo_weight", "meta_weight", "backward_mle_weight", "backward_lr", "backward_clip_norm"):
@@ -299,13 +307,28 @@ class MetaBacktranslationTask(TranslationTask):
     def _theta(dual: DualTransformerModel) -> List[torch.Tensor]:
         return [p for p in dual.parameters() if p.requires_grad]
 
+    def _scaler(self, optimizer, dual: DualTransformerModel) -> torch.amp.GradScaler:
+        """psi's loss scaler: its losses come from fp16 autocast under --amp on CUDA, like theta's."""
+        if self._psi_scaler is None:
+            self._psi_scaler = amp.grad_scaler(optimizer, dual.backward_model)
+            if self._psi_scaler_state and self._psi_scaler.is_enabled():
+                self._psi_scaler.load_state_dict(self._psi_scaler_state)
+        return self._psi_scaler
+
+    def _discard_pending(self, dual: DualTransformerModel) -> None:
+        """Forget an update fairseq skipped or retries: its pseudo batches, g shares and psi's gradient."""
+        self._pending.clear()
+        for p in dual.backward_model.parameters():
+            p.grad = None
+
     # ---- step 1: sampling, forward losses, backward MLE -------------------------------------
+    @amp.amp_train_step
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         dual = unwrap(model)
         model.train()
         model.set_num_updates(update_num)
-        if len(self._pending) and update_num != self._pending[0]["update"]:
-            self._pending.clear()  # a skipped update (e.g. OOM) must not leak into the next one
+        if amp.starts_update(self._theta(dual)) or (self._pending and update_num != self._pending[0]["update"]):
+            self._discard_pending(dual)  # a skipped or retried update (overflow, OOM) leaves nothing behind
         bitext, mono = sample["bitext"], sample["mono"]
         pad, eos = self.src_dict.pad(), self.src_dict.eos()
         log: Dict[str, float] = {}
@@ -357,7 +380,8 @@ class MetaBacktranslationTask(TranslationTask):
             rev = utils.move_to_cuda(rev) if bitext["target"].is_cuda else rev
             with self._psi_trainable(dual):
                 mle, _, _ = criterion(dual.backward_model, rev)
-                (mle * (self.cfg.backward_mle_weight / max(float(rev["ntokens"]), 1.0))).backward()
+                loss_mle = mle * (self.cfg.backward_mle_weight / max(float(rev["ntokens"]), 1.0))
+                self._scaler(optimizer, dual).scale(loss_mle).backward()
             log["bwd_mle_loss"], log["bwd_ntokens"] = float(mle.detach()), float(rev["ntokens"])
         self._pending.append(pending)
 
@@ -375,15 +399,13 @@ class MetaBacktranslationTask(TranslationTask):
     # ---- steps 2-5: update theta, dev gradient, reward, update psi ----------------------------
     def optimizer_step(self, optimizer, model, update_num):
         dual = unwrap(model)
+        if self.cfg.freeze_backward or amp.update_skipped(optimizer):
+            optimizer.step()  # under --amp overflow: the scaler skips theta's step and lowers its scale
+            self._discard_pending(dual)  # fairseq retries the batch or drops it: no reward, no psi step
+            return
         pending = [p for p in self._pending if p["pseudo"] is not None]
         self._pending = []
         theta = self._theta(dual)
-        if self.cfg.freeze_backward:
-            optimizer.step()
-            return
-        if isinstance(optimizer, _HALF_OPTIMIZERS):
-            raise ValueError("meta_backtranslation updates the backward model in fp32: use --amp instead of "
-                             "--fp16/--bf16, or --freeze-backward")
 
         # g over all micro-batches and workers, normalised per pseudo token
         ntok = torch.tensor([sum(p["ntokens"] for p in pending)], dtype=torch.float64)
@@ -431,7 +453,7 @@ class MetaBacktranslationTask(TranslationTask):
                     loss = loss + policy_gradient_loss(p["logp"], a.to(p["logp"].device))
                 # mean over this worker's sentences; _step_backward averages over workers
                 loss = loss * (self.cfg.meta_weight / max(n_local, 1))
-                loss.backward()
+                self._scaler(optimizer, dual).scale(loss).backward()
                 meta_loss = float(loss.detach())
         metrics.log_scalar("reward_skipped", float(skipped), weight=1, round=3)
         if not skipped:
@@ -439,7 +461,7 @@ class MetaBacktranslationTask(TranslationTask):
         else:
             logger.warning("update %d: no usable meta reward (empty pseudo batch, zero-norm or non-finite "
                            "gradient); the backward model gets only its MLE gradient", update_num)
-        self._step_backward(psi)
+        self._step_backward(psi, self._scaler(optimizer, dual))
         self.meta_steps += 1
 
         if not skipped:
@@ -513,20 +535,27 @@ class MetaBacktranslationTask(TranslationTask):
             r = r / norm
         return r, bool(torch.isfinite(r).all())
 
-    def _step_backward(self, psi: List[torch.Tensor]) -> None:
-        """All-reduce psi's gradient, clip it, take the backward model's optimizer step, clear it."""
+    def _step_backward(self, psi: List[torch.Tensor], scaler: torch.amp.GradScaler) -> None:
+        """All-reduce psi's gradient, unscale and clip it, take the backward model's optimizer step, clear it.
+
+        A non-finite gradient (after the all-reduce, so on every worker alike) skips the step and, with a
+        loss scaler, lowers psi's loss scale, as fairseq's AMP does for theta."""
         grads = G.flat_grad(psi)
-        G.all_reduce_mean_(grads)
+        G.all_reduce_mean_(grads, device=psi[0].device)
+        for p, gr in zip(psi, G.unflatten_like(grads, psi)):
+            p.grad = gr.clone()
+        if scaler.is_enabled():
+            scaler.unscale_(self.backward_optimizer)
         if not torch.isfinite(grads).all():
             logger.warning("non-finite backward-model gradient: skipping its update")
             metrics.log_scalar("bwd_nonfinite", 1.0, weight=1, round=3)
         else:
-            for p, gr in zip(psi, G.unflatten_like(grads, psi)):
-                p.grad = gr.clone()
             if self.cfg.backward_clip_norm > 0:
                 norm = torch.nn.utils.clip_grad_norm_(psi, self.cfg.backward_clip_norm)
                 metrics.log_scalar("bwd_gnorm", float(norm), weight=1, round=3)
-            self.backward_optimizer.step()
+            scaler.step(self.backward_optimizer)  # a plain step when the scaler is disabled
+        if scaler.is_enabled():
+            scaler.update()
         for p in psi:
             p.grad = None
 
@@ -536,6 +565,7 @@ class MetaBacktranslationTask(TranslationTask):
             "backward_optimizer": self.backward_optimizer.state_dict() if self.backward_optimizer else None,
             "baseline": self.baseline.state_dict(),
             "meta_steps": self.meta_steps,
+            "psi_scaler": self._psi_scaler.state_dict() if self._psi_scaler is not None else None,
         }}
 
     def set_checkpoint_dict(self, state: Dict) -> None:
@@ -543,6 +573,9 @@ class MetaBacktranslationTask(TranslationTask):
             self.backward_optimizer.load_state_dict(state["backward_optimizer"])
         self.baseline.load_state_dict(state["baseline"])
         self.meta_steps = int(state.get("meta_steps", 0))
+        self._psi_scaler_state = state.get("psi_scaler")
+        if self._psi_scaler is not None and self._psi_scaler_state and self._psi_scaler.is_enabled():
+            self._psi_scaler.load_state_dict(self._psi_scaler_state)
 
     # ---- metrics ---------------------------------------------------------------------------
     def reduce_metrics(self, logging_outputs, criterion):
@@ -601,11 +634,3 @@ def _adam_preconditioner(optimizer, theta: List[torch.Tensor]) -> torch.Tensor:
         parts.append((1.0 / (v_hat.sqrt() + eps)).reshape(-1))
     return torch.cat(parts)
 
-
-def _half_optimizer_types():
-    from fairseq.optim import FP16Optimizer, MemoryEfficientFP16Optimizer
-
-    return FP16Optimizer, MemoryEfficientFP16Optimizer
-
-
-_HALF_OPTIMIZERS = _half_optimizer_types()
