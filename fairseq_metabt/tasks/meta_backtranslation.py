@@ -545,6 +545,7 @@ class MetaBacktranslationTask(TranslationTask):
         for p, gr in zip(psi, G.unflatten_like(grads, psi)):
             p.grad = gr.clone()
         if scaler.is_enabled():
+            scaler.scale(grads.new_zeros(()))  # starts the scaler if no psi loss went through it yet
             scaler.unscale_(self.backward_optimizer)
         if not torch.isfinite(grads).all():
             logger.warning("non-finite backward-model gradient: skipping its update")
