@@ -18,10 +18,9 @@ import torch
 from conftest import ROOT, USER_DIR, assert_same_weights, fails, fairseq, prepare, run
 
 PROBE = os.path.join(ROOT, "tests", "amp_probe.py")
-COMMON = ["--optimizer", "adam", "--lr", "1e-3", "--criterion", "label_smoothed_cross_entropy", "--label-smoothing",
-          "0.1", "--max-tokens", "600", "--cpu", "--seed", "2", "--log-format", "simple", "--log-interval", "1",
+COMMON = ["--optimizer", "adam", "--lr", "1e-3", "--label-smoothing", "0.1", "--max-tokens", "600", "--cpu", "--seed", "2", "--log-format", "simple", "--log-interval", "1",
           "--num-workers", "0", "--no-progress-bar", "--disable-validation", "--no-epoch-checkpoints", "--amp"]
-PAIR = ["-s", "lrl", "-t", "tgt"]
+PAIR = ["-s", "lrl", "-t", "tgt", "--criterion", "label_smoothed_cross_entropy"]
 DUAL = ["--arch", "dual_transformer_tiny"]
 
 
@@ -37,7 +36,8 @@ def task_args(name):
         "dds_translation": ("multiway_bin", [
             "--task", "dds_translation", "--lang-pairs", "lrl-tgt,hrl-tgt,nsy-tgt", "--dds-dev-lang-pair",
             "lrl-tgt", "--dds-update-interval", "2", "--dds-scorer-iters", "2", "--dds-scorer-batch", "16",
-            "--dds-dev-max-tokens", "300", "--arch", "transformer_lowres_tiny"], "DDSTranslationTask"),
+            "--dds-dev-max-tokens", "300", "--arch", "transformer_lowres_tiny", "--criterion",
+            "label_smoothed_cross_entropy"], "DDSTranslationTask"),
         "latent_depth_translation": ("multiway_bin", [
             "--task", "latent_depth_translation", "--lang-pairs", "tgt-lrl,tgt-hrl", "--decoder-langtok",
             "--arch", "latent_depth_transformer_tiny", "--decoder-latent-layers", "--decoder-target-layers", "1",
