@@ -214,3 +214,18 @@ def test_half_precision_refused_at_setup_with_one_line(quickstart_bin, tmp_path)
     out = fails([fairseq("fairseq-train"), quickstart_bin, "--user-dir", USER_DIR, *args, *common, "--fp16",
                  "--max-update", "1", "--save-dir", str(tmp_path)])
     assert "meta_backtranslation does not support --fp16" in out and "use --amp" in out, out[-2000:]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gumbel_noise_of_autocast_logits_is_finite(monkeypatch, dtype):
+    """Under autocast STGS perturbs fp16/bf16 logits: noise from a uniform next to 1 must not round to inf."""
+    from fairseq_metabt.modules import gumbel
+
+    top = 1.0 - 2.0 ** -24  # the largest value torch.rand draws in fp32
+    monkeypatch.setattr(gumbel.torch, "rand", lambda shape, **kw: torch.full(shape, top, dtype=kw["dtype"]))
+    logits = torch.zeros(2, 5, dtype=dtype)
+    noise = gumbel.gumbel_noise(logits)
+    assert noise.dtype == dtype and torch.isfinite(noise).all()
+    st, soft = gumbel.straight_through_gumbel_softmax(logits, tau=1.0, beta=1.0)
+    assert torch.isfinite(soft).all() and torch.equal(st.sum(-1), torch.ones(2, dtype=dtype))
+    assert torch.isfinite(gumbel.gumbel_sigmoid(logits)).all()
