@@ -43,6 +43,11 @@ def task_args(name):
             "--arch", "latent_depth_transformer_tiny", "--decoder-latent-layers", "--decoder-target-layers", "1",
             "--latent-inner-steps", "2", "--criterion", "latent_layers_loss", "--latent-kl-weight", "0.1",
             "--ddp-backend", "legacy_ddp"], "LatentDepthTranslationTask"),
+        # fairseq's own train_step (autocast on CUDA only) with the per-example DDS criterion's state
+        "dds_weighted_cross_entropy": ("quickstart_bin", [
+            "-s", "lrl", "-t", "tgt", "--task", "translation", "--arch", "transformer_lowres_tiny",
+            "--criterion", "dds_weighted_cross_entropy", "--dds-dev-max-tokens", "300", "--dds-scorer-lr", "0.01"],
+            "criterion"),
     }[name]
 
 
@@ -93,7 +98,7 @@ def assert_close(a, b, where="state"):
 
 
 @pytest.mark.parametrize("task", ["meta_backtranslation", "wake_sleep_translation", "dds_translation",
-                                  "latent_depth_translation"])
+                                  "latent_depth_translation", "dds_weighted_cross_entropy"])
 def test_amp_trains_with_autocast_and_a_skipped_update_changes_nothing(task, request, tmp_path):
     fixture, args, key = task_args(task)
     data = request.getfixturevalue(fixture)
@@ -106,9 +111,11 @@ def test_amp_trains_with_autocast_and_a_skipped_update_changes_nothing(task, req
         out, counts = probe_train(argv, str(save), overflow_at)
         losses = [float(x) for x in re.findall(r"train_inner\W.*?\bloss=([^,\s]+)", out)]
         assert len(losses) == updates and all(math.isfinite(x) for x in losses), (losses, out[-2000:])
-        # every training forward of a model or criterion ran under autocast, in bf16 on the CPU
-        assert counts["autocast_on"] > 0 and counts["autocast_off"] == 0, counts
-        assert counts["dtypes"] == ["torch.bfloat16"], counts
+        if key == "criterion":  # fairseq's base step autocasts on CUDA only
+            assert counts["autocast_on"] == 0 and counts["autocast_off"] > 0, counts
+        else:  # every training forward of a model or criterion ran under autocast, in bf16 on the CPU
+            assert counts["autocast_on"] > 0 and counts["autocast_off"] == 0, counts
+            assert counts["dtypes"] == ["torch.bfloat16"], counts
         runs[name] = (out, counts, torch.load(str(save / "checkpoint_last.pt"), weights_only=False))
 
     out, counts, state = runs["overflow"]
@@ -117,7 +124,10 @@ def test_amp_trains_with_autocast_and_a_skipped_update_changes_nothing(task, req
     assert clean["optimizer_history"][-1]["num_updates"] == state["optimizer_history"][-1]["num_updates"] == updates
     # the retried update took the same step as in the clean run: models and the task's own state are unchanged
     assert_same_weights(clean, state)
-    assert_close(clean["extra_state"][key], state["extra_state"][key], key)
+    if key == "criterion":
+        assert_close(clean["criterion"], state["criterion"], key)
+    else:
+        assert_close(clean["extra_state"][key], state["extra_state"][key], key)
 
 
 def test_without_amp_no_autocast(quickstart_bin, tmp_path):
