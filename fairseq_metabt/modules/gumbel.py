@@ -20,9 +20,11 @@ from fairseq_metabt.errors import UserError
 
 
 def _uniform_like(t: torch.Tensor, generator: Optional[torch.Generator], eps: float) -> torch.Tensor:
+    """Uniform(eps, 1 - eps) of ``t``'s shape in at least fp32: in fp16/bf16 (autocast logits) values near 1
+    round to 1 and the noise built from them to inf, so callers cast only the finished noise."""
     u = torch.rand(t.shape, dtype=torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype,
                    device=t.device, generator=generator)
-    return u.clamp_(eps, 1.0 - eps).to(t.dtype)
+    return u.clamp_(eps, 1.0 - eps)
 
 
 def gumbel_noise(like: torch.Tensor, scale: float = 1.0, generator: Optional[torch.Generator] = None,
@@ -32,7 +34,7 @@ def gumbel_noise(like: torch.Tensor, scale: float = 1.0, generator: Optional[tor
         raise UserError(f"Gumbel scale must be >= 0, got {scale}")
     if scale == 0:
         return torch.zeros_like(like)
-    return -scale * torch.log(-torch.log(_uniform_like(like, generator, eps)))
+    return (-scale * torch.log(-torch.log(_uniform_like(like, generator, eps)))).to(like.dtype)
 
 
 def straight_through_gumbel_softmax(
@@ -71,7 +73,7 @@ def gumbel_sigmoid(
     if tau <= 0:
         raise UserError(f"Gumbel-sigmoid temperature tau must be > 0, got {tau}")
     u = _uniform_like(logits, generator, 1e-6)
-    soft = torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / tau)
+    soft = torch.sigmoid((logits + (torch.log(u) - torch.log1p(-u)).to(logits.dtype)) / tau)
     if not hard:
         return soft
     return (soft > 0.5).to(soft.dtype) - soft.detach() + soft

@@ -48,6 +48,7 @@ from fairseq_metabt.data.language_sampler import LanguageSampledDataset, margina
 from fairseq_metabt.data.tagging import lang_tag
 from fairseq_metabt.errors import UserError, UserFileError
 from fairseq_metabt.models.dual_transformer import unwrap
+from fairseq_metabt.modules import amp
 from fairseq_metabt.modules import gradients as G
 from fairseq_metabt.modules.generation import eval_mode, sequence_log_probs
 from fairseq_metabt.modules.scorer import LanguageScorer, language_reinforce_loss
@@ -360,6 +361,7 @@ class DDSTranslationTask(TranslationTask):
         return self._theta
 
     # ---- Alg. 2 lines 4–7 -----------------------------------------------------------------------
+    @amp.amp_train_step
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         if "dds_slots" not in sample:
             return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
@@ -367,10 +369,12 @@ class DDSTranslationTask(TranslationTask):
         model.set_num_updates(update_num)
         theta = self._gradient_space(model)
         n = len(self.langs)
-        if self._pending is None or self._pending["update"] != update_num:
-            # a new update (an update skipped by fairseq, e.g. on overflow, leaves nothing behind)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if self._pending is None or self._pending["update"] != update_num or amp.starts_update(trainable):
+            # a new update (an update skipped or retried by fairseq, on overflow or OOM, leaves nothing behind)
             self._pending = {"update": update_num, "micro": 0,
-                             "ntokens": torch.zeros(n, dtype=torch.float64, device=theta[0].device)}
+                             "ntokens": torch.zeros(n, dtype=torch.float64, device=theta[0].device),
+                             "usage": torch.zeros(n, dtype=torch.float64)}
             if self._shares is not None:
                 self._shares.reset()
         pending = self._pending
@@ -400,8 +404,8 @@ class DDSTranslationTask(TranslationTask):
                 # this language's share of the gradient: the real training gradient, no extra backward pass
                 self._shares.capture(lang, scale)
                 pending["ntokens"][lang] += float(batch["ntokens"])
-            if not ignore_grad:
-                self.usage[lang] += float(batch["nsentences"])
+            if not ignore_grad:  # counted in optimizer_step, once the update is taken
+                pending["usage"][lang] += float(batch["nsentences"])
             agg_loss += float(loss.detach())
             agg_size += sample_size
             for key, v in log.items():
@@ -414,6 +418,10 @@ class DDSTranslationTask(TranslationTask):
             optimizer.step()
             return
         pending, self._pending = self._pending, None
+        if amp.update_skipped(optimizer):  # --amp overflow: fairseq retries the batch or drops it
+            optimizer.step()  # the scaler skips the step and lowers its scale; no EMA, usage or scorer step
+            return
+        self.usage += pending["usage"]
         if not self.updates_scorer:  # a fixed distribution (the baselines) needs no rewards
             optimizer.step()
             self.last_update = update_num + 1
@@ -424,8 +432,9 @@ class DDSTranslationTask(TranslationTask):
         grads, ntok = self._shares.shares, pending["ntokens"]
         G.all_reduce_mean_(grads)
         G.all_reduce_mean_(ntok)
+        finite = torch.isfinite(grads).all(dim=1).tolist()  # a non-finite share never enters an EMA
         for lang in range(len(self.langs)):
-            if ntok[lang] > 0:  # g_i: mean gradient per target token of language i in this update
+            if ntok[lang] > 0 and finite[lang]:  # g_i: mean gradient per target token of language i
                 G.ema_update_(self.ema[lang], grads[lang], self.cfg.dds_alpha1,
                               self.cfg.dds_alpha2 / float(ntok[lang]))
                 self.ema_seen[lang] = True

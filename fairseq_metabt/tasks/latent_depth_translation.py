@@ -44,6 +44,7 @@ from fairseq.tasks.multilingual_translation import MultilingualTranslationTask
 
 from fairseq_metabt.errors import UserError
 from fairseq_metabt.models.latent_depth_transformer import LatentDepthTransformerModel
+from fairseq_metabt.modules import amp
 
 
 def latent_languages(lang_pairs: List[str], side: str = "auto") -> Tuple[str, List[str]]:
@@ -174,6 +175,7 @@ class LatentDepthTranslationTask(MultilingualTranslationTask):
     def _pairs_in(self, sample) -> List[str]:
         return [p for p in self.lang_pairs if sample.get(p) is not None and len(sample[p]) != 0]
 
+    @amp.amp_train_step
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         """One inner step: one batch per language pair (Alg. 2, lines 5–8), one backward pass each."""
         model.train()
@@ -209,6 +211,9 @@ class LatentDepthTranslationTask(MultilingualTranslationTask):
         """Step Theta always, q_phi only on the last inner step (grad None → the optimizer skips it);
         with ``--latent-gate-lr``, q_phi by its own constant-rate Adam."""
         phi = [p for n, p in self._unwrap(model).named_parameters() if n.endswith("_latent.logits")]
+        if amp.update_skipped(optimizer):  # --amp overflow: fairseq skips the step and retries the update
+            optimizer.step()
+            return
         phi_step = self.is_phi_step(update_num)
         grads = [p.grad for p in phi]
         if phi and any(g is not None for g in grads):

@@ -59,6 +59,7 @@ from fairseq_metabt.data.on_top import BitextWithMonoDataset, pseudo_loss_scale
 from fairseq_metabt.data.tagging import lang_tag, missing_tags
 from fairseq_metabt.errors import UserError, UserFileError
 from fairseq_metabt.models.dual_transformer import DualTransformerModel, unwrap
+from fairseq_metabt.modules import amp
 from fairseq_metabt.modules import gradients as G
 from fairseq_metabt.modules.generation import (
     GenerationSettings, InStepGenerator, eval_mode, sampling_log_probs, sequence_log_probs,
@@ -77,6 +78,8 @@ SENTENCE_METHOD_CHOICES = ChoiceEnum(["taylor", "double_backward"])
 @dataclass
 class MetaBacktranslationConfig(TranslationConfig):
     seed: int = II("common.seed")
+    fp16: bool = II("common.fp16")
+    bf16: bool = II("common.bf16")
     ddp_backend: str = II("distributed_training.ddp_backend")
     distributed_world_size: int = II("distributed_training.distributed_world_size")
     mono_data: Optional[str] = field(
@@ -181,6 +184,8 @@ class MetaBacktranslationTask(TranslationTask):
         self._check_config(cfg)
         self.baseline = MovingAverageBaseline(cfg.meta_baseline_decay)
         self.backward_optimizer: Optional[torch.optim.Optimizer] = None
+        self._psi_scaler: Optional[torch.amp.GradScaler] = None  # psi's loss scale under --amp on CUDA
+        self._psi_scaler_state: Optional[Dict] = None  # from a checkpoint, until the scaler is built
         self._generator: Optional[InStepGenerator] = None
         # state of the update in progress, rebuilt from nothing at its first micro-batch
         self._pending: List[Dict] = []  # per micro-batch: pseudo batch, g share, log-probs
@@ -206,6 +211,9 @@ class MetaBacktranslationTask(TranslationTask):
     @staticmethod
     def _check_config(cfg: MetaBacktranslationConfig) -> None:
         GenerationSettings(cfg.bt_generation, cfg.bt_beam, cfg.bt_temperature)  # validates
+        if not cfg.freeze_backward:
+            amp.refuse_half_precision(cfg, "meta_backtranslation", "the backward model has its own fp32 optimizer, "
+                                      "and fairseq would cast it to half precision (or pass --freeze-backward)")
         if not 0.0 <= cfg.meta_baseline_decay < 1.0:
             raise UserError(f"--meta-baseline-decay must be in [0, 1), got {cfg.meta_baseline_decay}")
         for name in ("pseudo_weight", "meta_weight", "backward_mle_weight", "backward_lr", "backward_clip_norm"):
@@ -375,6 +383,14 @@ class MetaBacktranslationTask(TranslationTask):
     def _theta(dual: DualTransformerModel) -> List[torch.Tensor]:
         return [p for p in dual.parameters() if p.requires_grad]
 
+    def _scaler(self, optimizer, dual: DualTransformerModel) -> torch.amp.GradScaler:
+        """psi's loss scaler: its losses come from fp16 autocast under --amp on CUDA, like theta's."""
+        if self._psi_scaler is None:
+            self._psi_scaler = amp.grad_scaler(optimizer, dual.backward_model)
+            if self._psi_scaler_state and self._psi_scaler.is_enabled():
+                self._psi_scaler.load_state_dict(self._psi_scaler_state)
+        return self._psi_scaler
+
     # ---- psi's inputs (tagged in the multilingual setting) -----------------------------------
     def _psi_sources(self, rows: List[torch.Tensor], langs: List[str]) -> List[torch.Tensor]:
         """psi's input rows: ``__L__ y`` (L the language psi must produce) when tagged, else ``y``."""
@@ -413,12 +429,13 @@ class MetaBacktranslationTask(TranslationTask):
         for p in dual.backward_model.parameters():
             p.grad = None
 
+    @amp.amp_train_step
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         dual = unwrap(model)
         model.train()
         model.set_num_updates(update_num)
         theta = self._theta(dual)
-        if all(p.grad is None for p in theta) or update_num != self._pending_update:
+        if amp.starts_update(theta) or update_num != self._pending_update:
             self._start_update(dual, update_num)
         self._criterion = criterion
         bitext, mono = sample["bitext"], sample["mono"]
@@ -484,7 +501,7 @@ class MetaBacktranslationTask(TranslationTask):
             rev = utils.move_to_cuda(rev) if cuda else rev
             with self._psi_trainable(dual):
                 mle, _, _ = criterion(dual.backward_model, rev)
-                mle.backward()
+                self._scaler(optimizer, dual).scale(mle).backward()
             self._psi_mle_tokens += float(rev["ntokens"])
             log["bwd_mle_loss"], log["bwd_ntokens"] = float(mle.detach()), float(rev["ntokens"])
         self._pending.append(pending)
@@ -499,16 +516,14 @@ class MetaBacktranslationTask(TranslationTask):
     # ---- steps 2-5: update theta, dev gradient, reward, update psi ----------------------------
     def optimizer_step(self, optimizer, model, update_num):
         dual = unwrap(model)
+        if self.cfg.freeze_backward or amp.update_skipped(optimizer):
+            optimizer.step()  # under --amp overflow: the scaler skips theta's step and lowers its scale
+            self._start_update(dual, None)  # fairseq retries the batch or drops it: no reward, no psi step
+            return
         pending = [p for p in self._pending if p.get("g") is not None]
         mle_tokens = self._psi_mle_tokens
         self._pending, self._pending_update, self._psi_mle_tokens = [], None, 0.0
         theta = self._theta(dual)
-        if self.cfg.freeze_backward:
-            optimizer.step()
-            return
-        if isinstance(optimizer, _HALF_OPTIMIZERS):
-            raise UserError("meta_backtranslation updates the backward model in fp32: use --amp instead of "
-                             "--fp16/--bf16, or --freeze-backward")
         psi = list(dual.backward_model.parameters())
         # psi's MLE gradient as a per-token mean over the update's reversed bitext (all micro-batches)
         if mle_tokens > 0:
@@ -518,7 +533,7 @@ class MetaBacktranslationTask(TranslationTask):
                         p.grad.mul_(self.cfg.backward_mle_weight / mle_tokens)
         if not self.meta_active:  # BT + MLE: psi by MLE only
             optimizer.step()
-            self._step_backward(psi)
+            self._step_backward(psi, self._scaler(optimizer, dual))
             self.meta_steps += 1
             self._check_replicas(theta, psi)
             return
@@ -567,7 +582,7 @@ class MetaBacktranslationTask(TranslationTask):
                     loss = loss + policy_gradient_loss(p["logp"], a.to(p["logp"].device))
                 # mean over this worker's sentences; _step_backward averages over workers
                 loss = loss * (self.cfg.meta_weight / max(n_local, 1))
-                loss.backward()
+                self._scaler(optimizer, dual).scale(loss).backward()
                 meta_loss = float(loss.detach())
         metrics.log_scalar("reward_skipped", float(skipped), weight=1, round=3)
         if not skipped:
@@ -575,7 +590,7 @@ class MetaBacktranslationTask(TranslationTask):
         else:
             logger.warning("update %d: no usable meta reward (empty pseudo batch, zero-norm or non-finite "
                            "gradient); the backward model gets only its MLE gradient", update_num)
-        self._step_backward(psi)
+        self._step_backward(psi, self._scaler(optimizer, dual))
         self.meta_steps += 1
 
         if not skipped:
@@ -676,20 +691,28 @@ class MetaBacktranslationTask(TranslationTask):
             r = r / norm
         return r, bool(torch.isfinite(r).all())
 
-    def _step_backward(self, psi: List[torch.Tensor]) -> None:
-        """All-reduce psi's gradient, clip it, take the backward model's optimizer step, clear it."""
+    def _step_backward(self, psi: List[torch.Tensor], scaler: torch.amp.GradScaler) -> None:
+        """All-reduce psi's gradient, unscale and clip it, take the backward model's optimizer step, clear it.
+
+        A non-finite gradient (after the all-reduce, so on every worker alike) skips the step and, with a
+        loss scaler, lowers psi's loss scale, as fairseq's AMP does for theta."""
         grads = G.flat_grad(psi)
-        G.all_reduce_mean_(grads)
+        G.all_reduce_mean_(grads, device=psi[0].device)
+        for p, gr in zip(psi, G.unflatten_like(grads, psi)):
+            p.grad = gr.clone()
+        if scaler.is_enabled():
+            scaler.scale(grads.new_zeros(()))  # starts the scaler if no psi loss went through it yet
+            scaler.unscale_(self.backward_optimizer)
         if not torch.isfinite(grads).all():
             logger.warning("non-finite backward-model gradient: skipping its update")
             metrics.log_scalar("bwd_nonfinite", 1.0, weight=1, round=3)
         else:
-            for p, gr in zip(psi, G.unflatten_like(grads, psi)):
-                p.grad = gr.clone()
             if self.cfg.backward_clip_norm > 0:
                 norm = torch.nn.utils.clip_grad_norm_(psi, self.cfg.backward_clip_norm)
                 metrics.log_scalar("bwd_gnorm", float(norm), weight=1, round=3)
-            self.backward_optimizer.step()
+            scaler.step(self.backward_optimizer)  # a plain step when the scaler is disabled
+        if scaler.is_enabled():
+            scaler.update()
         for p in psi:
             p.grad = None
 
@@ -699,6 +722,7 @@ class MetaBacktranslationTask(TranslationTask):
             "backward_optimizer": self.backward_optimizer.state_dict() if self.backward_optimizer else None,
             "baseline": self.baseline.state_dict(),
             "meta_steps": self.meta_steps,
+            "psi_scaler": self._psi_scaler.state_dict() if self._psi_scaler is not None else None,
         }}
 
     def set_checkpoint_dict(self, state: Dict) -> None:
@@ -706,6 +730,9 @@ class MetaBacktranslationTask(TranslationTask):
             self.backward_optimizer.load_state_dict(state["backward_optimizer"])
         self.baseline.load_state_dict(state["baseline"])
         self.meta_steps = int(state.get("meta_steps", 0))
+        self._psi_scaler_state = state.get("psi_scaler")
+        if self._psi_scaler is not None and self._psi_scaler_state and self._psi_scaler.is_enabled():
+            self._psi_scaler.load_state_dict(self._psi_scaler_state)
 
     # ---- metrics ---------------------------------------------------------------------------
     def reduce_metrics(self, logging_outputs, criterion):
@@ -760,11 +787,3 @@ def _adam_preconditioner(optimizer, theta: List[torch.Tensor]) -> torch.Tensor:
         parts.append((1.0 / (v_hat.sqrt() + eps)).reshape(-1))
     return torch.cat(parts)
 
-
-def _half_optimizer_types():
-    from fairseq.optim import FP16Optimizer, MemoryEfficientFP16Optimizer
-
-    return FP16Optimizer, MemoryEfficientFP16Optimizer
-
-
-_HALF_OPTIMIZERS = _half_optimizer_types()

@@ -50,8 +50,10 @@ from fairseq_metabt.data.mono import generated_pairs, load_mono_dataset, mono_pa
 from fairseq_metabt.data.on_top import BitextWithMonoDataset, pseudo_loss_scale
 from fairseq_metabt.errors import UserError
 from fairseq_metabt.models.dual_transformer import DualTransformerModel, unwrap
+from fairseq_metabt.modules import amp
+from fairseq_metabt.modules import gradients as G
 from fairseq_metabt.modules.generation import GenerationSettings, InStepGenerator
-from fairseq_metabt.tasks.meta_backtranslation import _HALF_OPTIMIZERS, MetaBacktranslationTask
+from fairseq_metabt.tasks.meta_backtranslation import MetaBacktranslationTask
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +66,8 @@ PHASES = ("mle", "wake", "sleep")
 class WakeSleepConfig(TranslationConfig):
     seed: int = II("common.seed")
     max_update: int = II("optimization.max_update")
+    fp16: bool = II("common.fp16")
+    bf16: bool = II("common.bf16")
     mono_source_data: Optional[str] = field(
         default=None,
         metadata={"help": "prefix of the binarised source monotext M_S, drawn from in the sleep phase "
@@ -164,6 +168,8 @@ class WakeSleepTranslationTask(TranslationTask):
 
     @staticmethod
     def _check_config(cfg: WakeSleepConfig) -> None:
+        amp.refuse_half_precision(cfg, "wake_sleep_translation", "it freezes one direction per phase, which "
+                                  "fairseq's half-precision optimizers (flat fp32 copies of all parameters) cannot")
         for name in ("wake_updates", "sleep_updates"):
             if getattr(cfg, name) < 1:
                 raise UserError(
@@ -294,6 +300,7 @@ class WakeSleepTranslationTask(TranslationTask):
                     local / max(elapsed, 1e-9), sum(lengths) / max(len(lengths), 1))
 
     # ---- one update ------------------------------------------------------------------------------
+    @amp.amp_train_step
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         dual = unwrap(model)
         phase = self.phase(update_num)
@@ -369,10 +376,10 @@ class WakeSleepTranslationTask(TranslationTask):
                     f" (resumed at update {phase.start + phase.position + 1})" if phase.position else "")
 
     def optimizer_step(self, optimizer, model, update_num):
-        if isinstance(optimizer, _HALF_OPTIMIZERS):
-            raise UserError("wake_sleep_translation freezes one direction per phase, which fairseq's --fp16/--bf16 "
-                             "optimizers (flat fp32 copies of all parameters) cannot: use --amp or fp32")
+        skipped = amp.update_skipped(optimizer)  # --amp overflow: fairseq retries or drops the update
         optimizer.step()
+        if skipped:
+            return
         self.progress["updates_done"] = update_num + 1
         dual = unwrap(model)
         params = self.direction_parameters(dual)
@@ -474,6 +481,5 @@ def _backward_bleu(meters) -> float:
 
 def _all_gather_rows(rows: Dict[int, torch.Tensor]) -> Dict[int, torch.Tensor]:
     """Union of every worker's generated rows (each worker generated a shard of the monotext)."""
-    parts: List[Optional[Dict[int, List[int]]]] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(parts, {i: r.tolist() for i, r in rows.items()})
+    parts = G.all_gather_objects({i: r.tolist() for i, r in rows.items()})
     return {int(i): torch.tensor(r, dtype=torch.long) for part in parts for i, r in part.items()}
