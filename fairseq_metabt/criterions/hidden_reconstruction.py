@@ -32,6 +32,7 @@ from fairseq.logging import metrics
 from torch import Tensor, nn
 
 from fairseq_metabt.criterions.stgs_reconstruction import shift_right
+from fairseq_metabt.errors import UserError
 
 
 @dataclass
@@ -61,16 +62,16 @@ class HiddenReconstructionCriterion(LabelSmoothedCrossEntropyCriterion):
         for flag, w in (("--encoder-reconstruction-weight", encoder_reconstruction_weight),
                         ("--decoder-reconstruction-weight", decoder_reconstruction_weight)):
             if not w >= 0:
-                raise ValueError(f"{flag} must be >= 0, got {w}")
+                raise UserError(f"{flag} must be >= 0, got {w}")
         if freeze_translator and not (encoder_reconstruction_weight > 0 or decoder_reconstruction_weight > 0):
-            raise ValueError("--freeze-translator trains only the reconstructors, but both reconstruction weights "
-                             "are 0: give --encoder-reconstruction-weight or --decoder-reconstruction-weight > 0.")
+            raise UserError("--freeze-translator trains only the reconstructors, but both reconstruction weights "
+                            "are 0", "give --encoder-reconstruction-weight or --decoder-reconstruction-weight > 0")
         self.w_enc, self.w_dec = encoder_reconstruction_weight, decoder_reconstruction_weight
         self.freeze_translator = freeze_translator
 
     def forward(self, model, sample: Dict, reduce: bool = True) -> Tuple[Tensor, int, Dict]:
         if not hasattr(model, "encoder_reconstructor"):
-            raise ValueError("hidden_reconstruction needs reconstructors: train with --arch "
+            raise UserError("hidden_reconstruction needs reconstructors: train with --arch "
                              "transformer_hidden_reconstruction_tiny/_small (or transformer_hidden_reconstruction).")
         net_input = sample["net_input"]
         src, prev = net_input["src_tokens"], net_input["prev_output_tokens"]

@@ -6,6 +6,13 @@ relaxed during training to the Gumbel-sigmoid of Eq. 5
 (:func:`fairseq_metabt.modules.gumbel.gumbel_sigmoid`).  The training loss is
 Eq. 8, ``NLL + beta * KL(q_phi(z) || p(z)) + lambda * L_K``.
 
+Normalisations (documented in ``docs/methods/latent_depth.md``): the KL is
+*averaged* over a side's layers (fairseq's ``examples/latent_depth`` does the
+same), so ``beta`` here acts as ``beta / L`` would on the paper's sum over
+layers; ``L_K`` acts on the layer utilisation averaged over languages,
+``u_l = mean_n q(z_l | n)`` (as fairseq does), so each language keeps its own
+depth and only the total is pulled to ``K``.
+
 KL in closed form.  The prior on each gate is ``z_l ~ Bernoulli(pi)`` with
 ``pi ~ Beta(1, 1)``; its marginal is ``Bernoulli(1/2)`` (``E[pi] = 1/2``), so
 ``KL(Bernoulli(q) || p) = q log 2q + (1-q) log 2(1-q) = log 2 - H(q)``,
@@ -22,6 +29,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from fairseq_metabt.errors import UserError
 from fairseq_metabt.modules.gumbel import gumbel_sigmoid
 
 _EPS = 1e-6
@@ -37,7 +45,7 @@ class LatentLayerGates(nn.Module):
     def __init__(self, num_langs: int, num_layers: int, init_logit: float = 1.0) -> None:
         super().__init__()
         if num_langs < 1 or num_layers < 1:
-            raise ValueError(f"latent gates need >= 1 language and layer, got {num_langs} and {num_layers}")
+            raise UserError(f"latent gates need >= 1 language and layer, got {num_langs} and {num_layers}")
         self.logits = nn.Parameter(torch.full((num_langs, num_layers), float(init_logit)))
 
     @property
@@ -65,11 +73,11 @@ class LatentLayerGates(nn.Module):
             return (q > 0.5).to(q.dtype)
         if mode == "topk":
             if k is None or not 1 <= k <= q.numel():
-                raise ValueError(f"top-K layer selection needs 1 <= K <= {q.numel()}, got K={k}")
+                raise UserError(f"top-K layer selection needs 1 <= K <= {q.numel()}, got K={k}")
             # stable sort: ties go to the lower layer, so selection is reproducible
             order = torch.sort(-q, stable=True).indices[:k]
             return torch.zeros_like(q).index_fill_(0, order, 1.0)
-        raise ValueError(f"unknown layer selection mode {mode!r} (choose threshold or topk)")
+        raise UserError(f"unknown layer selection mode {mode!r} (choose threshold or topk)")
 
 
 def bernoulli_kl(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -80,13 +88,14 @@ def bernoulli_kl(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 
 
 def kl_uniform_prior(q: torch.Tensor) -> torch.Tensor:
-    """Closed-form ``sum_l KL(q(z_l) || Beta(1,1)-Bernoulli)`` = ``sum_l log 2 - H(q_l)`` (Eq. 8, uniform prior)."""
-    return bernoulli_kl(q, torch.full_like(q, 0.5)).sum()
+    """KL term of Eq. 8 (uniform prior) averaged over layers: ``mean_l KL(q(z_l) || Bern(1/2)) = mean_l log 2 - H(q_l)``."""
+    return bernoulli_kl(q, torch.full_like(q, 0.5)).mean()
 
 
 def kl_aggregated_prior(q: torch.Tensor, q_all: torch.Tensor) -> torch.Tensor:
-    """``sum_l KL(q(z_l | n) || q~(z_l))`` with the aggregated posterior ``q~ = mean_n q(z_l | n)`` (detached)."""
-    return bernoulli_kl(q, q_all.mean(dim=0).detach()).sum()
+    """KL term of Eq. 8 (aggregated prior, Sec. 5) averaged over layers: ``mean_l KL(q(z_l | n) || q~(z_l))``,
+    ``q~ = mean_n q(z_l | n)`` detached."""
+    return bernoulli_kl(q, q_all.mean(dim=0).detach()).mean()
 
 
 def layer_count_loss(q: torch.Tensor, k: int) -> torch.Tensor:
@@ -94,10 +103,37 @@ def layer_count_loss(q: torch.Tensor, k: int) -> torch.Tensor:
     return (q.sum() - float(k)) ** 2
 
 
+def layer_utilisation(q_all: torch.Tensor) -> torch.Tensor:
+    """Utilisation of each layer aggregated over languages, ``u_l = mean_n q(z_l | n)``: the argument of
+    L_K (Eq. 8) in the multilingual setting, so only the *average* depth is pulled to K."""
+    return q_all.mean(dim=0)
+
+
+def gates_are_hard(num_updates: int, soft_updates: Optional[int], hard: bool = False) -> bool:
+    """Soft-to-hard schedule: relaxed gates (Eq. 5) for the first ``soft_updates`` updates, straight-through
+    0/1 gates afterwards (``None``: soft throughout unless ``hard``), so the trained network is the evaluated one."""
+    return bool(hard) or (soft_updates is not None and num_updates >= soft_updates)
+
+
+def annealed_lk_weight(num_updates: int, weight: float, anneal_updates: int) -> float:
+    """L_K weight ``lambda``: 0 while beta anneals, then linear from 0 to ``weight`` over the next
+    ``anneal_updates`` updates (fairseq's ``examples/latent_depth`` schedule); ``anneal_updates = 0``: constant."""
+    if weight < 0:
+        raise UserError(f"L_K weight must be >= 0, got {weight}")
+    if anneal_updates <= 0:
+        return float(weight)
+    return float(weight) * min(1.0, max(0, num_updates - anneal_updates) / anneal_updates)
+
+
+def selection_mode(args, side: str) -> str:
+    """Inference selection of one side: ``--{side}-latent-select``, else ``--latent-eval-select``, else threshold."""
+    return getattr(args, f"{side}_latent_select", None) or getattr(args, "latent_eval_select", None) or "threshold"
+
+
 def annealed_beta(num_updates: int, weight: float, anneal_updates: int) -> float:
     """KL weight ``beta``: linear from 0 to ``weight`` over ``anneal_updates`` updates; never negative."""
     if weight < 0:
-        raise ValueError(f"KL weight must be >= 0, got {weight}")
+        raise UserError(f"KL weight must be >= 0, got {weight}")
     if anneal_updates <= 0:
         return float(weight)
     return float(weight) * min(1.0, max(0, num_updates) / anneal_updates)
@@ -106,5 +142,5 @@ def annealed_beta(num_updates: int, weight: float, anneal_updates: int) -> float
 def annealed_tau(num_updates: int, tau: float, tau_min: float, rate: float) -> float:
     """Gumbel-sigmoid temperature ``max(tau_min, tau * exp(-rate * t))`` (``rate = 0``: constant)."""
     if tau <= 0 or tau_min <= 0:
-        raise ValueError(f"latent temperature must be > 0, got tau={tau}, tau_min={tau_min}")
+        raise UserError(f"latent temperature must be > 0, got tau={tau}, tau_min={tau_min}")
     return max(tau_min, tau * math.exp(-rate * max(0, num_updates)))

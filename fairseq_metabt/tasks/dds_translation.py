@@ -43,9 +43,12 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask, load_langpair_dataset
 from omegaconf import II, open_dict
 
+from fairseq_metabt import fileio
 from fairseq_metabt.data.language_sampler import LanguageSampledDataset, marginal, seeded_generator
 from fairseq_metabt.data.tagging import lang_tag
+from fairseq_metabt.errors import UserError, UserFileError
 from fairseq_metabt.models.dual_transformer import unwrap
+from fairseq_metabt.modules import amp
 from fairseq_metabt.modules import gradients as G
 from fairseq_metabt.modules.generation import eval_mode, sequence_log_probs
 from fairseq_metabt.modules.scorer import LanguageScorer, language_reinforce_loss
@@ -139,12 +142,12 @@ def parse_lang_pairs(text: str) -> List[Tuple[str, str]]:
     for item in filter(None, (x.strip() for x in text.split(","))):
         src, sep, tgt = item.partition("-")
         if not sep or not src or not tgt or "-" in tgt or src == tgt:
-            raise ValueError(f"--lang-pairs entry {item!r}: write SRC-TGT with two different languages")
+            raise UserError(f"--lang-pairs entry {item!r}: write SRC-TGT with two different languages")
         pairs.append((src, tgt))
     if len(set(pairs)) != len(pairs):
-        raise ValueError(f"--lang-pairs lists a pair twice: {text}")
+        raise UserError(f"--lang-pairs lists a pair twice: {text}")
     if not pairs:
-        raise ValueError("--lang-pairs is empty: give the training pairs, e.g. lrl-tgt,hrl-tgt")
+        raise UserError("--lang-pairs is empty: give the training pairs, e.g. lrl-tgt,hrl-tgt")
     return pairs
 
 
@@ -154,7 +157,7 @@ def hub_of(pairs: List[Tuple[str, str]]) -> Tuple[str, bool]:
         return pairs[0][1], True
     if len({s for s, _ in pairs}) == 1:
         return pairs[0][0], False
-    raise ValueError("dds_translation needs pairs sharing one language: all into one target (many-to-one) or all "
+    raise UserError("dds_translation needs pairs sharing one language: all into one target (many-to-one) or all "
                      "from one source (one-to-many); got " + ",".join(f"{s}-{t}" for s, t in pairs))
 
 
@@ -166,16 +169,16 @@ def check_dds_config(cfg) -> None:
                         ("--dds-dev-max-tokens", cfg.dds_dev_max_tokens),
                         ("--dds-scorer-hidden", cfg.dds_scorer_hidden)):
         if value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value}")
+            raise UserError(f"{name} must be a positive integer, got {value}")
     for name, value in (("--dds-alpha1", cfg.dds_alpha1), ("--dds-alpha2", cfg.dds_alpha2)):
         if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {value}")
+            raise UserError(f"{name} must be in [0, 1], got {value}")
     for name, value in (("--dds-scorer-lr", cfg.dds_scorer_lr), ("--dds-temperature", cfg.dds_temperature),
                         ("--dds-tcs-temperature", cfg.dds_tcs_temperature)):
         if not value > 0:
-            raise ValueError(f"{name} must be > 0, got {value}")
+            raise UserError(f"{name} must be > 0, got {value}")
     if cfg.dds_grad_sketch_dim < 0:
-        raise ValueError(f"--dds-grad-sketch-dim must be >= 0 (0: no sketch), got {cfg.dds_grad_sketch_dim}")
+        raise UserError(f"--dds-grad-sketch-dim must be >= 0 (0: no sketch), got {cfg.dds_grad_sketch_dim}")
 
 
 @register_task("dds_translation", dataclass=DDSTranslationConfig)
@@ -200,7 +203,7 @@ class DDSTranslationTask(TranslationTask):
             return pairs[0]
         src, _, tgt = cfg.dds_dev_lang_pair.partition("-")
         if (src, tgt) not in pairs:
-            raise ValueError(f"--dds-dev-lang-pair {cfg.dds_dev_lang_pair} is not among --lang-pairs "
+            raise UserError(f"--dds-dev-lang-pair {cfg.dds_dev_lang_pair} is not among --lang-pairs "
                              f"{cfg.lang_pairs}: D_dev must be one of the training pairs (the low-resource one)")
         return src, tgt
 
@@ -214,7 +217,7 @@ class DDSTranslationTask(TranslationTask):
         if not self.hub_is_target:
             missing = [lang_tag(x) for x in self.langs if lang_tag(x) not in src_dict.indices]
             if missing:
-                raise ValueError(f"one-to-many training tags the source with the target language, but the dictionary "
+                raise UserError(f"one-to-many training tags the source with the target language, but the dictionary "
                                  f"lacks {', '.join(missing)}; prepare the data with scripts/prepare_data.py")
         n = max(len(self.langs), 1)
         self.scorer = LanguageScorer(n, cfg.dds_scorer_hidden, seed=cfg.seed)
@@ -242,7 +245,7 @@ class DDSTranslationTask(TranslationTask):
         data_path = utils.split_paths(self.cfg.data)[0]
         found = [os.path.join(data_path, f"{split}.{a}-{b}.{src}.idx") for a, b in ((src, tgt), (tgt, src))]
         if not any(os.path.exists(f) for f in found):
-            raise FileNotFoundError(
+            raise UserFileError(
                 f"language pair {src}-{tgt} has no {split} data: neither {found[0]} nor {found[1]} exists. "
                 f"Add {split}.{src}-{tgt}.* to the raw corpus and run scripts/prepare_data.py, or drop the pair.")
         return load_langpair_dataset(
@@ -274,7 +277,7 @@ class DDSTranslationTask(TranslationTask):
         for (src, tgt), lang in zip(self.pairs, self.langs):
             ds = self._pair_dataset(split, src, tgt)
             if len(ds) == 0:
-                raise ValueError(f"language {lang} has no {split} data ({split}.{src}-{tgt} is empty): add "
+                raise UserError(f"language {lang} has no {split} data ({split}.{src}-{tgt} is empty): add "
                                  "sentences or remove the pair from --lang-pairs")
             parts.append(ds)
         prefix = None if self.hub_is_target else [self.src_dict.index(lang_tag(x)) for x in self.langs]
@@ -349,7 +352,7 @@ class DDSTranslationTask(TranslationTask):
                 return self._theta
             if self.ema is None or self.ema.shape != (len(self.langs), dim):
                 if self.ema is not None:
-                    raise ValueError(f"the checkpoint's gradient EMAs have shape {tuple(self.ema.shape)}, this run "
+                    raise UserError(f"the checkpoint's gradient EMAs have shape {tuple(self.ema.shape)}, this run "
                                      f"needs {(len(self.langs), dim)}: keep --dds-grad-params/--dds-grad-sketch-dim")
                 self.ema = torch.zeros(len(self.langs), dim, device=self._theta[0].device)
             self._shares = G.GradientShares(self._theta, len(self.langs), self._sketch)
@@ -358,6 +361,7 @@ class DDSTranslationTask(TranslationTask):
         return self._theta
 
     # ---- Alg. 2 lines 4–7 -----------------------------------------------------------------------
+    @amp.amp_train_step
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         if "dds_slots" not in sample:
             return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
@@ -365,10 +369,12 @@ class DDSTranslationTask(TranslationTask):
         model.set_num_updates(update_num)
         theta = self._gradient_space(model)
         n = len(self.langs)
-        if self._pending is None or self._pending["update"] != update_num:
-            # a new update (an update skipped by fairseq, e.g. on overflow, leaves nothing behind)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if self._pending is None or self._pending["update"] != update_num or amp.starts_update(trainable):
+            # a new update (an update skipped or retried by fairseq, on overflow or OOM, leaves nothing behind)
             self._pending = {"update": update_num, "micro": 0,
-                             "ntokens": torch.zeros(n, dtype=torch.float64, device=theta[0].device)}
+                             "ntokens": torch.zeros(n, dtype=torch.float64, device=theta[0].device),
+                             "usage": torch.zeros(n, dtype=torch.float64)}
             if self._shares is not None:
                 self._shares.reset()
         pending = self._pending
@@ -398,8 +404,8 @@ class DDSTranslationTask(TranslationTask):
                 # this language's share of the gradient: the real training gradient, no extra backward pass
                 self._shares.capture(lang, scale)
                 pending["ntokens"][lang] += float(batch["ntokens"])
-            if not ignore_grad:
-                self.usage[lang] += float(batch["nsentences"])
+            if not ignore_grad:  # counted in optimizer_step, once the update is taken
+                pending["usage"][lang] += float(batch["nsentences"])
             agg_loss += float(loss.detach())
             agg_size += sample_size
             for key, v in log.items():
@@ -412,6 +418,10 @@ class DDSTranslationTask(TranslationTask):
             optimizer.step()
             return
         pending, self._pending = self._pending, None
+        if amp.update_skipped(optimizer):  # --amp overflow: fairseq retries the batch or drops it
+            optimizer.step()  # the scaler skips the step and lowers its scale; no EMA, usage or scorer step
+            return
+        self.usage += pending["usage"]
         if not self.updates_scorer:  # a fixed distribution (the baselines) needs no rewards
             optimizer.step()
             self.last_update = update_num + 1
@@ -422,8 +432,9 @@ class DDSTranslationTask(TranslationTask):
         grads, ntok = self._shares.shares, pending["ntokens"]
         G.all_reduce_mean_(grads)
         G.all_reduce_mean_(ntok)
+        finite = torch.isfinite(grads).all(dim=1).tolist()  # a non-finite share never enters an EMA
         for lang in range(len(self.langs)):
-            if ntok[lang] > 0:  # g_i: mean gradient per target token of language i in this update
+            if ntok[lang] > 0 and finite[lang]:  # g_i: mean gradient per target token of language i
                 G.ema_update_(self.ema[lang], grads[lang], self.cfg.dds_alpha1,
                               self.cfg.dds_alpha2 / float(ntok[lang]))
                 self.ema_seen[lang] = True
@@ -441,7 +452,7 @@ class DDSTranslationTask(TranslationTask):
             batches = data_utils.batch_by_size(ds.ordered_indices(), ds.num_tokens,
                                                max_tokens=self.cfg.dds_dev_max_tokens)
             if not batches:
-                raise ValueError(f"--dds-dev-subset {self.cfg.dds_dev_subset} of {src}-{tgt} has no usable example")
+                raise UserError(f"--dds-dev-subset {self.cfg.dds_dev_subset} of {src}-{tgt} has no usable example")
             self._dev = (ds, batches)
         return self._dev
 
@@ -520,8 +531,7 @@ class DDSTranslationTask(TranslationTask):
             return
         with open(path) as f:
             keep = [line for line in f if line.strip() and json.loads(line)["update"] <= update]
-        with open(path, "w") as f:
-            f.writelines(keep)
+        fileio.write_text(path, "".join(keep))  # atomic: a crash here must not lose the kept records
 
     def reduce_metrics(self, logging_outputs, criterion):
         super().reduce_metrics(logging_outputs, criterion)
@@ -553,13 +563,13 @@ class DDSTranslationTask(TranslationTask):
         if not state:
             return
         if list(state["langs"]) != list(self.langs):
-            raise ValueError(f"the checkpoint was trained with languages {state['langs']}, this run has {self.langs}: "
+            raise UserError(f"the checkpoint was trained with languages {state['langs']}, this run has {self.langs}: "
                              "resume with the same --lang-pairs (or start a new --save-dir)")
         self.scorer.load_state_dict(state["scorer"])
         self.scorer_optimizer.load_state_dict(state["scorer_optimizer"])
         if state["ema"] is not None:
             if self.ema is not None and self.ema.shape != state["ema"].shape:
-                raise ValueError(f"the checkpoint's gradient EMAs have shape {tuple(state['ema'].shape)}, this run "
+                raise UserError(f"the checkpoint's gradient EMAs have shape {tuple(state['ema'].shape)}, this run "
                                  f"{tuple(self.ema.shape)}: keep --dds-grad-params and --dds-grad-sketch-dim")
             device = self.ema.device if self.ema is not None else "cpu"
             self.ema = state["ema"].to(device).float().clone()

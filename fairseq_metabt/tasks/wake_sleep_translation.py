@@ -37,20 +37,23 @@ from typing import Dict, List, NamedTuple, Optional
 import numpy as np
 import torch
 from fairseq import metrics, utils
-from fairseq.data import RoundRobinZipDatasets, data_utils
+from fairseq.data import data_utils
 from fairseq.dataclass import ChoiceEnum
 from fairseq.distributed import utils as distributed_utils
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import EVAL_BLEU_ORDER, TranslationConfig, TranslationTask
 from omegaconf import II
 
+from fairseq_metabt.checkpoints import initialise_directions
 from fairseq_metabt.data.batches import reversed_batch, strip_padding
 from fairseq_metabt.data.mono import generated_pairs, load_mono_dataset, mono_pair_dataset, mono_prefix
+from fairseq_metabt.data.on_top import BitextWithMonoDataset, pseudo_loss_scale
+from fairseq_metabt.errors import UserError
 from fairseq_metabt.models.dual_transformer import DualTransformerModel, unwrap
+from fairseq_metabt.modules import amp
+from fairseq_metabt.modules import gradients as G
 from fairseq_metabt.modules.generation import GenerationSettings, InStepGenerator
-from fairseq_metabt.tasks.meta_backtranslation import (
-    _HALF_OPTIMIZERS, MetaBacktranslationTask, initialise_directions,
-)
+from fairseq_metabt.tasks.meta_backtranslation import MetaBacktranslationTask
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +66,8 @@ PHASES = ("mle", "wake", "sleep")
 class WakeSleepConfig(TranslationConfig):
     seed: int = II("common.seed")
     max_update: int = II("optimization.max_update")
+    fp16: bool = II("common.fp16")
+    bf16: bool = II("common.bf16")
     mono_source_data: Optional[str] = field(
         default=None,
         metadata={"help": "prefix of the binarised source monotext M_S, drawn from in the sleep phase "
@@ -107,8 +112,9 @@ class WakeSleepConfig(TranslationConfig):
     ws_max_len_a: float = field(default=1.2, metadata={"help": "generated length limit a*len(input)+b: a"})
     ws_max_len_b: int = field(default=10, metadata={"help": "generated length limit a*len(input)+b: b"})
     ws_pseudo_weight: float = field(
-        default=1.0, metadata={"help": "weight of the pseudo pairs' loss next to the bitext loss (1: the plain "
-                                       "union of Alg. 1)"}
+        default=1.0, metadata={"help": "weight w of the pseudo pairs: the trained direction's loss is its bitext "
+                                       "per-token mean (as the translation baseline's, same batch) plus w times "
+                                       "the pseudo pairs' own per-token mean; one pseudo pair per bitext sentence"}
     )
     forward_init: Optional[str] = field(
         default=None, metadata={"help": "initialise the forward model from this transformer checkpoint "
@@ -162,24 +168,26 @@ class WakeSleepTranslationTask(TranslationTask):
 
     @staticmethod
     def _check_config(cfg: WakeSleepConfig) -> None:
+        amp.refuse_half_precision(cfg, "wake_sleep_translation", "it freezes one direction per phase, which "
+                                  "fairseq's half-precision optimizers (flat fp32 copies of all parameters) cannot")
         for name in ("wake_updates", "sleep_updates"):
             if getattr(cfg, name) < 1:
-                raise ValueError(
+                raise UserError(
                     f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}: each iteration needs a "
                     "wake and a sleep phase (for back-translation alone, use --ws-iterations 1)")
         if cfg.ws_mle_updates < 0:
-            raise ValueError(f"--ws-mle-updates must be >= 0, got {cfg.ws_mle_updates}")
+            raise UserError(f"--ws-mle-updates must be >= 0, got {cfg.ws_mle_updates}")
         if cfg.ws_gen_max_tokens < 1:
-            raise ValueError(f"--ws-gen-max-tokens must be >= 1, got {cfg.ws_gen_max_tokens}")
+            raise UserError(f"--ws-gen-max-tokens must be >= 1, got {cfg.ws_gen_max_tokens}")
         if cfg.ws_pseudo_weight < 0:
-            raise ValueError(f"--ws-pseudo-weight must be >= 0, got {cfg.ws_pseudo_weight}")
+            raise UserError(f"--ws-pseudo-weight must be >= 0, got {cfg.ws_pseudo_weight}")
         if cfg.ws_iterations is not None:
             if cfg.ws_iterations < 1:
-                raise ValueError(f"--ws-iterations must be >= 1, got {cfg.ws_iterations} (iteration 0, MLE, is "
+                raise UserError(f"--ws-iterations must be >= 1, got {cfg.ws_iterations} (iteration 0, MLE, is "
                                  "--ws-mle-updates)")
             total = cfg.ws_mle_updates + cfg.ws_iterations * (cfg.wake_updates + cfg.sleep_updates)
             if cfg.max_update != total:
-                raise ValueError(
+                raise UserError(
                     f"--ws-iterations {cfg.ws_iterations} with --ws-mle-updates {cfg.ws_mle_updates}, --wake-updates "
                     f"{cfg.wake_updates} and --sleep-updates {cfg.sleep_updates} takes {total} updates: set "
                     f"--max-update {total} (got {cfg.max_update})")
@@ -203,18 +211,19 @@ class WakeSleepTranslationTask(TranslationTask):
             mono = load_mono_dataset(mono_prefix(c.data, lang, override), self.src_dict, c.dataset_impl, lang,
                                      f"wake_sleep_translation: {needed} (mono.{lang})", option)
             self._mono[side] = mono_pair_dataset(mono, self.src_dict, c.left_pad_source)
-        self.datasets[split] = RoundRobinZipDatasets(
-            {"bitext": self.datasets[split], "mono_tgt": self._mono["tgt"], "mono_src": self._mono["src"]})
+        # batches are the bitext's own (as --task translation makes them); monotext comes on top of them
+        self.datasets[split] = BitextWithMonoDataset(
+            self.datasets[split], {"mono_tgt": self._mono["tgt"], "mono_src": self._mono["src"]}, c.seed)
 
     # ---- model ----------------------------------------------------------------------------
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
         if not isinstance(model, DualTransformerModel):
-            raise ValueError(
+            raise UserError(
                 "wake_sleep_translation needs a forward and a backward model: use --arch dual_transformer_tiny, "
                 f"dual_transformer_small or dual_transformer_base (got {type(model).__name__})"
             )
-        initialise_directions(model, self.cfg.forward_init, self.cfg.backward_init, from_checkpoint)
+        initialise_directions(model, self, self.cfg.forward_init, self.cfg.backward_init, from_checkpoint)
         self._generators = {}
         return model
 
@@ -291,6 +300,7 @@ class WakeSleepTranslationTask(TranslationTask):
                     local / max(elapsed, 1e-9), sum(lengths) / max(len(lengths), 1))
 
     # ---- one update ------------------------------------------------------------------------------
+    @amp.amp_train_step
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         dual = unwrap(model)
         phase = self.phase(update_num)
@@ -322,19 +332,24 @@ class WakeSleepTranslationTask(TranslationTask):
                 # wake: (x~, y) for theta; sleep: (y~ -> x~) for phi, the dreamt bitext
                 target_model = model if phase.name == "wake" else dual.backward_model
                 loss, size, lo = criterion(target_model, batch)
-                parts.append((loss * self.cfg.ws_pseudo_weight, size, lo,
+                parts.append((loss, size, lo,
                               "fwd_pseudo" if phase.name == "wake" else "bwd_dream"))
 
-        total = sum(p[0] for p in parts)
-        sample_size = sum(p[1] for p in parts)
+        # the first part (the phase's bitext) is normalised as the baseline's; every other part is
+        # added on top as w times its own mean (weight 1 for the second direction's bitext in iteration 0)
+        base_loss, sample_size, base_log, _ = parts[0]
+        total = base_loss
+        for loss, size, lo, name in parts[1:]:
+            weight = 1.0 if name == "bwd_bitext" else self.cfg.ws_pseudo_weight
+            total = total + loss * pseudo_loss_scale(weight, sample_size, size)
         if ignore_grad:
             total = total * 0
         optimizer.backward(total)
 
         out = {"loss": float(total.detach()), "sample_size": sample_size,
-               "ntokens": sum(p[2]["ntokens"] for p in parts), "nsentences": sum(p[2]["nsentences"] for p in parts)}
-        if all("nll_loss" in p[2] for p in parts):
-            out["nll_loss"] = float(sum(float(p[2]["nll_loss"]) for p in parts))
+               "ntokens": base_log["ntokens"], "nsentences": base_log["nsentences"]}
+        if "nll_loss" in base_log:
+            out["nll_loss"] = float(base_log["nll_loss"])
         for loss, size, lo, name in parts:
             log[name + "_loss"] = float(lo["loss"])
             log[name + "_ntokens"] = float(lo["ntokens"])
@@ -361,10 +376,10 @@ class WakeSleepTranslationTask(TranslationTask):
                     f" (resumed at update {phase.start + phase.position + 1})" if phase.position else "")
 
     def optimizer_step(self, optimizer, model, update_num):
-        if isinstance(optimizer, _HALF_OPTIMIZERS):
-            raise ValueError("wake_sleep_translation freezes one direction per phase, which fairseq's --fp16/--bf16 "
-                             "optimizers (flat fp32 copies of all parameters) cannot: use --amp or fp32")
+        skipped = amp.update_skipped(optimizer)  # --amp overflow: fairseq retries or drops the update
         optimizer.step()
+        if skipped:
+            return
         self.progress["updates_done"] = update_num + 1
         dual = unwrap(model)
         params = self.direction_parameters(dual)
@@ -411,7 +426,7 @@ class WakeSleepTranslationTask(TranslationTask):
         schedule = [c.ws_mle_updates, c.wake_updates, c.sleep_updates]
         if list(state.get("schedule", schedule)) != schedule:
             mle, wake, sleep = state["schedule"]
-            raise ValueError(
+            raise UserError(
                 f"the checkpoint was trained with --ws-mle-updates {mle} --wake-updates {wake} --sleep-updates "
                 f"{sleep}; resume with the same schedule (or start a new --save-dir)")
         for key in ("phase", "iteration", "phase_start", "updates_done", "switches"):
@@ -466,6 +481,5 @@ def _backward_bleu(meters) -> float:
 
 def _all_gather_rows(rows: Dict[int, torch.Tensor]) -> Dict[int, torch.Tensor]:
     """Union of every worker's generated rows (each worker generated a shard of the monotext)."""
-    parts: List[Optional[Dict[int, List[int]]]] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(parts, {i: r.tolist() for i, r in rows.items()})
+    parts = G.all_gather_objects({i: r.tolist() for i, r in rows.items()})
     return {int(i): torch.tensor(r, dtype=torch.long) for part in parts for i, r in part.items()}
