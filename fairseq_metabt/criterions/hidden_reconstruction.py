@@ -10,7 +10,7 @@ the two reconstructors of ``--arch transformer_hidden_reconstruction*``.  All
 terms are token sums and can be label smoothed.
 
 The paper fine-tunes the pre-trained translator jointly with reconstructors
-"initialized independently" (§4.4), i.e. fresh (the default here).
+that start from their own initialisation (§4.4), i.e. fresh (the default here).
 ``--freeze-translator`` trains the reconstructors alone on the frozen
 translator's hidden states, the same loss reported: a separate stage that
 warms them up before the joint fine-tuning (an option, not the paper's setup).
