@@ -238,3 +238,20 @@ def test_alg2_flattens_the_prior_when_all_rewards_are_equal():
 def test_centered_still_follows_reward_differences():
     before, after = _prior_after("centered", torch.tensor([0.0, 1.0, 0.0]))
     assert (after[:, 1] > before[:, 1] + 0.05).all(), (before, after)
+
+
+def test_central_difference_is_exact_on_a_quadratic():
+    """Alg. 1 line 8 (Eq. 7): the central difference costs the same two forwards as the one-sided one and
+    has no first-order error (exact for a quadratic loss, where the one-sided one is off by e d'Hd/2)."""
+    theta = [torch.nn.Parameter(torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64))]
+    a = torch.tensor([[1.0, 2.0, 0.5], [3.0, -1.0, 1.0]], dtype=torch.float64)
+
+    def losses():
+        return (a * theta[0] ** 2).sum(1)  # l_i = sum_j a_ij theta_j^2
+
+    d = torch.tensor([0.3, -0.2, 0.4], dtype=torch.float64)
+    exact = (a * 2 * theta[0].detach() * d).sum(1)
+    central = G.per_example_dot_taylor(losses, theta, d, eps=0.5, central=True)
+    one_sided = G.per_example_dot_taylor(losses, theta, d, eps=0.5)
+    assert torch.allclose(central.double(), exact, atol=1e-5)
+    assert (one_sided.double() - exact).abs().max() > 0.1
