@@ -6,16 +6,17 @@ Task ``dds_translation`` reads top to bottom against Alg. 2 (``docs/methods/dds.
   hub language; an epoch visits the distinct hub sentences ("targets") uniformly,
   and the language of each is drawn from ``p(S_i | y; psi)``
   (``data/language_sampler.py``), in ``train_step``, with the current psi.
-* training (lines 5–7): each micro-batch is split by language and every group
-  is backpropagated once into fairseq's gradient (no extra backward pass); the
-  group's share of the gradient, summed over micro-batches and all-reduced over
-  workers, updates ``grad[S_i] <- alpha1 grad[S_i] + alpha2 g_i`` in
-  ``optimizer_step``.  EMAs are fp32 buffers owned by the task, over all
-  trainable parameters, a subset (``--dds-grad-params``) or a fixed count
-  sketch (``--dds-grad-sketch-dim``).
-* scorer (lines 9–13): every K updates, the dev gradient of the
-  ``--dds-dev-lang-pair`` at theta_t, rewards ``r_i = cos(grad[S_i], grad[S])``
-  (or dot), and E REINFORCE steps of Adam on B uniformly drawn targets.
+* training (line 5): each micro-batch is split by language and every group is
+  backpropagated into fairseq's gradient.
+* rewards (lines 7–8), every K updates (or K sentences): the dev gradient of
+  the training criterion over the ``--dds-dev-lang-pair``'s dev set at
+  theta_t, and by default each language's gradient on a fresh batch of the
+  training batch's size (MultiDDS; ``--dds-grad-source ema``: token-matched
+  EMAs of each group's share of the training gradient, ``modules/dds_rewards.py``);
+  ``r_i`` = cosine, dot, or cosine after Adam's step scale (A.1).
+* scorer (lines 9–13), from ``--dds-start-update`` on: E Adam steps of the
+  objective ``--dds-scorer-objective`` (Alg. 2 as written, centred within each
+  availability set, or the exact expected reward) on B uniformly drawn targets.
 * priors: ``--dds-init uniform|datasize|temperature|tcs`` and
   ``--dds-update-scorer false`` give the baselines through the same code.
 
@@ -28,7 +29,6 @@ and every worker makes the same scorer decisions.
 import contextlib
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
