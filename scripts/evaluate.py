@@ -74,6 +74,7 @@ def evaluate(
     extra: Optional[List[str]] = None,
     batch_size: int = 64,
     output: Optional[str] = None,
+    hyps_out: Optional[str] = None,
 ) -> dict:
     if not os.path.exists(path):
         raise SystemExit(f"evaluate.py: checkpoint {path} does not exist; train first or fix --path")
@@ -112,8 +113,13 @@ def evaluate(
             f"evaluate.py: fairseq-generate produced {len(hyps)} hypotheses for {len(refs)} references in {ref}; "
             "the binarised subset and the raw reference file disagree. Re-run prepare_data.py."
         )
-    result = score([hyps[i] for i in range(len(refs))], refs)
-    result.update({"checkpoint": os.path.abspath(path), "pair": f"{src}-{tgt}", "subset": subset})
+    ordered = [hyps[i] for i in range(len(refs))]
+    result = score(ordered, refs)
+    result.update({"checkpoint": os.path.abspath(path), "pair": f"{src}-{tgt}", "subset": subset,
+                   "ref": os.path.abspath(ref)})
+    if hyps_out:  # detokenised hypotheses in test-set order, for paired significance tests
+        with open(hyps_out, "w", encoding="utf-8", newline="\n") as f:
+            f.writelines(h + "\n" for h in ordered)
     return result
 
 
@@ -144,9 +150,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--ref", help="raw reference file (default: from BIN_DIR/prepare.json)")
     p.add_argument("--output", help="save fairseq-generate's output here")
     p.add_argument("--json", help="write the scores as JSON here")
+    p.add_argument("--hyps", help="write the detokenised hypotheses here, one per line in test-set order")
     args = p.parse_args(argv)
     result = evaluate(args.bin_dir, args.path, args.source_lang, args.target_lang, args.subset, args.beam,
-                      args.task, args.ref, extra, args.batch_size, args.output)
+                      args.task, args.ref, extra, args.batch_size, args.output, args.hyps)
     print(f"BLEU = {result['bleu']:.2f}  ({result['bleu_signature']})")
     print(f"chrF = {result['chrf']:.2f}  ({result['chrf_signature']})")
     if args.json:

@@ -28,7 +28,7 @@ def read_gates(checkpoint: str) -> dict:
     import fairseq_metabt  # noqa: F401  (allow-lists checkpoint types)
     from fairseq import checkpoint_utils
 
-    from fairseq_metabt.modules.latent_layers import LatentLayerGates
+    from fairseq_metabt.modules.latent_layers import LatentLayerGates, selection_mode
 
     state = checkpoint_utils.load_checkpoint_to_cpu(checkpoint)
     args = state["cfg"]["model"]
@@ -41,7 +41,7 @@ def read_gates(checkpoint: str) -> dict:
         gates = LatentLayerGates(*logits.shape)
         gates.logits.data.copy_(logits)
         k = getattr(args, f"{side}_target_layers", None)
-        mode = getattr(args, "latent_eval_select", "threshold")
+        mode = selection_mode(args, side)
         out[side] = {"q": torch.sigmoid(logits).tolist(),
                      "selected": [gates.select(i, mode, k).tolist() for i in range(len(langs))]}
     if "encoder" not in out and "decoder" not in out:

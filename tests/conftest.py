@@ -101,3 +101,21 @@ def quickstart_bin(tmp_path_factory) -> str:
     base = tmp_path_factory.mktemp("quickstart")
     raw = make_corpus(str(base / "raw"))
     return prepare(raw, str(base / "bin"))
+
+
+def in_process_trainer(train_args: List[str]):
+    """fairseq's real ``Trainer`` in this process for ``fairseq-train`` arguments (no program name):
+    ``(task, model, criterion, trainer)``; the train split is loaded by ``trainer.get_train_iterator``."""
+    import numpy as np
+    from fairseq import options, tasks, utils
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.trainer import Trainer
+
+    args = options.parse_args_and_arch(options.get_training_parser(), list(train_args))
+    cfg = convert_namespace_to_omegaconf(args)
+    np.random.seed(cfg.common.seed)  # as fairseq_cli.train does: the same arguments build the same model
+    utils.set_torch_seed(cfg.common.seed)
+    task = tasks.setup_task(cfg.task)
+    model = task.build_model(cfg.model)
+    criterion = task.build_criterion(cfg.criterion)
+    return task, model, criterion, Trainer(cfg, task, model, criterion)

@@ -54,9 +54,14 @@ O2M_FLAGS = ("--decoder-langtok", "--encoder-latent-layers", "--decoder-latent-l
 
 @pytest.fixture(scope="module")
 def o2m_run(multi_bin, tmp_path_factory):
-    """O2M, encoder + decoder latent layers, inner loop I=2 with --update-freq 2: 4 updates, then resumed to 8."""
+    """O2M, encoder + decoder latent layers, inner loop I=2 with --update-freq 2: 4 updates, then resumed to 8.
+
+    Theta in a long inverse-sqrt warm-up (lr <= 3e-3 * 8 / 1000), the gates with their own constant lr 0.05;
+    relaxed gates for 3 updates, straight-through hard gates afterwards."""
     save = str(tmp_path_factory.mktemp("latent_o2m") / "ck")
-    args = _train_args(multi_bin, save, O2M, 4, *O2M_FLAGS, "--latent-inner-steps", "2", "--update-freq", "2")
+    args = _train_args(multi_bin, save, O2M, 4, *O2M_FLAGS, "--latent-inner-steps", "2", "--update-freq", "2",
+                       "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "1000", "--latent-gate-lr", "0.05",
+                       "--latent-soft-updates", "3")
     first = run([fairseq("fairseq-train"), *args]).stdout
     state4 = _load(os.path.join(save, "checkpoint_last.pt"))
     args[args.index("--max-update") + 1] = "8"
@@ -68,15 +73,31 @@ def test_o2m_with_encoder_and_decoder_latent_layers_trains_and_resumes(o2m_run):
     save, first, state4, second = o2m_run
     # gate probabilities per language and layer, KL and L_K are logged
     assert re.search(r"q_enc_hrl_0 [\d.]+ .*q_enc_lrl_3", first) and "q_dec_lrl_3" in first
-    assert "latent_kl" in first and "latent_lk" in first and "latent_beta" in first
+    for key in ("latent_kl", "latent_lk", "latent_beta", "latent_lambda", "latent_kl_gnorm", "latent_lk_gnorm",
+                "latent_gate_gnorm", "latent_q_margin"):
+        assert re.search(rf"{key} [\d.]+", first), key
+    # soft for updates 0-2 (logged 1-3), straight-through hard from update 3 on (logged 4-8)
+    hard = [float(h) for h in re.findall(r"latent_hard=([\d.]+)", first + second)]  # train_inner lines
+    assert hard == [0, 0, 0, 1, 1, 1, 1, 1]
     # inner loop I=2: q_phi stepped on updates 2 and 4, then 6 and 8 after the resume
-    assert state4["extra_state"]["LatentDepthTranslationTask"] == {"phi_updates": 2}
+    task4 = state4["extra_state"]["LatentDepthTranslationTask"]
+    assert task4["phi_updates"] == 2
     assert "Loaded checkpoint" in second and "@ 4 updates" in second and "num_updates 8" in second
+    task8 = _load(os.path.join(save, "checkpoint_last.pt"))["extra_state"]["LatentDepthTranslationTask"]
+    assert task8["phi_updates"] == 4
+    # the gates' own Adam: saved, restored on resume (4 steps in all, not 2), its lr constant (no warm-up)
+    steps = lambda t: {int(v["step"]) for v in t["gate_optimizer"]["state"].values()}  # noqa: E731
+    assert steps(task4) == {2} and steps(task8) == {4}
+    assert [g["lr"] for g in task8["gate_optimizer"]["param_groups"]] == [0.05]
     state8 = _load(os.path.join(save, "checkpoint_last.pt"))
-    assert state8["extra_state"]["LatentDepthTranslationTask"] == {"phi_updates": 4}
     logits = state8["model"]["decoder_latent.logits"]
     assert logits.shape == (2, 4) and torch.isfinite(logits).all()
-    assert not torch.equal(logits, state4["model"]["decoder_latent.logits"])
+    # 2 gate steps of lr 0.05 moved the logits by ~0.1, while Theta's warm-up lr could move them by < 1e-4
+    moved = (logits - state4["model"]["decoder_latent.logits"]).abs().max()
+    assert 0.05 < moved <= 0.1 + 1e-4
+    # while Theta moved only by its warm-up lr (4 Adam steps of <= 2.4e-5)
+    fc1 = "decoder.layers.0.fc1.weight"
+    assert 0 < (state8["model"][fc1] - state4["model"][fc1]).abs().max() < 1.5e-4
     # beta rose from 0 over 4 updates, never negative
     betas = [float(b) for b in re.findall(r"latent_beta ([\d.]+)", first)]
     assert betas and min(betas) >= 0 and max(betas) <= 0.1 + 1e-9
@@ -157,7 +178,8 @@ def test_bad_input_from_the_command_line(multi_bin, tmp_path):
 
 
 def test_two_workers(multi_bin, tmp_path):
-    args = _train_args(multi_bin, str(tmp_path / "ck"), O2M, 3, *O2M_FLAGS, "--latent-inner-steps", "3")
+    args = _train_args(multi_bin, str(tmp_path / "ck"), O2M, 3, *O2M_FLAGS, "--latent-inner-steps", "3",
+                       "--latent-gate-lr", "0.05", "--latent-soft-updates", "1")
     args.remove("--ddp-backend")
     args.remove("legacy_ddp")
     args.remove("--cpu")
@@ -165,4 +187,6 @@ def test_two_workers(multi_bin, tmp_path):
     assert "num_updates 3" in out
     assert "distributed init (rank 1)" in (tmp_path / "logs" / "rank1.log").read_text()
     state = _load(str(tmp_path / "ck" / "checkpoint_last.pt"))
-    assert state["extra_state"]["LatentDepthTranslationTask"] == {"phi_updates": 1}
+    task_state = state["extra_state"]["LatentDepthTranslationTask"]
+    assert task_state["phi_updates"] == 1
+    assert {int(v["step"]) for v in task_state["gate_optimizer"]["state"].values()} == {1}

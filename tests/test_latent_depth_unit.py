@@ -57,6 +57,14 @@ def _batch(n: int = 3, src_len: int = 7, tgt_len: int = 6, seed: int = 0):
     return src, torch.full((n,), src_len), prev
 
 
+def _bare_task(**args) -> LatentDepthTranslationTask:
+    """The task's Alg. 2 machinery without data (optimizer_step and its checkpoint state)."""
+    task = LatentDepthTranslationTask.__new__(LatentDepthTranslationTask)
+    task.args = Namespace(**{"latent_inner_steps": 1, "latent_gate_lr": None, **args})
+    task.reset_gate_state()
+    return task
+
+
 # -- Gumbel-sigmoid gates (Eq. 5) ----------------------------------------------------------------------
 def test_gumbel_sigmoid_moments():
     alpha = torch.tensor([-2.0, 0.0, 1.5]).repeat(200_000, 1)
@@ -96,14 +104,14 @@ def test_closed_form_kl_matches_monte_carlo():
     # z ~ q through the model's own sampler: P(hard gate = 1) = sigmoid(logit) = q
     z = gumbel_sigmoid(torch.logit(q).repeat(n, 1), tau=1.0, hard=True, generator=torch.Generator().manual_seed(3))
     log_q = z * torch.log(q) + (1 - z) * torch.log1p(-q)
-    mc_uniform = (log_q - math.log(0.5)).mean(0).sum()
+    mc_uniform = (log_q - math.log(0.5)).mean(0).mean()  # averaged over layers
     assert abs(kl_uniform_prior(q).item() - mc_uniform.item()) < 0.01
     p = q_all.mean(0)
-    mc_agg = (log_q - (z * torch.log(p) + (1 - z) * torch.log1p(-p))).mean(0).sum()
+    mc_agg = (log_q - (z * torch.log(p) + (1 - z) * torch.log1p(-p))).mean(0).mean()
     assert abs(kl_aggregated_prior(q, q_all).item() - mc_agg.item()) < 0.01
     # uniform prior: log 2 - H(q), zero exactly at q = 1/2
     h = -(q * q.log() + (1 - q) * (1 - q).log())
-    assert torch.allclose(kl_uniform_prior(q), (math.log(2) - h).sum(), atol=1e-5)
+    assert torch.allclose(kl_uniform_prior(q), (math.log(2) - h).mean(), atol=1e-5)
     assert kl_uniform_prior(torch.full((3,), 0.5)).item() == pytest.approx(0.0, abs=1e-7)
     assert (bernoulli_kl(q, p) >= 0).all()
 
@@ -191,11 +199,14 @@ def test_pruned_plain_transformer_reproduces_gated_model(select):
         assert torch.equal(gated_out, plain_out)
 
 
-def test_criterion_one_backward_reaches_only_the_batch_language_logits():
+@pytest.mark.parametrize("utilisation", ["language", "aggregated"])
+def test_criterion_one_backward_kl_on_the_batch_language_lk_on_the_utilisation(utilisation):
     model = _model("--decoder-target-layers", "2")
     d = _dictionary()
+    lam = 0.5
     crit = LatentLayersLossCriterion(SimpleNamespace(target_dictionary=d), False, 0.1, latent_kl_weight=1.0,
-                                     latent_kl_anneal_updates=0, latent_prior="uniform", latent_lk_weight=0.5)
+                                     latent_kl_anneal_updates=0, latent_prior="uniform", latent_lk_weight=lam,
+                                     latent_lk_utilisation=utilisation)
     src, lengths, prev = _batch()
     sample = {"net_input": {"src_tokens": src, "src_lengths": lengths, "prev_output_tokens": prev,
                             "latent_lang": 1},
@@ -203,20 +214,105 @@ def test_criterion_one_backward_reaches_only_the_batch_language_logits():
     model.train()
     loss, sample_size, log = crit(model, sample)
     loss.backward()
-    for gates in (model.encoder_latent, model.decoder_latent):
-        assert gates.logits.grad[0].abs().sum() == 0 and gates.logits.grad[1].abs().sum() > 0
-    q = torch.sigmoid(torch.tensor(1.0))
-    assert log["latent_lk"] == pytest.approx((4 * q.item() - 2) ** 2, rel=1e-5)
-    assert log["latent_kl"] == pytest.approx(8 * (math.log(2) + q * q.log() + (1 - q) * (1 - q).log()).item(),
+    q = torch.sigmoid(torch.tensor(1.0)).item()
+    dq = q * (1 - q)
+    # NLL and KL reach only the batch language's row; the encoder has no L_K
+    assert model.encoder_latent.logits.grad[0].abs().sum() == 0
+    assert model.encoder_latent.logits.grad[1].abs().sum() > 0
+    other = model.decoder_latent.logits.grad[0]
+    if utilisation == "language":
+        assert other.abs().sum() == 0
+    else:
+        # L_K on u = mean over the 2 languages reaches the other row: d/d alpha_0l = ss * lam * 2 (sum u - K) q(1-q) / 2
+        expected = sample_size * lam * 2 * (4 * q - 2) * dq / 2
+        assert torch.allclose(other, torch.full((4,), expected), rtol=1e-5)
+    assert log["latent_lk"] == pytest.approx((4 * q - 2) ** 2, rel=1e-5)  # u = q: both rows start equal
+    # KL averaged over each side's 4 layers, summed over the 2 sides
+    assert log["latent_kl"] == pytest.approx(2 * (math.log(2) + q * math.log(q) + (1 - q) * math.log(1 - q)),
                                              rel=1e-4)
+    # per-token gradient norms of the weighted terms on the logits: d KL_mean / d alpha_l = logit(q) q(1-q) / 4
+    assert log["latent_kl_gnorm"] == pytest.approx(math.sqrt(8) * 1.0 * dq / 4, rel=1e-4)
+    rows = 2 if utilisation == "aggregated" else 1
+    per_gate = lam * 2 * (4 * q - 2) * dq / rows
+    assert log["latent_lk_gnorm"] == pytest.approx(math.sqrt(4 * rows) * per_gate, rel=1e-4)
+    assert log["latent_q_margin"] == pytest.approx(q - 0.5, rel=1e-5)
     assert "q_dec_bb_3" in log and "q_enc_bb_0" in log
+
+
+def test_lk_on_aggregated_utilisation_equals_brute_force_expectation():
+    """L_K = (E[number of selected layers] - K)^2 with z drawn from the aggregated posterior: enumerate all 2^L
+    gate vectors per language, average over languages, and compare value and gradient with the criterion's."""
+    import itertools
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    k = 2
+    crit = LatentLayersLossCriterion(SimpleNamespace(target_dictionary=_dictionary()), False, 0.0,
+                                     latent_lk_weight=1.0, latent_lk_utilisation="aggregated")
+    q_all = torch.sigmoid(logits)
+    ours = crit.latent_terms({"lang": 1, "decoder": {"q_all": q_all, "k": k}})[1]
+    expected_layers = 0.0
+    for n in range(3):
+        for z in itertools.product([0.0, 1.0], repeat=5):
+            z = torch.tensor(z, dtype=torch.float64)
+            p = torch.prod(q_all[n] ** z * (1 - q_all[n]) ** (1 - z))
+            expected_layers = expected_layers + p * z.sum() / 3
+    brute = (expected_layers - k) ** 2
+    assert torch.allclose(ours, brute)
+    g_ours, = torch.autograd.grad(ours, logits, retain_graph=True)
+    g_brute, = torch.autograd.grad(brute, logits)
+    assert torch.allclose(g_ours, g_brute) and g_ours.abs().min() > 0  # every language's logits are pulled
+    # per language instead: only the batch language's row, and its own count pushed to K
+    crit.lk_utilisation = "language"
+    per_lang = crit.latent_terms({"lang": 1, "decoder": {"q_all": q_all, "k": k}})[1]
+    assert torch.allclose(per_lang, (q_all[1].sum() - k) ** 2)
+
+
+def test_lk_starts_after_the_kl_anneal():
+    crit = LatentLayersLossCriterion(SimpleNamespace(target_dictionary=_dictionary()), False, 0.0,
+                                     latent_kl_weight=0.2, latent_kl_anneal_updates=10, latent_lk_weight=0.4)
+    weights = [crit.latent_weights(t) for t in range(0, 25)]
+    assert weights[0] == (0.0, 0.0) and weights[5] == (pytest.approx(0.1), 0.0)
+    assert weights[10] == (pytest.approx(0.2), 0.0)  # anneal over: L_K only starts now
+    assert weights[15] == (pytest.approx(0.2), pytest.approx(0.2)) and weights[24] == (pytest.approx(0.2), 0.4)
+    assert LatentLayersLossCriterion(SimpleNamespace(target_dictionary=_dictionary()), False, 0.0,
+                                     latent_lk_weight=0.4).latent_weights(0) == (1.0, 0.4)
+
+
+def test_soft_then_straight_through_hard_gates():
+    model = _model("--latent-soft-updates", "3", "--latent-logit-init", "0.3")
+    src, lengths, prev = _batch()
+    model.train()
+    for update, hard in ((0, False), (2, False), (3, True), (50, True)):
+        model.set_num_updates(update)
+        torch.manual_seed(update)
+        out, extra = model(src, lengths, prev, latent_lang=0)
+        z = extra["latent"]["decoder"]["z"]
+        assert extra["latent"]["hard"] == float(hard)
+        assert bool(((z == 0) | (z == 1)).all()) == hard
+        # the forward pass uses exactly these gates, and the gradient still reaches the logits
+        assert torch.equal(torch.stack([layer.gate.detach() for layer in model.decoder.layers]), z)
+        out.sum().backward()
+        assert model.decoder_latent.logits.grad[0].abs().min() > 0
+        model.zero_grad()
+    with pytest.raises(ValueError, match="--latent-soft-updates must be >= 0"):
+        _model("--latent-soft-updates", "-1")
+
+
+def test_selection_mode_per_side():
+    model = _model("--decoder-latent-select", "topk", "--decoder-target-layers", "1")
+    model.encoder_latent.logits.data = torch.tensor([[2.0, -1.0, 0.5, -3.0], [-1.0, 2.0, 2.0, 1.0]])
+    model.decoder_latent.logits.data = torch.tensor([[2.0, 1.0, 3.0, 0.7], [1.0, -1.0, 2.0, -2.0]])
+    sel = model.layer_selection(0)
+    assert sel["encoder"].tolist() == [1, 0, 1, 0]  # threshold (no K on the encoder needed)
+    assert sel["decoder"].tolist() == [0, 0, 1, 0]  # top-1
+    with pytest.raises(ValueError, match="top-K selection of the encoder .* needs --encoder-target-layers K"):
+        _model("--latent-eval-select", "topk", "--decoder-target-layers", "1")
 
 
 def test_inner_loop_updates_phi_only_on_the_last_inner_step():
     model = _model()
-    task = LatentDepthTranslationTask.__new__(LatentDepthTranslationTask)
-    task.args = Namespace(latent_inner_steps=3)
-    task.phi_updates = 0
+    task = _bare_task(latent_inner_steps=3)
     opt = torch.optim.Adam(model.parameters(), lr=0.1)
     optimizer = SimpleNamespace(step=opt.step)
     phi = model.decoder_latent.logits

@@ -1,27 +1,21 @@
 """meta_backtranslation inside fairseq's real Trainer: the reward is taken at the updated theta."""
 import torch
 
-from conftest import USER_DIR
+from conftest import USER_DIR, in_process_trainer
 from fairseq_metabt.modules import gradients as G
 from fairseq_metabt.modules.generation import sequence_log_probs
 
 
-def _trainer(bin_dir, *extra):
-    from fairseq import options, tasks
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-    from fairseq.trainer import Trainer
+def metabt_argv(bin_dir, *extra):
+    """In-process fairseq-train arguments of a tiny, dropout-free meta_backtranslation run."""
+    return [bin_dir, "--user-dir", USER_DIR, "--task", "meta_backtranslation", "-s", "lrl", "-t", "tgt",
+            "--arch", "dual_transformer_tiny", "--dropout", "0", "--optimizer", "adam", "--lr", "1e-3",
+            "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--max-tokens", "600",
+            "--cpu", "--seed", "3", "--meta-dev-max-tokens", "300", *extra]
 
-    parser = options.get_training_parser()
-    args = options.parse_args_and_arch(parser, [
-        bin_dir, "--user-dir", USER_DIR, "--task", "meta_backtranslation", "-s", "lrl", "-t", "tgt",
-        "--arch", "dual_transformer_tiny", "--dropout", "0", "--optimizer", "adam", "--lr", "1e-3",
-        "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--max-tokens", "600",
-        "--cpu", "--seed", "3", "--meta-dev-max-tokens", "300", *extra])
-    cfg = convert_namespace_to_omegaconf(args)
-    task = tasks.setup_task(cfg.task)
-    model = task.build_model(cfg.model)
-    criterion = task.build_criterion(cfg.criterion)
-    trainer = Trainer(cfg, task, model, criterion)
+
+def _trainer(bin_dir, *extra):
+    task, model, criterion, trainer = in_process_trainer(metabt_argv(bin_dir, *extra))
     itr = trainer.get_train_iterator(epoch=1).next_epoch_itr(shuffle=False)
     return task, model, criterion, trainer, itr
 
@@ -35,20 +29,20 @@ def test_reward_is_cosine_of_pseudo_gradient_before_and_dev_gradient_after_the_u
     assert psi and not any(p.requires_grad for p in psi), "psi is kept out of fairseq's optimizer"
 
     seen = {}
-    rewards_fn, dev_fn = task._rewards, task._dev_gradient
+    rewards_fn, dev_fn = task.rewards, task._dev_gradient
 
     def spy_dev(dual, th, update_num):
         seen["theta_at_dev"] = [p.detach().clone() for p in th]
         seen["update_num"] = update_num
         return dev_fn(dual, th, update_num)
 
-    def spy_rewards(dual, th, prev, pending, g, d, have):
+    def spy_rewards(dual, th, prev, pending, g, d, h=None):
         seen.update(pending=pending, g=g.clone(), d=d.clone())
-        out = rewards_fn(dual, th, prev, pending, g, d, have)
+        out = rewards_fn(dual, th, prev, pending, g, d, h)
         seen["reward"] = out[0]
         return out
 
-    task._dev_gradient, task._rewards = spy_dev, spy_rewards
+    task._dev_gradient, task.rewards = spy_dev, spy_rewards
     theta_before = [p.detach().clone() for p in theta]
     psi_before = [p.detach().clone() for p in psi]
     trainer.train_step([next(itr)])
@@ -88,17 +82,17 @@ def test_per_sentence_taylor_rewards_match_exact_dot_products(quickstart_bin):
         "--meta-sentence-method", "taylor", "--meta-taylor-eps", "1e-3")
     trainer.train_step([next(itr)])
     captured = {}
-    rewards_fn = task._rewards
+    rewards_fn = task.rewards
 
-    def spy(dual, th, prev, pending, g, d, have):
-        out = rewards_fn(dual, th, prev, pending, g, d, have)
+    def spy(dual, th, prev, pending, g, d, h=None):
+        out = rewards_fn(dual, th, prev, pending, g, d, h)
         task.cfg.meta_sentence_method = "double_backward"
-        exact = rewards_fn(dual, th, prev, pending, g, d, have)
+        exact = rewards_fn(dual, th, prev, pending, g, d, h)
         task.cfg.meta_sentence_method = "taylor"
         captured.update(taylor=out[0], exact=exact[0])
         return out
 
-    task._rewards = spy
+    task.rewards = spy
     trainer.train_step([next(itr)])
     taylor, exact = captured["taylor"], captured["exact"]
     assert taylor.numel() > 2 and exact.shape == taylor.shape

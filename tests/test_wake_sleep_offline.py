@@ -12,7 +12,8 @@ from fairseq.sequence_generator import SequenceGenerator
 from conftest import ROOT, run
 
 SCRIPT = os.path.join(ROOT, "examples", "wake_sleep", "run.sh")
-KNOBS = {"ARCH": "transformer_lowres_tiny", "MLE_UPDATES": "4", "ITER_UPDATES": "2", "VALID_EVERY": "2",
+KNOBS = {"ARCH": "transformer_lowres_tiny", "MLE_UPDATES": "4", "ITER_UPDATES": "4", "VALID_EVERY": "2",
+         "PATIENCE": "1", "WARMUP": "1", "WARMUP_ITER": "1",
          "BEAM": "1", "EVAL_SUBSETS": "", "MAX_TOKENS": "1024"}
 
 

@@ -131,6 +131,25 @@ def test_phases_train_one_direction_on_the_other_directions_output(quickstart_bi
         assert got == pairs and len(got) > 0
 
 
+def test_pseudo_pairs_come_on_top_of_the_baselines_bitext_loss(quickstart_bin):
+    """A wake update's gradient: the bitext's per-token mean (the translation baseline's, same batch)
+    plus --ws-pseudo-weight times the pseudo pairs' own per-token mean, whatever their token counts."""
+    task, model, criterion, trainer, itr = build(quickstart_bin, "--ws-pseudo-weight", "0.5", "--dropout", "0")
+    spy = Spy(criterion)
+    sample = next(itr)
+    trainer.zero_grad()
+    _, sample_size, _ = task.train_step(sample, model, criterion, trainer.optimizer, MLE)  # a wake update
+    (_, bitext), (_, pseudo) = spy.calls
+    assert bitext is sample["bitext"] and pseudo["ntokens"] != bitext["ntokens"]
+    theta = [p for p in model.parameters() if p.requires_grad]
+    got = [p.grad / sample_size for p in theta]
+    lb, sb, _ = criterion(model, bitext)
+    lp, sp, _ = criterion(model, pseudo)
+    want = torch.autograd.grad(lb / sb + 0.5 * lp / sp, theta)
+    assert sample_size == sb
+    assert all(torch.allclose(g, w, atol=1e-7, rtol=1e-4) for g, w in zip(got, want))
+
+
 def test_one_iteration_is_back_translation(quickstart_bin):
     """Iteration 1's forward model is back-translation from the iteration-0 backward model: the sleep
     phase after it leaves theta untouched (Sec. 3.4: the dream phase is irrelevant for I = 1)."""

@@ -1,90 +1,84 @@
 #!/usr/bin/env bash
-# Miniature reproduction of DDS for multilingual NMT (Wang et al. 2020, Table 2 and Fig. 4/5):
-# uniform, temperature, related, TCS, DDS and TCS+DDS, all through task dds_translation, several seeds;
-# BLEU on the LRL test set (mean ± std) and the language-usage plot of TCS+DDS and DDS.
-#
-#   bash examples/dds/run_miniature.sh [--raw-dir DIR] [--work-dir DIR] [--seeds "1 2 3"]
-#        [--langs "lrl hrl unra unrb nsy"] [--lrl lrl] [--related hrl] [--pivot tgt]
-#        [--max-update 3000] [--interval 50] [--scorer-lr 1e-4] [--arch transformer_lowres_small]
-#        [--systems "uniform temperature related tcs dds tcs_dds"] [--extra-train "fairseq-train args"]
-# Extra systems: dds_centered, tcs_dds_centered (--dds-reward-centering, a baseline Alg. 2 does not have).
-#
-# Default data: the synthetic `multilingual` preset with --multiway (every source language translates a
-# subset of one target pool, so targets have 1-5 source languages), generated into WORK/raw.  A real
-# corpus in the raw layout (docs/data.md) runs unchanged: --raw-dir DIR --langs "aze tur rus por ces ..."
-# --lrl aze --related tur --pivot eng.  Results: WORK/results.md, docs/results.md (section dds-miniature),
-# WORK/seedS/SYSTEM/dds_languages.png and examples/dds/language_usage_{tcs_dds,dds}.png (seed of the first run).
-# DOCS_RESULTS=FILE writes the table there instead of docs/results.md (e.g. for a smoke run).
+# Miniature reproduction of DDS for multilingual NMT (Wang et al. 2020, Table 2 and Fig. 4/5) through the
+# evidence protocol: uniform, temperature, related, TCS, DDS and TCS+DDS, all through task dds_translation,
+# each trained to dev convergence (early stopping), several seeds; BLEU/chrF on the SRC-TGT test set with Δ
+# and p against `uniform`, paired by seed, and the language-usage plot of TCS+DDS and DDS.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-PY="${PYTHON:-$ROOT/.venv/bin/python}"; BIN="$(dirname "$PY")"
-RAW=""; WORK="$ROOT/runs/dds_miniature"; SEEDS="1 2 3"; LANGS="lrl hrl unra unrb nsy"; LRL=lrl; REL=hrl
-PIVOT=tgt; MAXUPD=3000; K=50; SLR=1e-4; ARCH=transformer_lowres_small; EXTRA_TRAIN=""
+RECIPE_USAGE='DDS miniature: which source languages help the low-resource pair?
+
+  bash examples/dds/run_miniature.sh [shared flags] [--interval 50] [--scorer-lr 1e-4]
+       [--arch transformer_lowres_small] [--systems "uniform temperature related tcs dds tcs_dds"]
+       [--related-lang hrl] [--extra-train "fairseq-train args"]
+
+--src is the low-resource source language whose SRC-TGT dev set DDS optimises; --related lists the other source
+languages (all translating into --tgt); --related-lang names the one the `related` system adds (default: the
+first of --related). Default data: the synthetic `multilingual` preset with --multiway (generated into
+WORK/raw/seed1). Extra systems: dds_centered, tcs_dds_centered (--dds-reward-centering). Old flags --lrl,
+--pivot, --langs are accepted as aliases. Results: WORK/results/summary.json, the table, and
+WORK/seedS/SYSTEM/dds_languages.png (copied to examples/dds/language_usage_{tcs_dds,dds}.png).
+Knobs (environment): WARMUP (300 updates), SIZES (synthetic sizes).'
+SRC=lrl; TGT=tgt; RELATED="hrl,unra,unrb,nsy"; SEEDS="1 2 3"; WORK_DIR="$ROOT/runs/dds_miniature"
+PATIENCE=5; VALIDATE_EVERY=100; MAX_UPDATE=8000
+# shellcheck source=../../scripts/recipe_lib.sh
+source "$ROOT/scripts/recipe_lib.sh"
+recipe_parse "$@"
+K=50; SLR=1e-4; ARCH=transformer_lowres_small; EXTRA_TRAIN=""; REL=""
 SYSTEMS="uniform temperature related tcs dds tcs_dds"
+set -- "${RECIPE_ARGS[@]+"${RECIPE_ARGS[@]}"}"
 while [ $# -gt 0 ]; do
   case "$1" in
-    --raw-dir) RAW="$(cd "$2" && pwd)"; shift 2;; --work-dir) WORK="$2"; shift 2;; --seeds) SEEDS="$2"; shift 2;;
-    --langs) LANGS="$2"; shift 2;; --lrl) LRL="$2"; shift 2;; --related) REL="$2"; shift 2;;
-    --pivot) PIVOT="$2"; shift 2;; --max-update) MAXUPD="$2"; shift 2;; --interval) K="$2"; shift 2;;
-    --scorer-lr) SLR="$2"; shift 2;; --arch) ARCH="$2"; shift 2;; --systems) SYSTEMS="$2"; shift 2;;
-    --extra-train) EXTRA_TRAIN="$2"; shift 2;;
-    *) echo "unknown option $1 (see the header of $0)" >&2; exit 2;;
+    --interval) K="$2"; shift 2;; --scorer-lr) SLR="$2"; shift 2;; --arch) ARCH="$2"; shift 2;;
+    --systems) SYSTEMS="$2"; shift 2;; --extra-train) EXTRA_TRAIN="$2"; shift 2;; --related-lang) REL="$2"; shift 2;;
+    --lrl) SRC="$2"; shift 2;; --pivot) TGT="$2"; shift 2;;
+    --langs) read -r -a L <<< "$2"; SRC="${L[0]}"; RELATED="$(IFS=,; echo "${L[*]:1}")"; RELATED_LIST=("${L[@]:1}"); shift 2;;
+    *) recipe_unknown "$1";;
   esac
 done
-set -- $SEEDS
-[ $# -ge 1 ] || { echo "--seeds needs at least one seed" >&2; exit 2; }
-FIRST_SEED="$1"
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-mkdir -p "$WORK"
-if [ -z "$RAW" ]; then
-  RAW="$WORK/raw"
-  [ -f "$RAW/manifest.json" ] || "$PY" -m fairseq_metabt.synthetic --preset multilingual --multiway --out "$RAW" \
-    --seed 1 --sizes train=1000,hrl=4000,unra=4000,unrb=4000,nsy=4000,valid=200,test=300,mono_tgt=100,mono_lrl=100,pool=6000
-fi
-DATA="$WORK/bin"
-[ -f "$DATA/prepare.json" ] || "$PY" "$ROOT/scripts/prepare_data.py" "$RAW" "$DATA" --vocab-size 4000
+[ ${#RELATED_LIST[@]} -ge 1 ] || recipe_die "DDS needs other source languages: --related L1,L2,..."
+REL="${REL:-${RELATED_LIST[0]}}"
+[ -n "$RAW_DIR" ] && for l in "${RELATED_LIST[@]}"; do recipe_check_pair "$RAW_DIR" "$l" "$TGT"; done
+set -- $SEEDS; FIRST_SEED="$1"
+recipe_corpus 1 multilingual \
+  "${SIZES:-train=1000,hrl=4000,unra=4000,unrb=4000,nsy=4000,valid=200,test=1000,mono_tgt=100,mono_lrl=100,pool=7000}" --multiway
+DATA="$WORK_DIR/bin"
+recipe_prepare "$RAW" "$DATA" --vocab-size 4000
 
-ALL=""; for l in $LANGS; do ALL="$ALL,$l-$PIVOT"; done; ALL="${ALL#,}"
-COMMON=(--user-dir "$ROOT/fairseq_metabt" --task dds_translation --dds-dev-lang-pair "$LRL-$PIVOT"
+ALL="$SRC-$TGT"; for l in "${RELATED_LIST[@]}"; do ALL="$ALL,$l-$TGT"; done
+COMMON=("$DATA" --user-dir "$USER_DIR" --task dds_translation --dds-dev-lang-pair "$SRC-$TGT"
         --arch "$ARCH" --optimizer adam --adam-betas "(0.9,0.98)" --lr 1e-3 --lr-scheduler inverse_sqrt
-        --warmup-updates 300 --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --max-tokens 2048
-        --max-update "$MAXUPD" --dds-update-interval "$K" --dds-scorer-lr "$SLR" --cpu --num-workers 0
-        --log-format simple --log-interval 100 --no-progress-bar --no-epoch-checkpoints
-        --ddp-backend legacy_ddp)
+        --warmup-updates "${WARMUP:-300}" --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --max-tokens 2048
+        --dds-update-interval "$K" --dds-scorer-lr "$SLR" $(recipe_cpu_flag) --num-workers 0
+        --log-format simple --log-interval 100 --no-progress-bar --ddp-backend legacy_ddp)
 
 for seed in $SEEDS; do
   for sys in $SYSTEMS; do
-    out="$WORK/seed$seed/$sys"
-    mkdir -p "$out" "$WORK/seed$seed/results"
-    if [ ! -f "$out/done" ]; then
-      pairs="$ALL"; args=()
-      case "$sys" in
-        uniform)     args=(--dds-init uniform --dds-update-scorer false);;
-        temperature) args=(--dds-init temperature --dds-temperature 5 --dds-update-scorer false);;
-        related)     pairs="$LRL-$PIVOT,$REL-$PIVOT"; args=(--dds-init uniform --dds-update-scorer false);;
-        tcs)         args=(--dds-init tcs --dds-update-scorer false);;
-        dds)         args=(--dds-init uniform);;
-        tcs_dds)     args=(--dds-init tcs);;
-        dds_centered)     args=(--dds-init uniform --dds-reward-centering);;  # extra, not in the paper
-        tcs_dds_centered) args=(--dds-init tcs --dds-reward-centering);;
-        *) echo "unknown system $sys" >&2; exit 2;;
-      esac
-      echo "[dds miniature] seed $seed: $sys" >&2
-      "$BIN/fairseq-train" "$DATA" --lang-pairs "$pairs" "${args[@]}" "${COMMON[@]}" --seed "$seed" \
-        --save-dir "$out" $EXTRA_TRAIN > "$out/train.log" 2>&1
-      touch "$out/done"
-    fi
-    [ -f "$WORK/seed$seed/results/$sys.json" ] || "$PY" "$ROOT/scripts/evaluate.py" "$DATA" \
-      --path "$out/checkpoint_best.pt" -s "$LRL" -t "$PIVOT" --task dds_translation \
-      --json "$WORK/seed$seed/results/$sys.json" >/dev/null
-    [ -f "$out/dds_log.jsonl" ] && "$PY" "$ROOT/scripts/plot_dds.py" "$out" --title "$sys, seed $seed" >/dev/null
+    out="$WORK_DIR/seed$seed/$sys"
+    pairs="$ALL"; args=()
+    case "$sys" in
+      uniform)     args=(--dds-init uniform --dds-update-scorer false);;
+      temperature) args=(--dds-init temperature --dds-temperature 5 --dds-update-scorer false);;
+      related)     pairs="$SRC-$TGT,$REL-$TGT"; args=(--dds-init uniform --dds-update-scorer false);;
+      tcs)         args=(--dds-init tcs --dds-update-scorer false);;
+      dds)         args=(--dds-init uniform);;
+      tcs_dds)     args=(--dds-init tcs);;
+      dds_centered)     args=(--dds-init uniform --dds-reward-centering);;  # extra, not in the paper
+      tcs_dds_centered) args=(--dds-init tcs --dds-reward-centering);;
+      *) recipe_die "unknown system $sys (see --help)";;
+    esac
+    # shellcheck disable=SC2086
+    ev_train "$out" "${COMMON[@]}" --lang-pairs "$pairs" "${args[@]}" --seed "$seed" $EXTRA_TRAIN
+    ev_eval "$sys" "$seed" "$out" "$DATA" "$SRC" "$TGT" --task dds_translation
+    if [ -f "$out/dds_log.jsonl" ]; then "$PY" "$ROOT/scripts/plot_dds.py" "$out" --title "$sys, seed $seed" >/dev/null; fi
   done
 done
 for sys in tcs_dds dds; do
-  png="$WORK/seed$FIRST_SEED/$sys/dds_languages.png"
-  [ -f "$png" ] && cp "$png" "$ROOT/examples/dds/language_usage_$sys.png"
+  png="$WORK_DIR/seed$FIRST_SEED/$sys/dds_languages.png"
+  if [ -f "$png" ] && [ -z "$RAW_DIR" ]; then cp "$png" "$ROOT/examples/dds/language_usage_$sys.png"; fi
 done
-"$PY" "$ROOT/scripts/aggregate_results.py" --runs "$WORK"/seed* --systems $SYSTEMS \
-  --title "DDS, miniature (${RAW}), BLEU $LRL-$PIVOT test" \
-  --command "bash examples/dds/run_miniature.sh --seeds \"$SEEDS\" --max-update $MAXUPD --interval $K --scorer-lr $SLR --arch $ARCH${EXTRA_TRAIN:+ --extra-train \"$EXTRA_TRAIN\"}" \
-  --out "$WORK/results.md" --docs "${DOCS_RESULTS:-$ROOT/docs/results.md}" --section dds-miniature
+ALSO=(); if [[ " $SYSTEMS " == *" tcs_dds "* && " $SYSTEMS " == *" tcs "* ]]; then ALSO=(--also tcs_dds:tcs); fi
+# shellcheck disable=SC2086
+ev_compare --control uniform --systems $SYSTEMS --same-schedule $SYSTEMS "${ALSO[@]+"${ALSO[@]}"}" \
+  --title "DDS, miniature: $SRC-$TGT test, sources $SRC,$RELATED" \
+  --corpus "${RAW_DIR:-synthetic multilingual preset --multiway, corpus seed 1}" \
+  --command "bash examples/dds/run_miniature.sh --seeds \"$SEEDS\" --interval $K --scorer-lr $SLR --arch $ARCH${RAW_DIR:+ --raw-dir $RAW_DIR --src $SRC --tgt $TGT --related $RELATED}${EXTRA_TRAIN:+ --extra-train \"$EXTRA_TRAIN\"}"

@@ -11,14 +11,16 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"; BIN="$(dirname "$PY")"
 DATA="$1"; SAVE="$2"; DIR="${3:-o2m}"; LANGS="${4:-lrl hrl}"; PIVOT="${5:-tgt}"; shift $(( $# < 5 ? $# : 5 ))
 LP=""; for l in $LANGS; do if [ "$DIR" = o2m ]; then LP="$LP,$PIVOT-$l"; else LP="$LP,$l-$PIVOT"; fi; done; LP="${LP#,}"
-if [ "$DIR" = o2m ]; then K=(--decoder-target-layers 6); else K=(--encoder-target-layers 6); fi
+# top-K selection on the side whose depth is language-specific; the other side selects by threshold
+if [ "$DIR" = o2m ]; then K=(--decoder-target-layers 6 --decoder-latent-select topk --encoder-latent-select threshold)
+else K=(--encoder-target-layers 6 --encoder-latent-select topk --decoder-latent-select threshold); fi
 
 "$BIN/fairseq-train" "$DATA" --user-dir "$ROOT/fairseq_metabt" \
   --task latent_depth_translation --lang-pairs "$LP" --decoder-langtok \
   --arch latent_depth_transformer_base --encoder-latent-layers --decoder-latent-layers "${K[@]}" \
   --criterion latent_layers_loss --label-smoothing 0.1 \
-  --latent-kl-weight 1.0 --latent-kl-anneal-updates 4000 --latent-prior aggregated --latent-lk-weight 0.1 \
-  --latent-inner-steps 2 --latent-eval-select topk \
+  --latent-kl-weight 0.1 --latent-kl-anneal-updates 3500 --latent-prior aggregated --latent-lk-weight 0.1 \
+  --latent-inner-steps 2 --latent-soft-updates 1400 --latent-gate-lr 0.01 \
   --optimizer adam --adam-betas "(0.9,0.98)" --lr 1.5e-3 --lr-scheduler inverse_sqrt --warmup-updates 8000 \
   --max-tokens 4096 --max-update 14000 --ddp-backend legacy_ddp --save-dir "$SAVE" "$@"
 

@@ -1,44 +1,46 @@
 #!/usr/bin/env bash
-# Miniature reproduction of Li et al. (2020), "Deep Transformers with Latent Depth", Tables 2/3 + Fig. 9:
-# static shallow vs static deep vs latent deep (K = shallow depth), one-to-many and many-to-one,
-# several seeds; BLEU per language (mean ± std) and the per-language layer-selection heatmap.
-#
-#   bash examples/latent_depth/run_miniature.sh [--raw-dir DIR] [--work-dir DIR] [--seeds "1 2 3"]
-#        [--directions "o2m m2o"] [--shallow 2] [--deep 6] [--max-update 1500] [--warmup 300] [--dim 128]
-#        [--langs "lrl hrl"] [--pivot tgt] [--sizes SYNTHETIC_SIZES] [--extra-train "fairseq-train args"]
-#
-# Default data: the synthetic `multilingual` preset (generated into WORK/raw).  A real corpus in the raw
-# layout (docs/data.md) with pairs X-PIVOT works unchanged: --raw-dir DIR --langs "x y z" --pivot PIVOT.
-# Results: WORK/results.md, WORK/results.json, WORK/heatmap.{o2m,m2o}.png.
+# Miniature reproduction of Li et al. (2020), "Deep Transformers with Latent Depth", Tables 2/3 + Fig. 9, through
+# the evidence protocol: static shallow vs static deep vs latent deep (K = shallow depth), one-to-many and
+# many-to-one, each system trained to dev convergence, several seeds; BLEU/chrF per language with Δ and p against
+# static_deep, paired by seed, and the per-language layer-selection heatmap.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-PY="${PYTHON:-$ROOT/.venv/bin/python}"; BIN="$(dirname "$PY")"
-RAW=""; WORK="$ROOT/runs/latent_depth_miniature"; SEEDS="1 2 3"; DIRS="o2m m2o"
-SHALLOW=2; DEEP=6; MAXUPD=1500; WARMUP=300; DIM=128; LANGS="lrl hrl"; PIVOT="tgt"; SIZES=""; EXTRA_TRAIN=""
+RECIPE_USAGE='Latent-depth miniature: does a deep model with learned, per-language layer selection beat static depth?
+
+  bash examples/latent_depth/run_miniature.sh [shared flags] [--directions "o2m m2o"] [--shallow 2] [--deep 6]
+       [--warmup 300] [--dim 128] [--sizes SYNTHETIC_SIZES] [--extra-train "fairseq-train args"]
+       [--latent-extra "args for the latent_deep system only"]
+
+Languages: --src and the --related languages are the many side, --tgt the pivot (o2m: TGT -> each, m2o: each ->
+TGT). Default data: the synthetic `multilingual` preset (generated into WORK/raw/seed1). Old flags --langs and
+--pivot are accepted as aliases. Results: WORK/results/summary.json (one table per pair), WORK/heatmap.{o2m,m2o}.png.'
+SRC=lrl; TGT=tgt; RELATED="hrl"; SEEDS="1 2 3"; WORK_DIR="$ROOT/runs/latent_depth_miniature"
+PATIENCE=5; VALIDATE_EVERY=100; MAX_UPDATE=10000; METRIC=nll_loss
+# shellcheck source=../../scripts/recipe_lib.sh
+source "$ROOT/scripts/recipe_lib.sh"
+recipe_parse "$@"
+DIRS="o2m m2o"; SHALLOW=2; DEEP=6; WARMUP=300; DIM=128; SIZES=""; EXTRA_TRAIN=""; LATENT_EXTRA=""
+set -- "${RECIPE_ARGS[@]+"${RECIPE_ARGS[@]}"}"
 while [ $# -gt 0 ]; do
   case "$1" in
-    --raw-dir) RAW="$2"; shift 2;; --work-dir) WORK="$2"; shift 2;; --seeds) SEEDS="$2"; shift 2;;
     --directions) DIRS="$2"; shift 2;; --shallow) SHALLOW="$2"; shift 2;; --deep) DEEP="$2"; shift 2;;
-    --max-update) MAXUPD="$2"; shift 2;; --warmup) WARMUP="$2"; shift 2;; --dim) DIM="$2"; shift 2;; --langs) LANGS="$2"; shift 2;;
-    --pivot) PIVOT="$2"; shift 2;; --sizes) SIZES="$2"; shift 2;; --extra-train) EXTRA_TRAIN="$2"; shift 2;;
-    *) echo "unknown option $1 (see the header of $0)" >&2; exit 2;;
+    --warmup) WARMUP="$2"; shift 2;; --dim) DIM="$2"; shift 2;; --sizes) SIZES="$2"; shift 2;;
+    --extra-train) EXTRA_TRAIN="$2"; shift 2;; --latent-extra) LATENT_EXTRA="$2"; shift 2;;
+    --pivot) TGT="$2"; shift 2;;
+    --langs) read -r -a L <<< "$2"; SRC="${L[0]}"; RELATED_LIST=("${L[@]:1}"); RELATED="$(IFS=,; echo "${L[*]:1}")"; shift 2;;
+    *) recipe_unknown "$1";;
   esac
 done
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-mkdir -p "$WORK"
-if [ -z "$RAW" ]; then
-  RAW="$WORK/raw"
-  if [ ! -f "$RAW/manifest.json" ]; then
-    "$PY" -m fairseq_metabt.synthetic --preset multilingual --out "$RAW" --seed 1 \
-      --sizes "${SIZES:-train=1000,hrl=4000,unra=200,unrb=200,nsy=200,valid=100,test=200,mono_tgt=200,mono_lrl=200}"
-  fi
-fi
-DATA="$WORK/bin"
-[ -f "$DATA/prepare.json" ] || "$PY" "$ROOT/scripts/prepare_data.py" "$RAW" "$DATA" --vocab-size 2000
+LANGS="$SRC ${RELATED_LIST[*]+"${RELATED_LIST[*]}"}"
+[ -n "$RAW_DIR" ] && for l in "${RELATED_LIST[@]+"${RELATED_LIST[@]}"}"; do recipe_check_pair "$RAW_DIR" "$l" "$TGT"; done
+recipe_corpus 1 multilingual \
+  "${SIZES:-train=1000,hrl=4000,unra=200,unrb=200,nsy=200,valid=200,test=1000,mono_tgt=200,mono_lrl=200}"
+DATA="$WORK_DIR/bin"
+recipe_prepare "$RAW" "$DATA" --vocab-size 2000
 
-pairs() {  # o2m: PIVOT-x,...   m2o: x-PIVOT,...
+pairs() {  # o2m: TGT-x,...   m2o: x-TGT,...
   local out=""; for l in $LANGS; do
-    if [ "$1" = o2m ]; then out="$out,$PIVOT-$l"; else out="$out,$l-$PIVOT"; fi; done; echo "${out#,}"; }
+    if [ "$1" = o2m ]; then out="$out,$TGT-$l"; else out="$out,$l-$TGT"; fi; done; echo "${out#,}"; }
 
 sizes() { echo --encoder-embed-dim "$DIM" --decoder-embed-dim "$DIM" --encoder-ffn-embed-dim $((DIM * 2)) \
   --decoder-ffn-embed-dim $((DIM * 2)) --encoder-attention-heads 4 --decoder-attention-heads 4 \
@@ -46,65 +48,45 @@ sizes() { echo --encoder-embed-dim "$DIM" --decoder-embed-dim "$DIM" --encoder-f
   --share-decoder-input-output-embed --dropout 0.2; }
 
 COMMON=(--optimizer adam --adam-betas "(0.9,0.98)" --lr 1.5e-3 --lr-scheduler inverse_sqrt --warmup-updates "$WARMUP"
-        --label-smoothing 0.1 --max-tokens 2048 --max-update "$MAXUPD" --cpu --num-workers 0
-        --log-format simple --log-interval 100 --no-progress-bar --ddp-backend legacy_ddp
-        --no-epoch-checkpoints --save-interval 100000 --validate-interval 100000 --decoder-langtok)
-
+        --label-smoothing 0.1 --max-tokens 2048 $(recipe_cpu_flag) --num-workers 0
+        --log-format simple --log-interval 100 --no-progress-bar --ddp-backend legacy_ddp --decoder-langtok)
+SYSTEMS="static_shallow static_deep latent_deep"
 for dir in $DIRS; do
   LP="$(pairs "$dir")"
   for seed in $SEEDS; do
-    for sys in static_shallow static_deep latent_deep; do
-      out="$WORK/$dir/$sys/seed$seed"
-      [ -f "$out/done" ] && continue
-      mkdir -p "$out"
+    for sys in $SYSTEMS; do
+      out="$WORK_DIR/seed$seed/$dir/$sys"
       case "$sys" in
         static_shallow) args=(--task multilingual_translation --arch multilingual_transformer --share-encoders
                               --share-decoders --criterion label_smoothed_cross_entropy $(sizes "$SHALLOW"));;
         static_deep)    args=(--task multilingual_translation --arch multilingual_transformer --share-encoders
                               --share-decoders --criterion label_smoothed_cross_entropy $(sizes "$DEEP"));;
-        latent_deep)    args=(--user-dir "$ROOT/fairseq_metabt" --task latent_depth_translation
-                              --arch latent_depth_transformer $(sizes "$DEEP") --criterion latent_layers_loss
-                              --encoder-latent-layers --decoder-latent-layers
-                              --latent-kl-weight 1.0 --latent-kl-anneal-updates $((MAXUPD / 3)) --latent-lk-weight 0.1
-                              --latent-eval-select topk --latent-inner-steps 2);;
+        latent_deep)    args=(--task latent_depth_translation --arch latent_depth_transformer $(sizes "$DEEP")
+                              --criterion latent_layers_loss --encoder-latent-layers --decoder-latent-layers
+                              --latent-kl-weight 0.1 --latent-kl-anneal-updates 1000 --latent-lk-weight 0.1
+                              --latent-soft-updates 400 --latent-gate-lr 0.01 --latent-inner-steps 2
+                              --latent-prior uniform $LATENT_EXTRA)
+                        # K layers selected per language on the language-specific side, threshold on the other
+                        if [ "$dir" = o2m ]; then args+=(--decoder-target-layers "$SHALLOW" --decoder-latent-select topk
+                                                         --encoder-latent-select threshold);
+                        else args+=(--encoder-target-layers "$SHALLOW" --encoder-latent-select topk
+                                    --decoder-latent-select threshold); fi;;
       esac
-      if [ "$sys" = latent_deep ]; then
-        if [ "$dir" = o2m ]; then args+=(--decoder-target-layers "$SHALLOW" --encoder-target-layers "$DEEP");
-        else args+=(--encoder-target-layers "$SHALLOW" --decoder-target-layers "$DEEP"); fi
-      fi
-      echo "[miniature] $dir $sys seed $seed" >&2
-      "$BIN/fairseq-train" "$DATA" --lang-pairs "$LP" "${args[@]}" "${COMMON[@]}" --seed "$seed" \
-        --save-dir "$out" $EXTRA_TRAIN > "$out/train.log" 2>&1
+      # shellcheck disable=SC2086
+      ev_train "$out" "$DATA" --user-dir "$USER_DIR" --lang-pairs "$LP" "${args[@]}" "${COMMON[@]}" --seed "$seed" $EXTRA_TRAIN
       task=multilingual_translation; [ "$sys" = latent_deep ] && task=latent_depth_translation
       for l in $LANGS; do
-        if [ "$dir" = o2m ]; then s="$PIVOT"; t="$l"; else s="$l"; t="$PIVOT"; fi
-        "$PY" "$ROOT/scripts/evaluate.py" "$DATA" --path "$out/checkpoint_last.pt" -s "$s" -t "$t" --task "$task" \
-          --beam 5 --json "$out/bleu.$s-$t.json" -- --lang-pairs "$LP" --decoder-langtok > "$out/eval.$s-$t.log" 2>&1
+        if [ "$dir" = o2m ]; then s="$TGT"; t="$l"; else s="$l"; t="$TGT"; fi
+        ev_eval "$sys" "$seed" "$out" "$DATA" "$s" "$t" --task "$task" -- --lang-pairs "$LP" --decoder-langtok
       done
-      touch "$out/done"
     done
-    [ -f "$WORK/heatmap.$dir.png" ] || "$PY" "$ROOT/scripts/plot_latent_layers.py" \
-      "$WORK/$dir/latent_deep/seed$seed/checkpoint_last.pt" --out "$WORK/heatmap.$dir.png" \
-      --json "$WORK/heatmap.$dir.json" --title "$dir, latent deep ($DEEP layers, K=$SHALLOW), seed $seed"
+    [ -f "$WORK_DIR/heatmap.$dir.png" ] || "$PY" "$ROOT/scripts/plot_latent_layers.py" \
+      "$WORK_DIR/seed$seed/$dir/latent_deep/checkpoint_best.pt" --out "$WORK_DIR/heatmap.$dir.png" \
+      --json "$WORK_DIR/heatmap.$dir.json" --title "$dir, latent deep ($DEEP layers, K=$SHALLOW), seed $seed"
   done
 done
-
-"$PY" - "$WORK" "$DIRS" "$SEEDS" <<'PYEOF'
-import glob, json, os, statistics, sys
-work, dirs, seeds = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
-rows, table = {}, ["| direction | system | pair | BLEU mean ± std | seeds |", "| --- | --- | --- | --- | --- |"]
-for d in dirs:
-    for system in ("static_shallow", "static_deep", "latent_deep"):
-        by_pair = {}
-        for seed in seeds:
-            for f in glob.glob(os.path.join(work, d, system, f"seed{seed}", "bleu.*.json")):
-                pair = os.path.basename(f)[len("bleu."):-len(".json")]
-                by_pair.setdefault(pair, []).append(json.load(open(f))["bleu"])
-        for pair, v in sorted(by_pair.items()):
-            sd = statistics.stdev(v) if len(v) > 1 else 0.0
-            rows[f"{d}/{system}/{pair}"] = {"mean": statistics.mean(v), "std": sd, "n": len(v), "values": v}
-            table.append(f"| {d} | {system} | {pair} | {statistics.mean(v):.2f} ± {sd:.2f} | {len(v)} |")
-json.dump(rows, open(os.path.join(work, "results.json"), "w"), indent=2)
-open(os.path.join(work, "results.md"), "w").write("\n".join(table) + "\n")
-print("\n".join(table))
-PYEOF
+# shellcheck disable=SC2086
+ev_compare --control static_deep --systems $SYSTEMS --also latent_deep:static_shallow --same-schedule $SYSTEMS \
+  --title "Latent depth, miniature: static shallow ($SHALLOW) / static deep ($DEEP) / latent deep (K = $SHALLOW)" \
+  --corpus "${RAW_DIR:-synthetic multilingual preset, corpus seed 1}" \
+  --command "bash examples/latent_depth/run_miniature.sh --seeds \"$SEEDS\" --directions \"$DIRS\" --shallow $SHALLOW --deep $DEEP --dim $DIM${RAW_DIR:+ --raw-dir $RAW_DIR --src $SRC --tgt $TGT --related $RELATED}"

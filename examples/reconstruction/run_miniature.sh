@@ -1,55 +1,64 @@
 #!/usr/bin/env bash
-# Miniature reproduction of Niu et al. (2019), Table 2: baseline, HIDDEN, beta = 0, beta = 0.5, both
-# directions, several seeds; BLEU mean ± std and ΔBLEU (paired by seed, vs. the baseline) mean ± std.
-#
-#   bash examples/reconstruction/run_miniature.sh [--raw-dir RAW] [--out OUT] [--seeds "1 2 3"]
-#
-# Default data: the synthetic `bidirectional` corpus at SIZES (below).  Every seed pre-trains one
-# bi-directional model with L_T; the four systems are fine-tuned from it for the same number of updates at
-# lr 1e-4 (baseline: L_T alone), as in §4.2, via examples/reconstruction/run.sh.  The scale is set for 2 CPU
-# cores; override ARCH, PRETRAIN_UPDATES, FINETUNE_UPDATES, CHECKPOINT_EVERY, SIZES in the environment.
+# Miniature reproduction of Niu et al. (2019), Table 2, through the evidence protocol: one bi-directional
+# model pre-trained with L_T to dev convergence, then baseline (L_T), HIDDEN, STGS beta = 0 and beta = 0.5
+# (tau = 2) fine-tuned from it with one schedule and stopping rule; both directions, several seeds; BLEU/chrF
+# with Δ and p against the L_T fine-tuning baseline, paired by seed.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-PY="${PYTHON:-$ROOT/.venv/bin/python}"; [ -x "$PY" ] || PY=python
-RAW_ARGS=(); OUT="runs/reconstruction-miniature"; SEEDS="1 2 3"
+RECIPE_USAGE='Reconstruction miniature: does differentiable round-trip reconstruction help a bi-directional model?
+
+  bash examples/reconstruction/run_miniature.sh [shared flags] [--arch transformer_lowres_tiny] [--batch 48]
+       [--systems "baseline hidden stgs-beta0 stgs-beta0.5"] [--tau 2]
+
+Default data: the synthetic `bidirectional` corpus (corpus seed 1; SIZES in the environment overrides
+train=2000,valid=200,test=1000). Pre-training: Adam lr 1e-3, reduce-on-plateau (x0.7 after 4 validations
+without improvement); fine-tuning: lr 1e-4, same plateau rule (the paper, §4.2); checkpoints selected on the
+dev translation nll_loss. The pre-trained model is also scored (system `pretrain`); `baseline` continuing it
+on L_T alone is the convergence check. Results: WORK/results/summary.json (one table per direction).'
+SRC=lrl; TGT=tgt; RELATED=""; SEEDS="1 2 3"; WORK_DIR="$ROOT/runs/reconstruction_miniature"
+PATIENCE=5; VALIDATE_EVERY=100; MAX_UPDATE=10000; METRIC=nll_loss
+# shellcheck source=../../scripts/recipe_lib.sh
+source "$ROOT/scripts/recipe_lib.sh"
+recipe_parse "$@"
+ARCH=transformer_lowres_tiny; BATCH=48; TAU=2; SYSTEMS="baseline hidden stgs-beta0 stgs-beta0.5"
+set -- "${RECIPE_ARGS[@]+"${RECIPE_ARGS[@]}"}"
 while [ $# -gt 0 ]; do
   case "$1" in
-    --raw-dir) RAW_ARGS=(--raw-dir "$2"); shift 2 ;;
-    --out) OUT="$2"; shift 2 ;;
-    --seeds) SEEDS="$2"; shift 2 ;;
-    *) echo "unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
+    --arch) ARCH="$2"; shift 2;; --batch) BATCH="$2"; shift 2;; --systems) SYSTEMS="$2"; shift 2;;
+    --tau) TAU="$2"; shift 2;;
+    *) recipe_unknown "$1";;
   esac
 done
-export ARCH="${ARCH:-transformer_lowres_tiny}" PRETRAIN_UPDATES="${PRETRAIN_UPDATES:-800}"
-export FINETUNE_UPDATES="${FINETUNE_UPDATES:-200}" CHECKPOINT_EVERY="${CHECKPOINT_EVERY:-100}"
-export SIZES="${SIZES:-train=2000,valid=200,test=200,mono_tgt=10,mono_lrl=10}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-SRC="${SRC:-lrl}"; TGT="${TGT:-tgt}"
+recipe_corpus 1 bidirectional "${SIZES:-train=2000,valid=200,test=1000,mono_tgt=10,mono_lrl=10}"
+BIN="$WORK_DIR/bin"
+recipe_prepare "$RAW" "$BIN"
 
+COMMON=("$BIN" --user-dir "$USER_DIR" --task bidirectional_translation -s "$SRC" -t "$TGT" --share-all-embeddings
+        --optimizer adam --lr-scheduler reduce_lr_on_plateau --lr-shrink 0.7 --lr-patience 4 --batch-size "$BATCH"
+        --max-tokens 8192 --label-smoothing 0.1 --ddp-backend legacy_ddp --num-workers 0 --log-format simple
+        --log-interval 50 $(recipe_cpu_flag))
 for seed in $SEEDS; do
-  bash "$ROOT/examples/reconstruction/run.sh" "${RAW_ARGS[@]}" --out "$OUT" --seed "$seed" --variant baseline
-  bash "$ROOT/examples/reconstruction/run.sh" "${RAW_ARGS[@]}" --out "$OUT" --seed "$seed" --variant hidden
-  bash "$ROOT/examples/reconstruction/run.sh" "${RAW_ARGS[@]}" --out "$OUT" --seed "$seed" --variant stgs --beta 0
-  bash "$ROOT/examples/reconstruction/run.sh" "${RAW_ARGS[@]}" --out "$OUT" --seed "$seed" --variant stgs --beta 0.5
+  run="$WORK_DIR/seed$seed"
+  ev_train "$run/pretrain" "${COMMON[@]}" --arch "$ARCH" --criterion label_smoothed_cross_entropy --lr 1e-3 --seed "$seed"
+  for sys in $SYSTEMS; do
+    case "$sys" in
+      baseline) FT=(--arch "$ARCH" --criterion label_smoothed_cross_entropy) ;;
+      hidden) FT=(--arch "${ARCH/transformer_lowres/transformer_hidden_reconstruction}" --criterion hidden_reconstruction) ;;
+      stgs-beta*) FT=(--arch "$ARCH" --criterion stgs_reconstruction --stgs-beta "${sys#stgs-beta}" --stgs-tau "$TAU") ;;
+      *) recipe_die "unknown system $sys (baseline, hidden, stgs-betaB)" ;;
+    esac
+    ev_train "$run/$sys" "${COMMON[@]}" "${FT[@]}" --lr 1e-4 --seed "$seed" \
+      --finetune-from-model "$run/pretrain/checkpoint_best.pt"
+  done
+  for sys in pretrain $SYSTEMS; do
+    for pair in "$SRC $TGT" "$TGT $SRC"; do
+      set -- $pair
+      ev_eval "$sys" "$seed" "$run/$sys" "$BIN" "$1" "$2" --task bidirectional_translation
+    done
+  done
 done
-
-"$PY" - "$OUT" "$SRC" "$TGT" $SEEDS <<'PYEOF'
-import json, os, statistics, sys
-out, src, tgt, seeds = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
-systems = [("pre-trained (L_T)", "pretrain"), ("baseline (L_T fine-tune)", "baseline"), ("HIDDEN", "hidden"),
-           ("β = 0", "stgs-beta0"), ("β = 0.5", "stgs-beta0.5")]
-dirs = [f"{src}-{tgt}", f"{tgt}-{src}"]
-bleu = {(s, d, seed): json.load(open(os.path.join(out, f"seed{seed}", s, f"test.{d}.json")))["bleu"]
-        for _, s in systems for d in dirs for seed in seeds}
-def ms(xs):
-    return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.2f}"
-lines = [f"BLEU on test, {len(seeds)} seeds ({', '.join(seeds)}); Δ: paired with the baseline of the same seed.", "",
-         "| system | " + " | ".join(d.replace("-", "→") for d in dirs) + " |", "| --- |" + " --- |" * len(dirs)]
-for name, s in systems:
-    lines.append(f"| {name} | " + " | ".join(ms([bleu[s, d, k] for k in seeds]) for d in dirs) + " |")
-    if s not in ("pretrain", "baseline"):
-        lines.append(f"| Δ {name} | " + " | ".join(
-            ms([bleu[s, d, k] - bleu["baseline", d, k] for k in seeds]) for d in dirs) + " |")
-text = "\n".join(lines)
-open(os.path.join(out, "results.md"), "w").write(text + "\n")
-print(text)
-PYEOF
+# shellcheck disable=SC2086
+ev_compare --control baseline --systems pretrain $SYSTEMS --precondition baseline:pretrain --same-schedule $SYSTEMS \
+  --title "Differentiable reconstruction (STGS), miniature Table 2 ($SRC<->$TGT)" \
+  --corpus "${RAW_DIR:-synthetic bidirectional preset, corpus seed 1}" \
+  --command "bash examples/reconstruction/run_miniature.sh --seeds \"$SEEDS\" --arch $ARCH${RAW_DIR:+ --raw-dir $RAW_DIR --src $SRC --tgt $TGT}"

@@ -16,6 +16,8 @@
 # (rows controlI): the supervised baseline with the same number of updates.
 # Each model is evaluated (dev and test BLEU, scripts/evaluate.py) after its iteration; OUT/seedS/results.tsv
 # collects iteration, direction, dev/test BLEU and the pseudo bitext's size and mean length.
+# Each test score is also recorded in OUT/evals.json (systems iterI and controlI, one pair per direction) for
+# `python -m fairseq_metabt.evidence compare` (run_miniature.sh does this).
 # Every stage leaves a marker, so a re-run resumes at the first unfinished stage (an interrupted
 # fairseq-train resumes from its checkpoint_last.pt).
 #
@@ -24,7 +26,7 @@
 # (docs/data.md) needs train/valid/test.SRC-TGT.* and mono.SRC, mono.TGT; set SRC/TGT to its codes.
 # Scale knobs (environment): ARCH (transformer_lowres_small), MLE_UPDATES (3000), ITER_UPDATES (1500, the most
 # updates per direction and iteration), VALID_EVERY (200 updates), PATIENCE (5 validations), MAX_TOKENS (4096),
-# LR (5e-4), WARMUP (400 updates, iteration 0), LR_ITER (2e-4, continued training, 100 warm-up updates), BEAM (5, evaluation), GEN_MAX_TOKENS (8192), EVAL_SUBSETS
+# LR (5e-4), WARMUP (400 updates, iteration 0), LR_ITER (2e-4, continued training), WARMUP_ITER (100 updates), BEAM (5, evaluation), GEN_MAX_TOKENS (8192), EVAL_SUBSETS
 # ("valid test"; empty: no evaluation), SIZES (synthetic --sizes).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -52,7 +54,7 @@ fi
 SRC="${SRC:-lrl}"; TGT="${TGT:-tgt}"; ARCH="${ARCH:-transformer_lowres_small}"
 MLE_UPDATES="${MLE_UPDATES:-3000}"; ITER_UPDATES="${ITER_UPDATES:-1500}"; VALID_EVERY="${VALID_EVERY:-200}"
 PATIENCE="${PATIENCE:-5}"; MAX_TOKENS="${MAX_TOKENS:-4096}"; LR="${LR:-5e-4}"; LR_ITER="${LR_ITER:-2e-4}"
-WARMUP="${WARMUP:-400}"
+WARMUP="${WARMUP:-400}"; WARMUP_ITER="${WARMUP_ITER:-100}"
 BEAM="${BEAM:-5}"; GEN_MAX_TOKENS="${GEN_MAX_TOKENS:-8192}"; EVAL_SUBSETS="${EVAL_SUBSETS-valid test}"
 DEVICE=(); "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' || DEVICE=(--cpu)
 mkdir -p "$OUT"
@@ -77,12 +79,12 @@ mkdir -p "$RUN"
 
 COMMON=(--user-dir "$ROOT/fairseq_metabt" --task translation --arch "$ARCH" --share-decoder-input-output-embed
         --optimizer adam --adam-betas "(0.9, 0.98)" --clip-norm 1.0 --criterion label_smoothed_cross_entropy
-        --label-smoothing 0.1 --max-tokens "$MAX_TOKENS" --upsample-primary 1 --validate-interval-updates "$VALID_EVERY"
-        --save-interval-updates "$VALID_EVERY" --keep-interval-updates 1 --no-epoch-checkpoints --patience "$PATIENCE"
-        --best-checkpoint-metric loss --seed "$SEED" --num-workers 0 --log-format simple --log-interval 50
-        "${DEVICE[@]}")
+        --label-smoothing 0.1 --max-tokens "$MAX_TOKENS" --upsample-primary 1
+        --seed "$SEED" --num-workers 0 --log-format simple --log-interval 50 "${DEVICE[@]}")
 
-# train DIR DATA S T MAX_UPDATE [INIT]: one direction, early stopping on dev; continued from INIT if given
+# train DIR DATA S T MAX_UPDATE [INIT]: one direction, trained to dev convergence under the evidence protocol
+# (python -m fairseq_metabt.evidence train: early stopping after PATIENCE validations every VALID_EVERY updates,
+# MAX_UPDATE only a safety cap; DIR/convergence.json says whether it converged); continued from INIT if given
 train() {
   local dir="$1" data="$2" s="$3" t="$4" max="$5" init="${6:-}"
   [ -f "$dir/done" ] && return 0
@@ -90,11 +92,13 @@ train() {
   local schedule=(--lr "$LR" --lr-scheduler inverse_sqrt --warmup-updates "$WARMUP")
   # continued training: optimizer and schedule re-initialised; fairseq ignores --finetune-from-model
   # when $dir/checkpoint_last.pt exists, i.e. an interrupted stage resumes
-  [ -n "$init" ] && schedule=(--lr "$LR_ITER" --lr-scheduler inverse_sqrt --warmup-updates 100
+  [ -n "$init" ] && schedule=(--lr "$LR_ITER" --lr-scheduler inverse_sqrt --warmup-updates "$WARMUP_ITER"
                               --finetune-from-model "$init")
   echo "training $s->$t in $dir (log: $dir/train.log)"
-  "$TRAIN" "$data" -s "$s" -t "$t" "${COMMON[@]}" "${schedule[@]}" --max-update "$max" --save-dir "$dir" \
-      >> "$dir/train.log" 2>&1 || { tail -40 "$dir/train.log" >&2; exit 1; }
+  "$PY" -m fairseq_metabt.evidence train --save-dir "$dir" --patience "$PATIENCE" --validate-every "$VALID_EVERY" \
+      --max-update "$max" -- "$data" -s "$s" -t "$t" "${COMMON[@]}" "${schedule[@]}" \
+      > "$dir/protocol.log" 2>&1 || { tail -40 "$dir/protocol.log" >&2; exit 1; }
+  tail -1 "$dir/protocol.log"
   grep -E "valid on 'valid' subset" "$dir/train.log" | tail -1 || true
   touch "$dir/done"
 }
@@ -102,9 +106,17 @@ train() {
 # evaluate DIR S T ITERATION DIRECTION [PSEUDO_JSON]: dev and test BLEU, one results.tsv row
 evaluate() {
   local dir="$1" s="$2" t="$3" it="$4" direction="$5" pseudo="${6:-}"
+  local system="iter$it"; [[ "$it" == control* ]] && system="$it"
   for subset in $EVAL_SUBSETS; do
-    [ -f "$dir/$subset.json" ] || "$PY" "$ROOT/scripts/evaluate.py" "$BIN" --path "$dir/checkpoint_best.pt" \
+    [ -f "$dir/$subset.json" ] && continue
+    if [ "$subset" = test ]; then  # recorded for the paired comparison (python -m fairseq_metabt.evidence compare)
+      "$PY" -m fairseq_metabt.evidence evaluate "$BIN" --work-dir "$OUT" --system "$system" --seed "$SEED" \
+        --save-dir "$dir" --path "$dir/checkpoint_best.pt" -s "$s" -t "$t" --beam "$BEAM" >/dev/null
+      cp "$OUT/seed$SEED/eval/$system.$s-$t.json" "$dir/test.json"
+    else
+      "$PY" "$ROOT/scripts/evaluate.py" "$BIN" --path "$dir/checkpoint_best.pt" \
         -s "$s" -t "$t" --subset "$subset" --beam "$BEAM" --json "$dir/$subset.json" >/dev/null
+    fi
   done
   "$PY" - "$dir" "$it" "$direction" "$s-$t" "$pseudo" "$RUN/results.tsv" <<'EOF'
 import json, os, sys

@@ -1,18 +1,31 @@
 """``latent_layers_loss``: Eq. 8 of Li et al. (2020) for ``latent_depth_transformer``.
 
-    L_LL = NLL_ls + beta * KL(q_phi(z) || p(z)) + lambda * L_K,   L_K = (sum_l q(z_l) - K)^2
+    L_LL = NLL_ls + beta(t) * KL + lambda(t) * L_K,   L_K = (sum_l u_l - K)^2
 
-per gated side (encoder, decoder) of the batch's language, in one backward
-pass.  The KL is computed in closed form from the gate probabilities
-(:mod:`fairseq_metabt.modules.latent_layers`) against the ``uniform``
-(Beta(1,1)) or the ``aggregated`` (mean over languages) prior.  ``beta`` rises
-linearly from 0 over ``--latent-kl-anneal-updates`` updates (never negative);
-``lambda`` is ``--latent-lk-weight`` alone.  Both are per-token weights: the
-terms are multiplied by the batch's sample size, which fairseq divides out.
+per gated side (encoder, decoder), in one backward pass per language batch:
 
-Logged with ``fairseq.logging.metrics``: ``latent_kl``, ``latent_lk``,
-``latent_beta``, ``latent_tau`` and the gate probability of every language
-and layer, ``q_{enc|dec}_{LANG}_{l}``.
+* ``KL`` = mean over the side's layers of ``KL(q_phi(z_l) || p(z_l))``, closed
+  form from the gate probabilities, against the ``uniform`` (Beta(1,1)) or
+  the ``aggregated`` (mean over languages) prior.  Averaging over layers
+  (fairseq's ``examples/latent_depth`` does too) keeps its gradient per gate
+  at ``beta / L`` of the paper's sum, so it does not pin every gate at 1/2.
+  ``beta(t)`` rises linearly from 0 over ``--latent-kl-anneal-updates``.
+* ``L_K`` acts on the layer utilisation aggregated over languages,
+  ``u_l = mean_n q(z_l | n)`` (``--latent-lk-utilisation aggregated``, as
+  fairseq), so languages keep their own depth and only the average is pulled
+  to K; ``language`` applies it to the batch language's q.  ``lambda(t)`` is
+  0 until the KL anneal ends, then rises linearly over as many updates.
+
+Both weights are per token (the terms are multiplied by the batch's sample
+size, which fairseq divides out), so an update with one batch per language
+applies one aggregated L_K in total.
+
+Logged with ``fairseq.logging.metrics``: ``latent_kl``, ``latent_lk`` (raw
+terms), ``latent_beta``, ``latent_lambda``, ``latent_tau``, ``latent_hard``,
+``latent_kl_gnorm`` / ``latent_lk_gnorm`` (L2 norm of the weighted term's
+per-token gradient on the gate logits), ``latent_q_margin`` (mean
+``|q - 1/2|``: how far the gates left the decision threshold) and the gate
+probability of every language and layer, ``q_{enc|dec}_{LANG}_{l}``.
 """
 
 from dataclasses import dataclass, field
@@ -29,18 +42,22 @@ from fairseq.logging import metrics
 
 from fairseq_metabt.modules.latent_layers import (
     annealed_beta,
+    annealed_lk_weight,
     kl_aggregated_prior,
     kl_uniform_prior,
     layer_count_loss,
+    layer_utilisation,
 )
 
 LATENT_PRIOR_CHOICES = ChoiceEnum(["uniform", "aggregated"])
+LK_UTILISATION_CHOICES = ChoiceEnum(["aggregated", "language"])
 
 
 @dataclass
 class LatentLayersLossConfig(LabelSmoothedCrossEntropyCriterionConfig):
     latent_kl_weight: float = field(
-        default=1.0, metadata={"help": "final KL weight beta of Eq. 8 (>= 0)"})
+        default=1.0, metadata={"help": "final KL weight beta of Eq. 8 (>= 0), on the KL averaged over layers "
+                                       "(acts as beta / L on the paper's sum over layers)"})
     latent_kl_anneal_updates: int = field(
         default=0, metadata={"help": "raise beta linearly from 0 to --latent-kl-weight over this many "
                                      "updates (0: constant)"})
@@ -48,14 +65,20 @@ class LatentLayersLossConfig(LabelSmoothedCrossEntropyCriterionConfig):
         default="uniform", metadata={"help": "prior p(z) of the KL: uniform (Beta(1,1)) or aggregated "
                                              "(aggregated posterior across languages)"})
     latent_lk_weight: float = field(
-        default=0.0, metadata={"help": "weight lambda of L_K = (sum_l q(z_l) - K)^2 (>= 0); K is the model's "
+        default=0.0, metadata={"help": "weight lambda of L_K = (sum_l u_l - K)^2 (>= 0), applied once the KL "
+                                       "anneal is over (then ramped over as many updates); K is the model's "
                                        "--encoder/--decoder-target-layers"})
+    latent_lk_utilisation: LK_UTILISATION_CHOICES = field(
+        default="aggregated", metadata={"help": "utilisation u_l that L_K constrains: aggregated (mean over "
+                                                "languages, each language keeps its own depth) or language "
+                                                "(the batch language's q: every language forced to K)"})
 
 
 @register_criterion("latent_layers_loss", dataclass=LatentLayersLossConfig)
 class LatentLayersLossCriterion(LabelSmoothedCrossEntropyCriterion):
     def __init__(self, task, sentence_avg, label_smoothing, latent_kl_weight=1.0, latent_kl_anneal_updates=0,
-                 latent_prior="uniform", latent_lk_weight=0.0, ignore_prefix_size=0, report_accuracy=False):
+                 latent_prior="uniform", latent_lk_weight=0.0, latent_lk_utilisation="aggregated",
+                 ignore_prefix_size=0, report_accuracy=False):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         if latent_kl_weight < 0 or latent_lk_weight < 0:
             raise ValueError(f"--latent-kl-weight and --latent-lk-weight must be >= 0, "
@@ -64,21 +87,44 @@ class LatentLayersLossCriterion(LabelSmoothedCrossEntropyCriterion):
         self.kl_anneal_updates = latent_kl_anneal_updates
         self.prior = str(latent_prior)
         self.lk_weight = latent_lk_weight
+        self.lk_utilisation = str(latent_lk_utilisation)
 
     def latent_terms(self, latent: dict):
-        """``(KL, L_K)`` summed over the gated sides of one batch (Eq. 8), as differentiable tensors."""
+        """``(KL, L_K)`` of one batch (Eq. 8), summed over the gated sides, as differentiable tensors."""
+        sides = {side: (latent[side]["q_all"], latent[side]["k"]) for side in ("encoder", "decoder") if side in latent}
+        return self._terms(sides, latent["lang"])
+
+    def _terms(self, sides: dict, lang: int):
         kl, lk = 0.0, 0.0
-        for side in ("encoder", "decoder"):
-            if side not in latent:
-                continue
-            s = latent[side]
-            if self.prior == "uniform":
-                kl = kl + kl_uniform_prior(s["q"])
-            else:
-                kl = kl + kl_aggregated_prior(s["q"], s["q_all"])
-            if s["k"] is not None:
-                lk = lk + layer_count_loss(s["q"], s["k"])
+        for q_all, k in sides.values():
+            q = q_all[lang]
+            kl = kl + (kl_uniform_prior(q) if self.prior == "uniform" else kl_aggregated_prior(q, q_all))
+            if k is not None:
+                lk = lk + layer_count_loss(layer_utilisation(q_all) if self.lk_utilisation == "aggregated" else q, k)
         return torch.as_tensor(kl), torch.as_tensor(lk)
+
+    def latent_weights(self, num_updates: int):
+        """``(beta, lambda)`` at update ``num_updates``: beta anneals from 0; L_K starts after the anneal."""
+        return (annealed_beta(num_updates, self.kl_weight, self.kl_anneal_updates),
+                annealed_lk_weight(num_updates, self.lk_weight, self.kl_anneal_updates))
+
+    @torch.enable_grad()
+    def term_grad_norms(self, latent: dict, beta: float, lam: float):
+        """L2 norms of the per-token gradients of ``beta * KL`` and ``lambda * L_K`` on the gate logits.
+
+        Computed on a detached copy of the logits (a separate, tiny graph), so the model's backward pass,
+        DDP's hooks and the optimizer never see it."""
+        leaves = {side: latent[side]["logits"].detach().float().requires_grad_(True)
+                  for side in ("encoder", "decoder") if side in latent}
+        kl, lk = self._terms({s: (torch.sigmoid(x), latent[s]["k"]) for s, x in leaves.items()}, latent["lang"])
+        norms = []
+        for weight, term in ((beta, kl), (lam, lk)):
+            if weight == 0 or not term.requires_grad:
+                norms.append(0.0)
+                continue
+            grads = torch.autograd.grad(weight * term, list(leaves.values()), retain_graph=True, allow_unused=True)
+            norms.append(float(torch.sqrt(sum((g ** 2).sum() for g in grads if g is not None))))
+        return norms[0], norms[1]
 
     def forward(self, model, sample, reduce=True):
         net_output = model(**sample["net_input"])
@@ -87,10 +133,13 @@ class LatentLayersLossCriterion(LabelSmoothedCrossEntropyCriterion):
         latent = net_output[1].get("latent")
         if latent is None:
             raise ValueError("latent_layers_loss needs a latent_depth_transformer model")
-        beta = annealed_beta(latent["num_updates"], self.kl_weight, self.kl_anneal_updates)
+        beta, lam = self.latent_weights(latent["num_updates"])
         kl, lk = self.latent_terms(latent)
         # one loss, one backward pass: NLL + beta KL + lambda L_K (per token, hence * sample_size)
-        loss = loss + sample_size * (beta * kl.to(loss) + self.lk_weight * lk.to(loss))
+        loss = loss + sample_size * (beta * kl.to(loss) + lam * lk.to(loss))
+        kl_gnorm, lk_gnorm = self.term_grad_norms(latent, beta, lam) if model.training else (0.0, 0.0)
+        q_all = [latent[s]["q_all"].detach() for s in ("encoder", "decoder") if s in latent]
+        margin = float(torch.cat([(q - 0.5).abs().flatten() for q in q_all]).mean())
 
         logging_output = {
             "loss": loss.data,
@@ -102,7 +151,12 @@ class LatentLayersLossCriterion(LabelSmoothedCrossEntropyCriterion):
             "latent_kl": float(kl.detach()),
             "latent_lk": float(lk.detach()),
             "latent_beta": beta,
+            "latent_lambda": lam,
             "latent_tau": latent["tau"],
+            "latent_hard": latent["hard"],
+            "latent_kl_gnorm": kl_gnorm,
+            "latent_lk_gnorm": lk_gnorm,
+            "latent_q_margin": margin,
         }
         lang = latent["lang_name"]
         logging_output[f"latent_n_{lang}"] = 1
@@ -122,7 +176,8 @@ class LatentLayersLossCriterion(LabelSmoothedCrossEntropyCriterion):
         batches = sum(log.get("latent_batches", 0) for log in logging_outputs)
         if batches == 0:
             return
-        for key in ("latent_kl", "latent_lk", "latent_beta", "latent_tau"):
+        for key in ("latent_kl", "latent_lk", "latent_beta", "latent_lambda", "latent_tau", "latent_hard",
+                    "latent_kl_gnorm", "latent_lk_gnorm", "latent_q_margin"):
             metrics.log_scalar(key, sum(log.get(key, 0) for log in logging_outputs) / batches, batches,
                                round=4, priority=500)
         keys = sorted({k for log in logging_outputs for k in log if k.startswith("q_")})

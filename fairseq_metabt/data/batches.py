@@ -38,3 +38,13 @@ def reversed_batch(sample: Dict, pad: int, eos: int) -> Dict:
     sources = strip_padding(sample["net_input"]["src_tokens"], pad)
     targets = strip_padding(sample["target"], pad)
     return pair_batch(targets, sources, pad, eos, ids=sample["id"].tolist())
+
+
+def source_input(rows: Sequence[torch.Tensor], pad: int, left_pad: bool = True) -> Dict[str, torch.Tensor]:
+    """``net_input`` (``src_tokens``, ``src_lengths``) of unpadded rows, *in the given order*
+    (unlike ``pair_batch``, which sorts by length), padded as fairseq pads sources."""
+    from fairseq.data import data_utils
+
+    tokens = data_utils.collate_tokens(list(rows), pad, left_pad=left_pad)
+    lengths = torch.tensor([row.numel() for row in rows], dtype=torch.long, device=tokens.device)
+    return {"src_tokens": tokens, "src_lengths": lengths}

@@ -6,7 +6,10 @@ Each gated layer computes ``x_{l+1} = x_l + z_l * F_l(x_l)`` (Eq. 2), where
 Gumbel-sigmoid relaxation (Eq. 5) of ``q_phi(z_l) = Bernoulli(sigmoid(alpha_{n,l}))``
 with one row of logits per language ``n`` (:class:`LatentLayerGates`).
 
-In eval mode the gates are deterministic (``q > 0.5`` or top-K, ``--latent-eval-select``)
+Training gates are relaxed for the first ``--latent-soft-updates`` updates and
+straight-through 0/1 afterwards, so the network trained is the network evaluated.
+
+In eval mode the gates are deterministic (``q > 0.5`` or top-K per side, ``--{encoder,decoder}-latent-select``)
 and a de-selected layer is skipped, a selected one runs unchanged, so the
 model equals a plain Transformer that keeps only the selected layers
 (``scripts/prune_latent_depth.py``) and ``fairseq-generate`` is reproducible.
@@ -33,7 +36,7 @@ from fairseq.models.transformer.transformer_encoder import TransformerEncoderBas
 from fairseq.models.transformer.transformer_config import TransformerConfig
 from fairseq.modules.transformer_layer import TransformerDecoderLayerBase, TransformerEncoderLayerBase
 
-from fairseq_metabt.modules.latent_layers import LatentLayerGates, annealed_tau
+from fairseq_metabt.modules.latent_layers import LatentLayerGates, annealed_tau, gates_are_hard, selection_mode
 from fairseq_metabt.models.transformer_lowres import set_sizes, setdefault
 
 
@@ -126,13 +129,18 @@ class LatentDepthTransformerModel(TransformerModel):
         parser.add_argument("--decoder-latent-layers", action="store_true",
                             help="gate every decoder layer with a per-language latent variable z_l (Eq. 2)")
         parser.add_argument("--latent-tau", type=float, metavar="T",
-                            help="Gumbel-sigmoid temperature tau of the relaxed gates (Eq. 5), > 0 (default 1.0)")
+                            help="Gumbel-sigmoid temperature tau of the gates (Eq. 5), > 0 (default 5, as fairseq's "
+                                 "example: a less saturated, lower-variance gate gradient)")
         parser.add_argument("--latent-tau-min", type=float, metavar="T",
                             help="lower bound of the annealed temperature (default 0.1)")
         parser.add_argument("--latent-tau-anneal-rate", type=float, metavar="R",
                             help="anneal tau as max(tau-min, tau * exp(-R * update)); 0 keeps tau constant (default 0)")
         parser.add_argument("--latent-hard", action="store_true",
-                            help="straight-through gates: 0/1 in the forward pass, relaxed gradient")
+                            help="straight-through gates from the first update: 0/1 in the forward pass, relaxed "
+                                 "gradient (same as --latent-soft-updates 0)")
+        parser.add_argument("--latent-soft-updates", type=int, metavar="N",
+                            help="relaxed gates for the first N updates, straight-through 0/1 gates afterwards "
+                                 "(the network trained is the one evaluated); unset = relaxed throughout")
         parser.add_argument("--latent-logit-init", type=float, metavar="A",
                             help="initial gate logit alpha for every language and layer (default 1.0, q = 0.73)")
         parser.add_argument("--encoder-target-layers", type=int, metavar="K",
@@ -142,8 +150,12 @@ class LatentDepthTransformerModel(TransformerModel):
                             help="K of L_K for the decoder (also the K of --latent-eval-select topk); "
                                  "unset = no L_K on the decoder")
         parser.add_argument("--latent-eval-select", choices=["threshold", "topk"],
-                            help="deterministic layer selection at inference: q > 0.5 (threshold, default) "
-                                 "or the K most probable layers (topk, needs --*-target-layers)")
+                            help="deterministic layer selection at inference on both sides: q > 0.5 (threshold, "
+                                 "default) or the K most probable layers (topk, needs --*-target-layers)")
+        parser.add_argument("--encoder-latent-select", choices=["threshold", "topk"],
+                            help="inference selection of the encoder's layers (overrides --latent-eval-select)")
+        parser.add_argument("--decoder-latent-select", choices=["threshold", "topk"],
+                            help="inference selection of the decoder's layers (overrides --latent-eval-select)")
         parser.add_argument("--latent-langs", type=str, metavar="L1,L2",
                             help="languages owning a row of gate logits, in index order; set by the "
                                  "latent_depth_translation task (default: one shared row)")
@@ -230,7 +242,7 @@ class LatentDepthTransformerModel(TransformerModel):
         out = {}
         for side, gates in (("encoder", self.encoder_latent), ("decoder", self.decoder_latent)):
             if gates is not None:
-                out[side] = gates.select(lang, self.args.latent_eval_select,
+                out[side] = gates.select(lang, selection_mode(self.args, side),
                                          getattr(self.args, f"{side}_target_layers"))
         return out
 
@@ -239,11 +251,17 @@ class LatentDepthTransformerModel(TransformerModel):
             for layer, g in zip(getattr(self, side).layers, z):
                 layer.gate = g.detach().clone()
 
+    @property
+    def latent_hard(self) -> bool:
+        """Whether training gates are straight-through 0/1 at the current update (soft-to-hard schedule)."""
+        return gates_are_hard(self._num_updates, getattr(self.args, "latent_soft_updates", None),
+                              self.args.latent_hard)
+
     def _assign_train_gates(self, lang: int) -> Dict[str, Tensor]:
-        tau, samples = self.latent_tau, {}
+        tau, samples, hard = self.latent_tau, {}, self.latent_hard
         for side, gates in (("encoder", self.encoder_latent), ("decoder", self.decoder_latent)):
             if gates is not None:
-                z = gates.sample(lang, tau, hard=self.args.latent_hard)
+                z = gates.sample(lang, tau, hard=hard)
                 for i, layer in enumerate(getattr(self, side).layers):
                     layer.gate = z[i]
                 samples[side] = z.detach()
@@ -281,11 +299,11 @@ class LatentDepthTransformerModel(TransformerModel):
     def _latent_info(self, lang: int, samples: Dict[str, Tensor]) -> dict:
         """What the latent_layers_loss criterion needs: q of this language and of all, K, the samples."""
         info = {"lang": lang, "lang_name": self.latent_langs[lang], "num_updates": self._num_updates,
-                "tau": self.latent_tau}
+                "tau": self.latent_tau, "hard": float(self.training and self.latent_hard)}
         for side, gates in (("encoder", self.encoder_latent), ("decoder", self.decoder_latent)):
             if gates is not None:
                 q_all = gates.probs()
-                info[side] = {"q": q_all[lang], "q_all": q_all, "z": samples[side],
+                info[side] = {"q": q_all[lang], "q_all": q_all, "z": samples[side], "logits": gates.logits,
                               "k": getattr(self.args, f"{side}_target_layers")}
         return info
 
@@ -296,6 +314,8 @@ def _validate(args) -> None:
         raise ValueError(f"--latent-tau must be > 0, got {args.latent_tau}")
     if args.latent_tau_min <= 0:
         raise ValueError(f"--latent-tau-min must be > 0, got {args.latent_tau_min}")
+    if getattr(args, "latent_soft_updates", None) is not None and args.latent_soft_updates < 0:
+        raise ValueError(f"--latent-soft-updates must be >= 0, got {args.latent_soft_updates}")
     if args.latent_tau_anneal_rate < 0:
         raise ValueError(f"--latent-tau-anneal-rate must be >= 0, got {args.latent_tau_anneal_rate}")
     if not (args.encoder_latent_layers or args.decoder_latent_layers):
@@ -309,22 +329,26 @@ def _validate(args) -> None:
             if not getattr(args, f"{side}_normalize_before"):
                 raise ValueError(f"latent layers need a pre-norm {side} (--{side}-normalize-before): "
                                  "Eq. 2 gates the layer's residual branch")
-            if args.latent_eval_select == "topk" and k is None:
-                raise ValueError(f"--latent-eval-select topk needs --{side}-target-layers K")
+            if selection_mode(args, side) == "topk" and k is None:
+                raise ValueError(f"top-K selection of the {side} (--{side}-latent-select or --latent-eval-select "
+                                 f"topk) needs --{side}-target-layers K, or choose threshold for this side")
     if getattr(args, "checkpoint_activations", False):
         raise ValueError("latent_depth_transformer does not support --checkpoint-activations")
 
 
 @register_model_architecture("latent_depth_transformer", "latent_depth_transformer")
 def latent_depth_base(args) -> None:
-    """Defaults shared by every latent-depth architecture: pre-norm, tau 1, threshold selection."""
+    """Defaults shared by every latent-depth architecture: pre-norm, tau 5 (fairseq's), threshold selection."""
     setdefault(args, "encoder_normalize_before", True)
     setdefault(args, "decoder_normalize_before", True)
     setdefault(args, "share_decoder_input_output_embed", True)
-    setdefault(args, "latent_tau", 1.0)
+    setdefault(args, "latent_tau", 5.0)
     setdefault(args, "latent_tau_min", 0.1)
     setdefault(args, "latent_tau_anneal_rate", 0.0)
     setdefault(args, "latent_hard", False)
+    setdefault(args, "latent_soft_updates", None)
+    setdefault(args, "encoder_latent_select", None)
+    setdefault(args, "decoder_latent_select", None)
     setdefault(args, "latent_logit_init", 1.0)
     setdefault(args, "latent_eval_select", "threshold")
     setdefault(args, "encoder_latent_layers", False)

@@ -78,6 +78,63 @@ class InStepGenerator:
             hypos = self.generator.generate([self.model], sample)
         return [h[0]["tokens"] for h in hypos]
 
+    def max_len(self, src_tokens: torch.Tensor) -> int:
+        """The step at which fairseq's generator forces EOS for this (padded) input batch:
+        ``min(int(a * width + b), max_decoder_positions - 1)``, read from the generator itself."""
+        g = self.generator
+        return min(int(g.max_len_a * src_tokens.size(1) + g.max_len_b), g.max_len - 1)
+
+
+def sampling_log_probs(model: torch.nn.Module, batch: Dict, settings: GenerationSettings, pad: int, eos: int,
+                       max_len: int, min_len: int = 1) -> torch.Tensor:
+    """``log q(target | source)`` per row under the distribution the sample was *drawn from*.
+
+    REINFORCE (Pham et al. 2021, Eq. 8/17: ``grad log P(x_hat | y; psi)``) needs the
+    log-probability of the policy that produced ``x_hat``.  fairseq's ``SequenceGenerator``
+    draws each token from the model's distribution distorted by: the temperature (logits / T,
+    sampling only), ``pad`` never chosen, EOS banned before step ``min_len`` (1), EOS forced at
+    step ``max_len`` (probability 1: no gradient), and top-k or nucleus truncation (sampling
+    only; renormalised by the multinomial draw).  The same distortions are applied here,
+    teacher-forced over the whole target at once; the truncated set is a step function of the
+    probabilities, so it carries no gradient.  ``batch`` holds ``source -> target`` pairs (target
+    EOS-terminated, right-padded); returns shape ``(bsz,)``.
+    """
+    sample = settings.mode == "sample"
+    net_output = model(**batch["net_input"])
+    logits = net_output[0]
+    if sample and settings.temperature != 1.0:
+        logits = logits / settings.temperature
+    lprobs = model.get_normalized_probs((logits, *net_output[1:]), log_probs=True).float()
+    steps = lprobs.size(1)
+    ban = torch.zeros(lprobs.shape[1:], dtype=torch.bool, device=lprobs.device)  # (T, V)
+    ban[:, pad] = True
+    ban[:min_len, eos] = True
+    if max_len < steps:
+        ban[max_len:, :] = True
+        ban[max_len:, eos] = False
+    lprobs = lprobs.masked_fill(ban, float("-inf"))
+    if sample and settings.sampling_topp > 0:
+        lprobs = lprobs.masked_fill(~_nucleus(lprobs.detach(), settings.sampling_topp), float("-inf"))
+    elif sample and settings.sampling_topk > 0:
+        top = lprobs.detach().topk(min(settings.sampling_topk, lprobs.size(-1)), dim=-1).indices
+        keep = torch.zeros_like(lprobs, dtype=torch.bool).scatter_(-1, top, True)
+        lprobs = lprobs.masked_fill(~keep, float("-inf"))
+    lq = lprobs - torch.logsumexp(lprobs, dim=-1, keepdim=True)
+    target = batch["target"]
+    token_lq = lq.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    return token_lq.masked_fill(target.eq(pad), 0.0).sum(-1)
+
+
+def _nucleus(lprobs: torch.Tensor, p: float) -> torch.Tensor:
+    """The tokens fairseq's ``Sampling._sample_topp`` keeps: the most likely ones, in order, up to and
+    including the first whose cumulative (unrenormalised) probability reaches ``p``."""
+    probs = lprobs.exp()
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    below = sorted_probs.cumsum(dim=-1).lt(p)
+    last = below.long().sum(-1, keepdim=True).clamp_(max=probs.size(-1) - 1)
+    keep_sorted = below.scatter(-1, last, True)
+    return torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
+
 
 def sequence_log_probs(model: torch.nn.Module, batch: Dict, pad: int) -> torch.Tensor:
     """``log P(target | source)`` summed over the target tokens of each row (shape ``(bsz,)``)."""

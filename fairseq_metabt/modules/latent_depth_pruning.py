@@ -20,7 +20,8 @@ _LAYER_KEY = re.compile(r"^(encoder|decoder)\.layers\.(\d+)\.(.*)$")
 # options that only the latent-depth model understands
 _LATENT_ARGS = ("encoder_latent_layers", "decoder_latent_layers", "latent_tau", "latent_tau_min",
                 "latent_tau_anneal_rate", "latent_hard", "latent_logit_init", "encoder_target_layers",
-                "decoder_target_layers", "latent_eval_select", "latent_langs")
+                "decoder_target_layers", "latent_eval_select", "latent_langs", "latent_soft_updates",
+                "encoder_latent_select", "decoder_latent_select")
 
 
 def kept_layers(model, lang: str) -> Dict[str, List[int]]:

@@ -6,6 +6,13 @@ relaxed during training to the Gumbel-sigmoid of Eq. 5
 (:func:`fairseq_metabt.modules.gumbel.gumbel_sigmoid`).  The training loss is
 Eq. 8, ``NLL + beta * KL(q_phi(z) || p(z)) + lambda * L_K``.
 
+Normalisations (documented in ``docs/methods/latent_depth.md``): the KL is
+*averaged* over a side's layers (fairseq's ``examples/latent_depth`` does the
+same), so ``beta`` here acts as ``beta / L`` would on the paper's sum over
+layers; ``L_K`` acts on the layer utilisation averaged over languages,
+``u_l = mean_n q(z_l | n)`` (as fairseq does), so each language keeps its own
+depth and only the total is pulled to ``K``.
+
 KL in closed form.  The prior on each gate is ``z_l ~ Bernoulli(pi)`` with
 ``pi ~ Beta(1, 1)``; its marginal is ``Bernoulli(1/2)`` (``E[pi] = 1/2``), so
 ``KL(Bernoulli(q) || p) = q log 2q + (1-q) log 2(1-q) = log 2 - H(q)``,
@@ -80,18 +87,46 @@ def bernoulli_kl(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 
 
 def kl_uniform_prior(q: torch.Tensor) -> torch.Tensor:
-    """Closed-form ``sum_l KL(q(z_l) || Beta(1,1)-Bernoulli)`` = ``sum_l log 2 - H(q_l)`` (Eq. 8, uniform prior)."""
-    return bernoulli_kl(q, torch.full_like(q, 0.5)).sum()
+    """KL term of Eq. 8 (uniform prior) averaged over layers: ``mean_l KL(q(z_l) || Bern(1/2)) = mean_l log 2 - H(q_l)``."""
+    return bernoulli_kl(q, torch.full_like(q, 0.5)).mean()
 
 
 def kl_aggregated_prior(q: torch.Tensor, q_all: torch.Tensor) -> torch.Tensor:
-    """``sum_l KL(q(z_l | n) || q~(z_l))`` with the aggregated posterior ``q~ = mean_n q(z_l | n)`` (detached)."""
-    return bernoulli_kl(q, q_all.mean(dim=0).detach()).sum()
+    """KL term of Eq. 8 (aggregated prior, Sec. 5) averaged over layers: ``mean_l KL(q(z_l | n) || q~(z_l))``,
+    ``q~ = mean_n q(z_l | n)`` detached."""
+    return bernoulli_kl(q, q_all.mean(dim=0).detach()).mean()
 
 
 def layer_count_loss(q: torch.Tensor, k: int) -> torch.Tensor:
     """``L_K = (sum_l q(z_l) - K)^2``: the expected number of selected layers is pushed to K (Eq. 8)."""
     return (q.sum() - float(k)) ** 2
+
+
+def layer_utilisation(q_all: torch.Tensor) -> torch.Tensor:
+    """Utilisation of each layer aggregated over languages, ``u_l = mean_n q(z_l | n)``: the argument of
+    L_K (Eq. 8) in the multilingual setting, so only the *average* depth is pulled to K."""
+    return q_all.mean(dim=0)
+
+
+def gates_are_hard(num_updates: int, soft_updates: Optional[int], hard: bool = False) -> bool:
+    """Soft-to-hard schedule: relaxed gates (Eq. 5) for the first ``soft_updates`` updates, straight-through
+    0/1 gates afterwards (``None``: soft throughout unless ``hard``), so the trained network is the evaluated one."""
+    return bool(hard) or (soft_updates is not None and num_updates >= soft_updates)
+
+
+def annealed_lk_weight(num_updates: int, weight: float, anneal_updates: int) -> float:
+    """L_K weight ``lambda``: 0 while beta anneals, then linear from 0 to ``weight`` over the next
+    ``anneal_updates`` updates (fairseq's ``examples/latent_depth`` schedule); ``anneal_updates = 0``: constant."""
+    if weight < 0:
+        raise ValueError(f"L_K weight must be >= 0, got {weight}")
+    if anneal_updates <= 0:
+        return float(weight)
+    return float(weight) * min(1.0, max(0, num_updates - anneal_updates) / anneal_updates)
+
+
+def selection_mode(args, side: str) -> str:
+    """Inference selection of one side: ``--{side}-latent-select``, else ``--latent-eval-select``, else threshold."""
+    return getattr(args, f"{side}_latent_select", None) or getattr(args, "latent_eval_select", None) or "threshold"
 
 
 def annealed_beta(num_updates: int, weight: float, anneal_updates: int) -> float:

@@ -16,6 +16,16 @@ step, so Adam's moments of phi do not move either).  fairseq's trainer,
 ``--update-freq`` and DDP are used unchanged.  The number of phi updates is
 saved in the checkpoint (``get_checkpoint_dict``).
 
+Gate learning rate (``--latent-gate-lr``): the gate logits get their own Adam
+with a constant learning rate (no warm-up, no decay), stepped here after
+fairseq's optimizer has stepped Theta; fairseq's optimizer skips the logits
+(their gradient is ``None`` while it steps).  fairseq's CLI optimizers have
+one parameter group whose learning rate the scheduler overwrites every update,
+and ``--optimizer composite`` takes its groups only from a Hydra config, so
+this hook (``optimizer_step``) is the place that works with ``--optimizer adam``
+from the command line.  The gate optimizer's state is saved with the task's
+checkpoint state and restored on resume.
+
 Inference sets the language's deterministic gates (``q > 0.5`` or top-K) on
 every model before generating; a pair the model was not trained on is refused.
 """
@@ -28,6 +38,7 @@ from typing import Dict, List, Tuple
 import torch
 
 from fairseq import models as fairseq_models
+from fairseq.logging import metrics
 from fairseq.tasks import register_task
 from fairseq.tasks.multilingual_translation import MultilingualTranslationTask
 
@@ -63,6 +74,19 @@ def latent_languages(lang_pairs: List[str], side: str = "auto") -> Tuple[str, Li
     raise ValueError(f"--latent-lang-side must be auto, source or target, got {side!r}")
 
 
+def check_gate_lr(args) -> None:
+    """``--latent-gate-lr``: positive, and only with fp32 parameters (fp32 or ``--amp`` training)."""
+    gate_lr = getattr(args, "latent_gate_lr", None)
+    if gate_lr is None:
+        return
+    if gate_lr <= 0:
+        raise ValueError(f"--latent-gate-lr must be > 0, got {gate_lr} (leave it unset to share the model's "
+                         "optimizer)")
+    if (getattr(args, "fp16", False) or getattr(args, "bf16", False)) and not getattr(args, "amp", False):
+        raise ValueError("--latent-gate-lr needs fp32 parameters: use --amp instead of --fp16/--bf16 "
+                         "(fairseq's FP16 optimizer keeps its own flat copy of every parameter)")
+
+
 @register_task("latent_depth_translation")
 class LatentDepthTranslationTask(MultilingualTranslationTask):
     """Multilingual (or bilingual) translation with one latent-depth Transformer (Li et al. 2020, Alg. 2)."""
@@ -74,6 +98,9 @@ class LatentDepthTranslationTask(MultilingualTranslationTask):
         parser.add_argument("--latent-inner-steps", type=int, default=1, metavar="I",
                             help="inner-loop length I of Alg. 2: Theta is updated every update, the gate "
                                  "logits q_phi every I-th update with that update's gradient (first-order)")
+        parser.add_argument("--latent-gate-lr", type=float, default=None, metavar="LR",
+                            help="give the gate logits q_phi their own Adam with this constant learning rate "
+                                 "(no warm-up, no decay); unset = they share the model's optimizer and schedule")
         parser.add_argument("--latent-lang-side", default="auto", choices=["auto", "source", "target"],
                             help="which language of a pair owns the gate logits: auto = source for "
                                  "many-to-one, target for one-to-many, one shared row for one pair")
@@ -87,7 +114,14 @@ class LatentDepthTranslationTask(MultilingualTranslationTask):
         if self.latent_side == "target" and not args.decoder_langtok:
             raise ValueError("one-to-many latent depth needs --decoder-langtok: the shared decoder must be "
                              "told the target language")
+        check_gate_lr(args)
+        self.reset_gate_state()
+
+    def reset_gate_state(self) -> None:
+        """Alg. 2 state: count of q_phi updates and the gate optimizer (built at the first optimizer step)."""
         self.phi_updates = 0
+        self.gate_optimizer = None
+        self._gate_optimizer_state = None  # restored from a checkpoint before the optimizer exists
 
     # -- model ---------------------------------------------------------------------------------------
     def build_model(self, args, from_checkpoint=False):
@@ -162,22 +196,57 @@ class LatentDepthTranslationTask(MultilingualTranslationTask):
         """Whether update ``update_num`` (0-based) is the last inner step, which updates q_phi."""
         return (update_num + 1) % self.args.latent_inner_steps == 0
 
+    def _gate_opt(self, phi: List[torch.Tensor]) -> torch.optim.Optimizer:
+        if self.gate_optimizer is None:
+            self.gate_optimizer = torch.optim.Adam(phi, lr=self.args.latent_gate_lr)
+            if self._gate_optimizer_state is not None:
+                self.gate_optimizer.load_state_dict(self._gate_optimizer_state)
+                self._gate_optimizer_state = None
+        return self.gate_optimizer
+
     def optimizer_step(self, optimizer, model, update_num):
-        """Step Theta always, q_phi only on the last inner step (grad None → the optimizer skips it)."""
+        """Step Theta always, q_phi only on the last inner step (grad None → the optimizer skips it);
+        with ``--latent-gate-lr``, q_phi by its own constant-rate Adam."""
         phi = [p for n, p in self._unwrap(model).named_parameters() if n.endswith("_latent.logits")]
-        if self.is_phi_step(update_num):
-            self.phi_updates += 1
-        else:
+        phi_step = self.is_phi_step(update_num)
+        grads = [p.grad for p in phi]
+        if phi and any(g is not None for g in grads):
+            # after fairseq's multiply_grads/clip (and AMP's unscale): the per-token gradient of the update
+            norm = torch.sqrt(sum((g.detach().float() ** 2).sum() for g in grads if g is not None))
+            metrics.log_scalar("latent_gate_gnorm", float(norm), 1, round=4, priority=700)
+        own = getattr(self.args, "latent_gate_lr", None) is not None
+        if own or not phi_step:
             for p in phi:
                 p.grad = None
         optimizer.step()
+        if phi_step:
+            self.phi_updates += 1
+            finite = all(g is None or torch.isfinite(g).all() for g in grads)
+            if own and phi and finite:  # AMP overflow: fairseq skips this update, so do the gates
+                for p, g in zip(phi, grads):
+                    p.grad = g
+                self._gate_opt(phi).step()
 
     def get_checkpoint_dict(self) -> Dict[str, dict]:
         # fairseq stores it in extra_state and hands back extra_state[<task class name>] on resume
-        return {self.__class__.__name__: {"phi_updates": self.phi_updates}}
+        state = {"phi_updates": self.phi_updates}
+        gate_state = self.gate_optimizer.state_dict() if self.gate_optimizer is not None \
+            else self._gate_optimizer_state
+        if gate_state is not None:
+            state["gate_optimizer"] = gate_state
+        return {self.__class__.__name__: state}
 
     def set_checkpoint_dict(self, state: Dict[str, int]) -> None:
         self.phi_updates = int(state.get("phi_updates", 0))
+        gate_state = state.get("gate_optimizer")
+        if gate_state is not None and getattr(self.args, "latent_gate_lr", None) is not None:
+            # the constant rate of this run wins over the one saved (as fairseq does for --lr on resume)
+            for group in gate_state["param_groups"]:
+                group["lr"] = self.args.latent_gate_lr
+            if self.gate_optimizer is not None:
+                self.gate_optimizer.load_state_dict(gate_state)
+            else:
+                self._gate_optimizer_state = gate_state
 
     # -- validation and inference ---------------------------------------------------------------------
     def valid_step(self, sample, model, criterion):

@@ -5,17 +5,21 @@ One fairseq update ``t`` of task ``meta_backtranslation``
 
 1. ``train_step``: the backward model P(x|y; psi) samples pseudo-sources
    ``x_hat`` for a batch of target monolingual text ``y'`` (step 1); the forward
-   model P(y|x; theta) backpropagates its loss on the real bitext batch and on
-   the pseudo pairs, and ``g = grad_theta l(x_hat, y'; theta_{t-1})`` is kept
+   model P(y|x; theta) backpropagates its loss on the real bitext batch (exactly
+   the plain translation baseline's batch, normalised as the baseline's) and,
+   on top of it, on the pseudo pairs (``--pseudo-weight`` times their own
+   per-token mean), and ``g = grad_theta l(x_hat, y'; theta_{t-1})`` is kept
    (its share of the accumulated gradient); the backward model backpropagates
    its MLE loss on the reversed bitext into psi's own gradient buffers.
 2. fairseq all-reduces, scales and clips theta's gradient; then
    ``optimizer_step`` updates theta to theta_t (Eq. 10/18, step 2),
 3. computes the dev gradient ``d = grad_theta J_dev(theta_t)`` at the
    *updated* forward model (Eq. 13, step 3),
-4. the reward ``r = d . g`` or ``cos(d, g)`` (Eq. 17, step 4; per sentence by
-   the Taylor trick of DDS Eq. 7 or by double backward), optionally with ``g``
-   preconditioned by Adam's second moments (Eq. 18),
+4. the reward ``r = d . g`` or ``cos(d, g)`` (Eq. 17, step 4; per sentence
+   ``g_i`` is the gradient of sentence i's own per-token mean loss, by the
+   Taylor trick of DDS Eq. 7 or by double backward, so a sentence's reward is on
+   the scale of the batch's), optionally with ``g`` preconditioned by Adam's
+   second moments, ``h(g) = g / (sqrt(v_hat) + eps)`` (Eq. 18),
 5. and updates psi with ``-(r - b) grad log P(x_hat | y'; psi_{t-1})`` plus the
    MLE gradient, using the backward model's own optimizer, and the
    moving-average baseline ``b`` (step 5).
@@ -23,7 +27,12 @@ One fairseq update ``t`` of task ``meta_backtranslation``
 Everything happens inside one fairseq update, so the reward is computed at the
 updated theta_t, never before it and with no delay; psi is not touched by
 fairseq's optimizer (its parameters are excluded from it), so the
-log-probabilities kept from step 1 are still those of psi_{t-1}.
+log-probabilities kept from step 1 are still those of psi_{t-1}, taken under
+the distribution the sample was drawn from (temperature, top-k/top-p, EOS rules).
+
+Controls, flags of this one task: ``--freeze-backward`` (online BT),
+``--meta-weight 0`` (BT + psi trained by MLE only: isolates the meta reward),
+and the default (MetaBT).
 """
 # no "from __future__ import annotations": fairseq reads the config dataclass field types at runtime
 import contextlib
@@ -36,18 +45,22 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 from fairseq import metrics, utils
-from fairseq.data import ConcatDataset, LanguagePairDataset, RoundRobinZipDatasets, data_utils
+from fairseq.data import ConcatDataset, LanguagePairDataset, data_utils
 from fairseq.dataclass import ChoiceEnum
 from fairseq.distributed import utils as distributed_utils
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask, load_langpair_dataset
 from omegaconf import II
 
-from fairseq_metabt.data.batches import pair_batch, reversed_batch, strip_padding
+from fairseq_metabt.data.batches import pair_batch, reversed_batch, source_input, strip_padding
 from fairseq_metabt.data.mono import load_mono_dataset, mono_prefix
+from fairseq_metabt.data.on_top import BitextWithMonoDataset, pseudo_loss_scale
+from fairseq_metabt.data.tagging import lang_tag, missing_tags
 from fairseq_metabt.models.dual_transformer import DualTransformerModel, unwrap
 from fairseq_metabt.modules import gradients as G
-from fairseq_metabt.modules.generation import GenerationSettings, InStepGenerator, eval_mode, sequence_log_probs
+from fairseq_metabt.modules.generation import (
+    GenerationSettings, InStepGenerator, eval_mode, sampling_log_probs, sequence_log_probs,
+)
 from fairseq_metabt.modules.reinforce import MovingAverageBaseline, policy_gradient_loss
 
 logger = logging.getLogger(__name__)
@@ -62,6 +75,8 @@ SENTENCE_METHOD_CHOICES = ChoiceEnum(["taylor", "double_backward"])
 @dataclass
 class MetaBacktranslationConfig(TranslationConfig):
     seed: int = II("common.seed")
+    ddp_backend: str = II("distributed_training.ddp_backend")
+    distributed_world_size: int = II("distributed_training.distributed_world_size")
     mono_data: Optional[str] = field(
         default=None,
         metadata={"help": "prefix of the binarised target monolingual data (default: DATA/mono.TGT, "
@@ -70,7 +85,8 @@ class MetaBacktranslationConfig(TranslationConfig):
     related_lang_pairs: Optional[str] = field(
         default=None,
         metadata={"help": "comma-separated related pairs S'-T (e.g. hrl-tgt) whose bitext the forward model "
-                          "also trains on (the paper's multilingual setting)"},
+                          "also trains on (the paper's multilingual setting); the backward model then reads "
+                          "the tag of the language to produce (__S__ / __S'__) before its input"},
     )
     mono_sources: MONO_CHOICES = field(
         default="mono",
@@ -84,7 +100,11 @@ class MetaBacktranslationConfig(TranslationConfig):
         default=2048, metadata={"help": "tokens per dev batch for the dev gradient d"}
     )
     pseudo_weight: float = field(
-        default=1.0, metadata={"help": "weight of the pseudo-pair loss next to the bitext loss in the forward update"}
+        default=1.0,
+        metadata={"help": "weight w of the pseudo pairs in the forward update: the loss is the bitext's per-token "
+                          "mean (as the translation baseline's) plus w times the pseudo pairs' own per-token "
+                          "mean (per-sentence means with --sentence-avg); pseudo pairs come on top of the "
+                          "bitext batch, one per bitext sentence"},
     )
     bt_generation: GENERATION_CHOICES = field(
         default="sample", metadata={"help": "how the backward model produces pseudo-sources"}
@@ -104,7 +124,10 @@ class MetaBacktranslationConfig(TranslationConfig):
         default="cosine", metadata={"help": "reward: cosine or dot product of dev and pseudo-pair gradients"}
     )
     meta_reward_granularity: GRANULARITY_CHOICES = field(
-        default="batch", metadata={"help": "one reward per batch, or one per sentence"}
+        default="batch",
+        metadata={"help": "one reward per batch, or one per sentence: the alignment of d with the gradient "
+                          "of the sentence's own per-token mean loss, normalised like the batch reward (a "
+                          "batch of identical sentences gets the batch reward for each)"},
     )
     meta_sentence_method: SENTENCE_METHOD_CHOICES = field(
         default="taylor",
@@ -116,12 +139,17 @@ class MetaBacktranslationConfig(TranslationConfig):
     )
     meta_reward_precondition: bool = field(
         default=False,
-        metadata={"help": "optimizer-aware reward: scale by Adam's second moments (Eq. 18)"},
+        metadata={"help": "optimizer-aware reward (Eq. 18): align d with Adam's preconditioned step "
+                          "h(g) = g / (sqrt(v_hat) + eps) instead of g (needs --optimizer adam)"},
     )
     meta_baseline_decay: float = field(
         default=0.9, metadata={"help": "moving-average baseline b <- decay*b + (1-decay)*r"}
     )
-    meta_weight: float = field(default=1.0, metadata={"help": "weight of the REINFORCE term for the backward model"})
+    meta_weight: float = field(
+        default=1.0,
+        metadata={"help": "weight of the REINFORCE term for the backward model; 0: the backward model is trained "
+                          "by MLE only (the BT + MLE control; no dev gradient or reward is computed)"},
+    )
     backward_mle_weight: float = field(
         default=1.0, metadata={"help": "weight of the backward model's MLE loss on the reversed bitext"}
     )
@@ -152,9 +180,26 @@ class MetaBacktranslationTask(TranslationTask):
         self.baseline = MovingAverageBaseline(cfg.meta_baseline_decay)
         self.backward_optimizer: Optional[torch.optim.Optimizer] = None
         self._generator: Optional[InStepGenerator] = None
+        # state of the update in progress, rebuilt from nothing at its first micro-batch
         self._pending: List[Dict] = []  # per micro-batch: pseudo batch, g share, log-probs
+        self._pending_update: Optional[int] = None
+        self._psi_mle_tokens = 0.0
+        self._criterion = None
         self._dev_batches: Optional[List[np.ndarray]] = None
+        # multilingual setting: the language of each bitext part, for psi's tags
+        self._bitext_langs: List[str] = [cfg.source_lang]
+        self._bitext_offsets = np.zeros(0, dtype=np.int64)
         self.meta_steps = 0
+
+    @property
+    def meta_active(self) -> bool:
+        """psi gets the REINFORCE term (MetaBT); False for the BT and BT + MLE controls."""
+        return not self.cfg.freeze_backward and self.cfg.meta_weight > 0
+
+    @property
+    def psi_tagged(self) -> bool:
+        """With related pairs, psi learns T -> S and T -> S': its input starts with the tag of the language to produce."""
+        return bool(self.cfg.related_lang_pairs)
 
     @staticmethod
     def _check_config(cfg: MetaBacktranslationConfig) -> None:
@@ -164,10 +209,28 @@ class MetaBacktranslationTask(TranslationTask):
         for name in ("pseudo_weight", "meta_weight", "backward_mle_weight", "backward_lr", "backward_clip_norm"):
             if getattr(cfg, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+        if cfg.pseudo_weight == 0 and cfg.meta_weight > 0 and not cfg.freeze_backward:
+            raise ValueError("--pseudo-weight 0 leaves the forward model untouched by the pseudo pairs, so the meta "
+                             "reward is meaningless: use --pseudo-weight > 0, or --meta-weight 0 / --freeze-backward")
         if cfg.meta_taylor_eps <= 0:
             raise ValueError(f"--meta-taylor-eps must be > 0, got {cfg.meta_taylor_eps}")
         if cfg.meta_dev_max_tokens < 1:
             raise ValueError(f"--meta-dev-max-tokens must be >= 1, got {cfg.meta_dev_max_tokens}")
+
+    def _check_ddp_backend(self) -> None:
+        """Refuse DDP backends that cannot work, before training starts.
+
+        pytorch_ddp expects every parameter it wraps to get a gradient in every backward pass and
+        all-reduces inside ``backward()``, which this task calls several times per micro-batch (psi,
+        the dev gradient); FSDP shards the parameters the reward reads whole.  legacy_ddp all-reduces
+        once, when fairseq asks, which is what the task is built on."""
+        try:
+            backend, world = str(self.cfg.ddp_backend), int(self.cfg.distributed_world_size)
+        except Exception:  # a config outside fairseq-train (no distributed_training to read): nothing to check
+            return
+        if backend == "fully_sharded" or (world > 1 and backend not in ("legacy_ddp", "no_c10d")):
+            raise ValueError(f"meta_backtranslation needs --ddp-backend legacy_ddp (got --ddp-backend {backend} "
+                             f"with {world} worker(s)); scripts/train_ddp.sh passes it")
 
     # ---- data -----------------------------------------------------------------------------
     def _mono_prefix(self) -> str:
@@ -186,6 +249,12 @@ class MetaBacktranslationTask(TranslationTask):
                 ConcatDataset([d.src for d in parts]), np.concatenate([d.src_sizes for d in parts]), self.src_dict,
                 ConcatDataset([d.tgt for d in parts]), np.concatenate([d.tgt_sizes for d in parts]), self.tgt_dict,
                 left_pad_source=self.cfg.left_pad_source, left_pad_target=self.cfg.left_pad_target)
+            self._bitext_offsets = np.cumsum([len(d) for d in parts])
+            missing = missing_tags(self.src_dict, self._bitext_langs)
+            if missing:
+                raise ValueError(f"--related-lang-pairs: the backward model reads language tags, but the dictionary "
+                                 f"lacks {missing}; prepare the data with scripts/prepare_data.py (it adds a tag "
+                                 "for every language of the raw directory)")
         targets = []
         if self.cfg.mono_sources in ("mono", "both"):
             targets.append(self._load_mono())
@@ -196,7 +265,8 @@ class MetaBacktranslationTask(TranslationTask):
             targets += [d.tgt for d in related]
         mono = targets[0] if len(targets) == 1 else ConcatDataset(targets)
         mono_pairs = LanguagePairDataset(mono, mono.sizes, self.tgt_dict, left_pad_source=self.cfg.left_pad_source)
-        self.datasets[split] = RoundRobinZipDatasets({"bitext": bitext, "mono": mono_pairs})
+        # batches are the bitext's own (as --task translation makes them); y' comes on top of them
+        self.datasets[split] = BitextWithMonoDataset(bitext, {"mono": mono_pairs}, self.cfg.seed)
 
     def _load_mono(self):
         return load_mono_dataset(self._mono_prefix(), self.tgt_dict, self.cfg.dataset_impl, self.cfg.target_lang,
@@ -205,6 +275,7 @@ class MetaBacktranslationTask(TranslationTask):
     def _related_bitexts(self, split: str) -> List[LanguagePairDataset]:
         """Training bitext of each pair in --related-lang-pairs (S'-T, same target as the main pair)."""
         out = []
+        self._bitext_langs = [self.cfg.source_lang]  # the source language of each bitext part, in order
         data_path = utils.split_paths(self.cfg.data)[0]
         for pair in filter(None, (self.cfg.related_lang_pairs or "").split(",")):
             src, _, tgt = pair.strip().partition("-")
@@ -221,6 +292,7 @@ class MetaBacktranslationTask(TranslationTask):
                 left_pad_source=self.cfg.left_pad_source, left_pad_target=self.cfg.left_pad_target,
                 max_source_positions=self.cfg.max_source_positions,
                 max_target_positions=self.cfg.max_target_positions))
+            self._bitext_langs.append(src)
         return out
 
     def _load_dev_batches(self) -> List[np.ndarray]:
@@ -265,6 +337,8 @@ class MetaBacktranslationTask(TranslationTask):
                 "meta_backtranslation needs a forward and a backward model: use --arch dual_transformer_tiny, "
                 f"dual_transformer_small or dual_transformer_base (got {type(model).__name__})"
             )
+        if not from_checkpoint:
+            self._check_ddp_backend()
         initialise_directions(model, self.cfg.forward_init, self.cfg.backward_init, from_checkpoint)
         # psi is trained by this task's own optimizer, never by fairseq's: keeping its parameters
         # out of requires_grad excludes them from fairseq's optimizer, gradient clipping and all-reduce.
@@ -299,51 +373,101 @@ class MetaBacktranslationTask(TranslationTask):
     def _theta(dual: DualTransformerModel) -> List[torch.Tensor]:
         return [p for p in dual.parameters() if p.requires_grad]
 
+    # ---- psi's inputs (tagged in the multilingual setting) -----------------------------------
+    def _psi_sources(self, rows: List[torch.Tensor], langs: List[str]) -> List[torch.Tensor]:
+        """psi's input rows: ``__L__ y`` (L the language psi must produce) when tagged, else ``y``."""
+        if not self.psi_tagged:
+            return list(rows)
+        return [torch.cat([row.new_tensor([self.src_dict.index(lang_tag(lang))]), row])
+                for row, lang in zip(rows, langs)]
+
+    def _bitext_lang(self, ids: torch.Tensor) -> List[str]:
+        """The source language of each bitext example (its part of the concatenated bitext)."""
+        if not len(self._bitext_offsets):
+            return [self.cfg.source_lang] * len(ids)
+        part = np.searchsorted(self._bitext_offsets, ids.cpu().numpy(), side="right")
+        return [self._bitext_langs[int(k)] for k in part]
+
+    def psi_reversed_batch(self, bitext: Dict) -> Dict:
+        """psi's MLE batch: the reversed bitext (y -> x), each y tagged with its x's language when tagged."""
+        pad, eos = self.src_dict.pad(), self.src_dict.eos()
+        if not self.psi_tagged:
+            return reversed_batch(bitext, pad, eos)
+        sources = strip_padding(bitext["net_input"]["src_tokens"], pad)
+        targets = self._psi_sources(strip_padding(bitext["target"], pad), self._bitext_lang(bitext["id"]))
+        return pair_batch(targets, sources, pad, eos, ids=bitext["id"].tolist())
+
     # ---- step 1: sampling, forward losses, backward MLE -------------------------------------
+    def _start_update(self, dual: DualTransformerModel, update_num: int) -> None:
+        """Forget whatever an earlier, unfinished update left (psi's MLE gradient, pending pseudo data).
+
+        Called at the first micro-batch of every update, which is recognised by fairseq's trainer
+        having cleared theta's gradients (it does so before the first micro-batch of an update and
+        after an OOM, and an update skipped for OOM or an fp16/AMP overflow is retried or followed by
+        a new one that starts that way); a new update number is the fallback sign."""
+        self._pending = []
+        self._pending_update = update_num
+        self._psi_mle_tokens = 0.0
+        for p in dual.backward_model.parameters():
+            p.grad = None
+
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         dual = unwrap(model)
         model.train()
         model.set_num_updates(update_num)
-        if len(self._pending) and update_num != self._pending[0]["update"]:
-            self._pending.clear()  # a skipped update (e.g. OOM) must not leak into the next one
+        theta = self._theta(dual)
+        if all(p.grad is None for p in theta) or update_num != self._pending_update:
+            self._start_update(dual, update_num)
+        self._criterion = criterion
         bitext, mono = sample["bitext"], sample["mono"]
         pad, eos = self.src_dict.pad(), self.src_dict.eos()
+        cuda = bitext["target"].is_cuda
         log: Dict[str, float] = {}
 
         # Step 1: pseudo-sources x_hat ~ P(x | y'; psi_{t-1})
         y_rows = strip_padding(mono["net_input"]["src_tokens"], pad)
-        x_hat = self._sampler(dual)(mono["net_input"])
+        psi_rows = self._psi_sources(y_rows, [self.cfg.source_lang] * len(y_rows))
+        psi_input = source_input(psi_rows, pad, left_pad=self.cfg.left_pad_source)
+        sampler = self._sampler(dual)
+        x_hat = sampler(psi_input)
+        max_len = sampler.max_len(psi_input["src_tokens"])
         keep = [i for i, x in enumerate(x_hat) if x.numel() > 1]  # [eos] alone is an empty pseudo-source
         log["pseudo_empty"] = len(x_hat) - len(keep)
         log["pseudo_count"] = len(keep)
         log["pseudo_len_sum"] = float(sum(x_hat[i].numel() - 1 for i in keep))
 
-        theta = self._theta(dual)
+        # the bitext part: the baseline's loss on the baseline's batch, normalised by its sample size
         loss_b, sample_size, logging_output = criterion(model, bitext)
-        total_loss = loss_b
+        total_loss = loss_b.detach()
         log["bitext_loss"], log["bitext_ntokens"] = float(loss_b.detach()), float(bitext["ntokens"])
         pending = {"update": update_num, "pseudo": None}
         if keep and not ignore_grad:
+            # the pseudo part, on top: w times its own per-token mean (pseudo_loss_scale)
             pseudo = pair_batch([x_hat[i] for i in keep], [y_rows[i] for i in keep], pad, eos, ids=keep)
-            pseudo = utils.move_to_cuda(pseudo) if bitext["target"].is_cuda else pseudo
+            pseudo = utils.move_to_cuda(pseudo) if cuda else pseudo
             net_output = model(**pseudo["net_input"])
             per_tok, nll_tok = criterion.compute_loss(dual, net_output, pseudo, reduce=False)
             loss_p = per_tok.sum()
+            pseudo_size = pseudo["nsentences"] if getattr(criterion, "sentence_avg", False) else pseudo["ntokens"]
+            scale = pseudo_loss_scale(self.cfg.pseudo_weight, sample_size, pseudo_size)
             log["pseudo_nll"] = float(nll_tok.detach().sum())
-            # g is this micro-batch's share of the accumulated gradient (before the update)
-            before = G.flat_grad(theta)
-            optimizer.backward(loss_p * self.cfg.pseudo_weight)
-            g = (G.flat_grad(theta) - before) / (self.cfg.pseudo_weight or 1.0) / G.loss_scale(optimizer)
-            pending.update(pseudo=pseudo, g=g, ntokens=float(pseudo["ntokens"]))
             log["pseudo_loss"], log["pseudo_ntokens"] = float(loss_p.detach()), float(pseudo["ntokens"])
-            total_loss = total_loss + self.cfg.pseudo_weight * loss_p.detach()
-            sample_size = sample_size + pseudo["ntokens"]
-            if not self.cfg.freeze_backward:
-                # log P(x_hat | y'; psi_{t-1}) in the mode that sampled it; kept for step 5
-                back = pair_batch([y_rows[i] for i in keep], [x_hat[i] for i in keep], pad, eos, ids=keep)
-                back = utils.move_to_cuda(back) if bitext["target"].is_cuda else back
+            if scale > 0:
+                before = G.flat_grad(theta) if self.meta_active else None
+                optimizer.backward(loss_p * scale)
+                if before is not None:
+                    # g: this micro-batch's share of the accumulated gradient, unscaled (a sum over its tokens)
+                    g = (G.flat_grad(theta) - before) / scale / G.loss_scale(optimizer)
+                    pending.update(pseudo=pseudo, g=g, ntokens=float(pseudo["ntokens"]))
+                total_loss = total_loss + scale * loss_p.detach()
+            if self.meta_active:
+                # log q(x_hat | y'; psi_{t-1}) under the distribution that drew x_hat (temperature, top-k/p,
+                # EOS rules), in the mode that sampled it; kept with its graph for step 5
+                back = pair_batch([psi_rows[i] for i in keep], [x_hat[i] for i in keep], pad, eos, ids=keep)
+                back = utils.move_to_cuda(back) if cuda else back
                 with self._psi_trainable(dual), eval_mode(dual.backward_model):
-                    logp = sequence_log_probs(dual.backward_model, back, pad)
+                    logp = sampling_log_probs(dual.backward_model, back, self._sampler(dual).settings, pad, eos,
+                                              max_len)
                 order = {int(i): k for k, i in enumerate(back["id"].tolist())}
                 pending["logp"] = logp[[order[int(i)] for i in pseudo["id"].tolist()]]
 
@@ -351,22 +475,20 @@ class MetaBacktranslationTask(TranslationTask):
             loss_b = loss_b * 0
         optimizer.backward(loss_b)
 
-        # the backward model's MLE on the reversed bitext, into psi's own gradient buffers
+        # the backward model's MLE on the reversed bitext, into psi's own gradient buffers (a sum over
+        # tokens; optimizer_step divides by the update's token count)
         if not self.cfg.freeze_backward and not ignore_grad and self.cfg.backward_mle_weight > 0:
-            rev = reversed_batch(bitext, pad, eos)
-            rev = utils.move_to_cuda(rev) if bitext["target"].is_cuda else rev
+            rev = self.psi_reversed_batch(bitext)
+            rev = utils.move_to_cuda(rev) if cuda else rev
             with self._psi_trainable(dual):
                 mle, _, _ = criterion(dual.backward_model, rev)
-                (mle * (self.cfg.backward_mle_weight / max(float(rev["ntokens"]), 1.0))).backward()
+                mle.backward()
+            self._psi_mle_tokens += float(rev["ntokens"])
             log["bwd_mle_loss"], log["bwd_ntokens"] = float(mle.detach()), float(rev["ntokens"])
         self._pending.append(pending)
 
         logging_output = dict(logging_output)
-        logging_output["loss"] = float(total_loss.detach())
-        if "nll_loss" in logging_output:
-            logging_output["nll_loss"] = float(logging_output["nll_loss"]) + log.get("pseudo_nll", 0.0)
-        logging_output["ntokens"] = bitext["ntokens"] + log.get("pseudo_ntokens", 0)
-        logging_output["nsentences"] = bitext["nsentences"] + log["pseudo_count"]
+        logging_output["loss"] = float(total_loss)
         logging_output["sample_size"] = sample_size
         for k, v in log.items():
             logging_output["mbt_" + k] = v
@@ -375,8 +497,9 @@ class MetaBacktranslationTask(TranslationTask):
     # ---- steps 2-5: update theta, dev gradient, reward, update psi ----------------------------
     def optimizer_step(self, optimizer, model, update_num):
         dual = unwrap(model)
-        pending = [p for p in self._pending if p["pseudo"] is not None]
-        self._pending = []
+        pending = [p for p in self._pending if p.get("g") is not None]
+        mle_tokens = self._psi_mle_tokens
+        self._pending, self._pending_update, self._psi_mle_tokens = [], None, 0.0
         theta = self._theta(dual)
         if self.cfg.freeze_backward:
             optimizer.step()
@@ -384,6 +507,19 @@ class MetaBacktranslationTask(TranslationTask):
         if isinstance(optimizer, _HALF_OPTIMIZERS):
             raise ValueError("meta_backtranslation updates the backward model in fp32: use --amp instead of "
                              "--fp16/--bf16, or --freeze-backward")
+        psi = list(dual.backward_model.parameters())
+        # psi's MLE gradient as a per-token mean over the update's reversed bitext (all micro-batches)
+        if mle_tokens > 0:
+            with torch.no_grad():
+                for p in psi:
+                    if p.grad is not None:
+                        p.grad.mul_(self.cfg.backward_mle_weight / mle_tokens)
+        if not self.meta_active:  # BT + MLE: psi by MLE only
+            optimizer.step()
+            self._step_backward(psi)
+            self.meta_steps += 1
+            self._check_replicas(theta, psi)
+            return
 
         # g over all micro-batches and workers, normalised per pseudo token
         ntok = torch.tensor([sum(p["ntokens"] for p in pending)], dtype=torch.float64)
@@ -403,11 +539,10 @@ class MetaBacktranslationTask(TranslationTask):
         # Step 3: d = grad_theta J_dev(theta_t), at the updated forward model
         d = self._dev_gradient(dual, theta, update_num)
         G.all_reduce_mean_(d)
-        if self.cfg.meta_reward_precondition:
-            d = d * _adam_preconditioner(optimizer, theta)
+        h = _adam_preconditioner(optimizer, theta) if self.cfg.meta_reward_precondition else None
 
         # Step 4: rewards
-        rewards, ok = self._rewards(dual, theta, theta_prev, pending, g, d, have_pseudo)
+        rewards, ok = self.rewards(dual, theta, theta_prev, pending, g, d, h) if have_pseudo else (None, False)
         n_local = sum(len(p["logp"]) for p in pending)
         stats = torch.tensor([float(rewards.sum()) if ok else 0.0, float((rewards ** 2).sum()) if ok else 0.0,
                               float(n_local if ok else 0), 0.0 if ok else 1.0], dtype=torch.float64)
@@ -415,8 +550,7 @@ class MetaBacktranslationTask(TranslationTask):
         skipped = stats[3] > 0  # any worker without a usable reward: all skip the meta term alike
         mean_r = float(stats[0] / stats[2]) if stats[2] > 0 else float("nan")
 
-        # Step 5: psi <- psi - lr * [-(r - b) grad log P(x_hat|y'; psi) + MLE gradient]
-        psi = list(dual.backward_model.parameters())
+        # Step 5: psi <- psi - lr * [-(r - b) grad log q(x_hat|y'; psi) + MLE gradient]
         meta_loss = 0.0
         if not skipped and pending:
             advantages = self.baseline.advantage(rewards) if sentence else self.baseline.advantage(
@@ -473,16 +607,43 @@ class MetaBacktranslationTask(TranslationTask):
             grads = torch.autograd.grad(nll, theta, allow_unused=True)
         return G.flatten(grads, theta)
 
-    def _rewards(self, dual, theta, theta_prev, pending, g, d, have_pseudo):
-        """Per pending sentence (sentence granularity) or one scalar (batch); flag False = unusable."""
-        if not pending or not have_pseudo:
+    def sentence_losses(self, dual: DualTransformerModel, batch: Dict) -> torch.Tensor:
+        """Each pair's own per-token mean training loss (the criterion's, e.g. label-smoothed), shape (n,)."""
+        target = batch["target"]
+        net_output = dual(**batch["net_input"])
+        criterion = self._criterion
+        if criterion is not None and hasattr(criterion, "compute_loss"):
+            per_tok, _ = criterion.compute_loss(dual, net_output, batch, reduce=False)
+            losses = per_tok.reshape(target.shape).sum(-1)
+        else:
+            lprobs = dual.get_normalized_probs(net_output, log_probs=True)
+            losses = -lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1).masked_fill(target.eq(self.tgt_dict.pad()),
+                                                                                       0.0).sum(-1)
+        return losses / target.ne(self.tgt_dict.pad()).sum(-1).clamp(min=1)
+
+    def rewards(self, dual: DualTransformerModel, theta: List[torch.Tensor], theta_prev: Optional[List[torch.Tensor]],
+                pending: List[Dict], g: torch.Tensor, d: torch.Tensor, h: Optional[torch.Tensor] = None):
+        """Step 4 (Eq. 17; Eq. 18 with ``h``): the reward(s) of the pseudo pairs, and False when unusable.
+
+        ``g`` is the per-token mean pseudo-pair gradient at theta_{t-1}, ``d`` the dev gradient at
+        theta_t, ``h`` Adam's diagonal preconditioner ``1 / (sqrt(v_hat) + eps)`` or None.  The
+        optimizer's step direction is ``h(g) = h * g``, so
+
+        * batch: ``r = d . h(g)`` (dot) or ``cos(d, h(g))`` (cosine), one value repeated per sentence;
+        * sentence: ``r_i = d . h(g_i)``, divided by ``||d|| ||h(g)||`` for cosine, where ``g_i`` is the
+          gradient of sentence i's *own* per-token mean loss at theta_{t-1} (eval mode), so that
+          ``g = sum_i (n_i / n) g_i`` and ``sum_i (n_i / n) r_i`` is the batch reward: a sentence's
+          reward is on the batch's scale, and identical sentences each get the batch reward.
+        """
+        n = sum(len(p["logp"]) for p in pending)
+        if not pending:
             return torch.zeros(0), False
         kind = self.cfg.meta_reward
+        hg = g if h is None else g * h
         if self.cfg.meta_reward_granularity == "batch":
-            r, ok = G.similarity(d, g, kind)
-            n = sum(len(p["logp"]) for p in pending)
+            r, ok = G.similarity(d, hg, kind)
             return r.detach().cpu().expand(n).clone(), ok
-        # per sentence: g_i . d at theta_{t-1} (the parameters the pseudo pairs' gradients were taken at)
+        direction = d if h is None else d * h  # d . h(g_i) = (d * h) . g_i
         dots = []
         saved = [p.detach().clone() for p in theta]
         with torch.no_grad():
@@ -490,14 +651,14 @@ class MetaBacktranslationTask(TranslationTask):
                 p.copy_(old)
         try:
             for p in pending:
-                def loss_fn(batch=p["pseudo"], ntok=float(p["ntokens"])):
+                def loss_fn(batch=p["pseudo"]):
                     with eval_mode(dual):
-                        return -sequence_log_probs(dual, batch, self.tgt_dict.pad()) / ntok
+                        return self.sentence_losses(dual, batch)
 
                 if self.cfg.meta_sentence_method == "taylor":
-                    dots.append(G.per_example_dot_taylor(loss_fn, theta, d, self.cfg.meta_taylor_eps))
+                    dots.append(G.per_example_dot_taylor(loss_fn, theta, direction, self.cfg.meta_taylor_eps))
                 else:
-                    dots.append(G.per_example_dot_double_backward(loss_fn, theta, d))
+                    dots.append(G.per_example_dot_double_backward(loss_fn, theta, direction))
         except ValueError as e:  # zero or non-finite d
             logger.warning("per-sentence reward skipped: %s", e)
             return torch.zeros(0), False
@@ -506,8 +667,8 @@ class MetaBacktranslationTask(TranslationTask):
                 for p, new in zip(theta, saved):
                     p.copy_(new)
         r = torch.cat(dots).cpu()
-        if kind == "cosine":  # scale-free like the batch cosine: divide by ||d|| ||g||
-            norm = float(d.norm() * g.norm())
+        if kind == "cosine":  # the batch cosine's normalisation, so sentence rewards share its scale
+            norm = float(d.norm() * hg.norm())
             if not math.isfinite(norm) or norm == 0.0:
                 return r, False
             r = r / norm
@@ -583,10 +744,9 @@ def initialise_directions(model: DualTransformerModel, forward_init: Optional[st
 
 
 def _adam_preconditioner(optimizer, theta: List[torch.Tensor]) -> torch.Tensor:
-    """1 / (sqrt(v_hat) + eps) from Adam's second moments: the diagonal h of Eq. 18.
-
-    With h(g) = g / (sqrt(v_hat) + eps), d . h(g) = (d * h) . g, so scaling d covers
-    both the batch and the per-sentence reward."""
+    """1 / (sqrt(v_hat) + eps) from Adam's second moments, read after this update's step: the
+    diagonal preconditioner of Eq. 18, whose step direction is h(g) = g / (sqrt(v_hat) + eps)
+    (momentum left out, as the appendix assumes the moving averages independent of theta)."""
     torch_opt = optimizer.optimizer
     parts = []
     for p in theta:

@@ -37,7 +37,7 @@ from typing import Dict, List, NamedTuple, Optional
 import numpy as np
 import torch
 from fairseq import metrics, utils
-from fairseq.data import RoundRobinZipDatasets, data_utils
+from fairseq.data import data_utils
 from fairseq.dataclass import ChoiceEnum
 from fairseq.distributed import utils as distributed_utils
 from fairseq.tasks import register_task
@@ -46,6 +46,7 @@ from omegaconf import II
 
 from fairseq_metabt.data.batches import reversed_batch, strip_padding
 from fairseq_metabt.data.mono import generated_pairs, load_mono_dataset, mono_pair_dataset, mono_prefix
+from fairseq_metabt.data.on_top import BitextWithMonoDataset, pseudo_loss_scale
 from fairseq_metabt.models.dual_transformer import DualTransformerModel, unwrap
 from fairseq_metabt.modules.generation import GenerationSettings, InStepGenerator
 from fairseq_metabt.tasks.meta_backtranslation import (
@@ -107,8 +108,9 @@ class WakeSleepConfig(TranslationConfig):
     ws_max_len_a: float = field(default=1.2, metadata={"help": "generated length limit a*len(input)+b: a"})
     ws_max_len_b: int = field(default=10, metadata={"help": "generated length limit a*len(input)+b: b"})
     ws_pseudo_weight: float = field(
-        default=1.0, metadata={"help": "weight of the pseudo pairs' loss next to the bitext loss (1: the plain "
-                                       "union of Alg. 1)"}
+        default=1.0, metadata={"help": "weight w of the pseudo pairs: the trained direction's loss is its bitext "
+                                       "per-token mean (as the translation baseline's, same batch) plus w times "
+                                       "the pseudo pairs' own per-token mean; one pseudo pair per bitext sentence"}
     )
     forward_init: Optional[str] = field(
         default=None, metadata={"help": "initialise the forward model from this transformer checkpoint "
@@ -203,8 +205,9 @@ class WakeSleepTranslationTask(TranslationTask):
             mono = load_mono_dataset(mono_prefix(c.data, lang, override), self.src_dict, c.dataset_impl, lang,
                                      f"wake_sleep_translation: {needed} (mono.{lang})", option)
             self._mono[side] = mono_pair_dataset(mono, self.src_dict, c.left_pad_source)
-        self.datasets[split] = RoundRobinZipDatasets(
-            {"bitext": self.datasets[split], "mono_tgt": self._mono["tgt"], "mono_src": self._mono["src"]})
+        # batches are the bitext's own (as --task translation makes them); monotext comes on top of them
+        self.datasets[split] = BitextWithMonoDataset(
+            self.datasets[split], {"mono_tgt": self._mono["tgt"], "mono_src": self._mono["src"]}, c.seed)
 
     # ---- model ----------------------------------------------------------------------------
     def build_model(self, cfg, from_checkpoint=False):
@@ -322,19 +325,24 @@ class WakeSleepTranslationTask(TranslationTask):
                 # wake: (x~, y) for theta; sleep: (y~ -> x~) for phi, the dreamt bitext
                 target_model = model if phase.name == "wake" else dual.backward_model
                 loss, size, lo = criterion(target_model, batch)
-                parts.append((loss * self.cfg.ws_pseudo_weight, size, lo,
+                parts.append((loss, size, lo,
                               "fwd_pseudo" if phase.name == "wake" else "bwd_dream"))
 
-        total = sum(p[0] for p in parts)
-        sample_size = sum(p[1] for p in parts)
+        # the first part (the phase's bitext) is normalised as the baseline's; every other part is
+        # added on top as w times its own mean (weight 1 for the second direction's bitext in iteration 0)
+        base_loss, sample_size, base_log, _ = parts[0]
+        total = base_loss
+        for loss, size, lo, name in parts[1:]:
+            weight = 1.0 if name == "bwd_bitext" else self.cfg.ws_pseudo_weight
+            total = total + loss * pseudo_loss_scale(weight, sample_size, size)
         if ignore_grad:
             total = total * 0
         optimizer.backward(total)
 
         out = {"loss": float(total.detach()), "sample_size": sample_size,
-               "ntokens": sum(p[2]["ntokens"] for p in parts), "nsentences": sum(p[2]["nsentences"] for p in parts)}
-        if all("nll_loss" in p[2] for p in parts):
-            out["nll_loss"] = float(sum(float(p[2]["nll_loss"]) for p in parts))
+               "ntokens": base_log["ntokens"], "nsentences": base_log["nsentences"]}
+        if "nll_loss" in base_log:
+            out["nll_loss"] = float(base_log["nll_loss"])
         for loss, size, lo, name in parts:
             log[name + "_loss"] = float(lo["loss"])
             log[name + "_ntokens"] = float(lo["ntokens"])

@@ -6,13 +6,16 @@
 One-to-many (tgt -> lrl, hrl) on the synthetic ``multilingual`` preset, one
 shared pre-norm encoder/decoder with ``--decoder-langtok``, the widths of
 ``--arch`` and ``LATENT_DEPTH_LAYERS`` (default 6) layers per side, decoder
-latent layers with K = half the depth, beta = lambda = 0.1.
+latent layers with K = half the depth, beta = lambda = 0.1, tau 5, relaxed
+gates for the first third of the updates and straight-through hard gates
+afterwards (fairseq's ``--soft-update``), KL annealed over the same third.
 
-* ``method``: the plugin's ``latent_depth_translation`` + ``latent_depth_transformer``;
+* ``method``: the plugin's ``latent_depth_translation`` + ``latent_depth_transformer``, L_K on the
+  utilisation aggregated over languages, the gate logits in their own Adam (``--latent-gate-lr``);
 * ``baseline`` (default, ``LATENT_DEPTH_BASELINE=fairseq``): fairseq's
   ``multilingual_translation_latent_depth`` + ``latent_multilingual_transformer``
   (``--user-dir`` of the installed ``examples/latent_depth``), the same
-  configuration (its tau set to ours, 1.0);
+  configuration (tau 5, its default and ours);
 * ``LATENT_DEPTH_BASELINE=static``: fairseq's ``multilingual_translation`` +
   ``multilingual_transformer`` of the same depth with no gates.
 """
@@ -57,7 +60,8 @@ def build(bin_dir: str, args) -> Dict[str, List[str]]:
     method = common + shared + [
         "--user-dir", USER_DIR, "--task", "latent_depth_translation", "--arch", "latent_depth_transformer",
         "--decoder-latent-layers", "--decoder-target-layers", str(k), "--criterion", "latent_layers_loss",
-        "--latent-kl-weight", "0.1", "--latent-kl-anneal-updates", anneal, "--latent-lk-weight", "0.1"]
+        "--latent-kl-weight", "0.1", "--latent-kl-anneal-updates", anneal, "--latent-lk-weight", "0.1",
+        "--latent-soft-updates", anneal, "--latent-tau", "5", "--latent-gate-lr", "0.01"]
     which = os.environ.get("LATENT_DEPTH_BASELINE", "fairseq")
     if which == "static":
         baseline = common + shared + [
@@ -69,7 +73,7 @@ def build(bin_dir: str, args) -> Dict[str, List[str]]:
             "--arch", "latent_multilingual_transformer", "--share-encoders", "--share-decoders",
             "--decoder-latent-layer", "--target-layers", str(k), "--sparsity-weight", "0.1",
             "--share-weight", "0.1", "--anneal-updates", anneal, "--soft-update", anneal,
-            "--sampling-tau", "1.0", "--criterion", "label_smoothed_cross_entropy"]
+            "--sampling-tau", "5", "--criterion", "label_smoothed_cross_entropy"]
     else:
         raise SystemExit(f"LATENT_DEPTH_BASELINE must be fairseq or static, got {which!r}")
     return {"method": method, "baseline": baseline}

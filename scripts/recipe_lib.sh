@@ -1,0 +1,123 @@
+# shellcheck shell=bash
+# The one recipe interface, sourced by scripts/quickstart.sh and every examples/*/run_miniature.sh.
+#
+# Shared flags (docs/data.md, "Running a recipe on your corpus"):
+#   --raw-dir DIR        corpus in the raw layout (default: the recipe's synthetic corpus, generated per seed)
+#   --src LANG           source language (default: the recipe's, e.g. lrl)
+#   --tgt LANG           target language (default: the recipe's, e.g. tgt)
+#   --related L1,L2,...  other languages a multilingual recipe uses (DDS sources, latent-depth languages)
+#   --seeds "1 2 3"      training seeds; Δ and p are paired by seed
+#   --work-dir DIR       where runs, checkpoints and results/summary.json go
+#   --patience P         validations without dev improvement before a system stops (same for every system)
+#   --validate-every V   updates between dev validations
+#   --max-update N       safety cap on updates; a system reaching it is reported "not converged"
+#   -h, --help           the recipe's usage and these flags
+#
+# A recipe sets RECIPE_USAGE and its defaults (SRC, TGT, RELATED, SEEDS, WORK_DIR, PATIENCE,
+# VALIDATE_EVERY, MAX_UPDATE) before `recipe_parse "$@"`; afterwards its own options are in
+# RECIPE_ARGS (parse them with a `case`), and the functions below run the evidence protocol
+# (python -m fairseq_metabt.evidence) so that every recipe trains, scores and compares the same way.
+
+RECIPE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PY="${PYTHON:-$RECIPE_ROOT/.venv/bin/python}"
+[ -x "$PY" ] || PY="$(command -v python3 || command -v python)"
+export PATH="$(dirname "$PY"):$PATH"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+USER_DIR="$RECIPE_ROOT/fairseq_metabt"
+
+RECIPE_SHARED_HELP='Shared flags (every recipe; docs/data.md):
+  --raw-dir DIR        a corpus in the raw layout (default: the synthetic corpus of the recipe)
+  --src LANG           source language              --tgt LANG    target language
+  --related L1,L2,...  other languages of a multilingual recipe
+  --seeds "1 2 3"      training seeds (Δ and p are paired by seed)
+  --work-dir DIR       runs, checkpoints, results/summary.json
+  --patience P         dev validations without improvement before a system stops
+  --validate-every V   updates between dev validations
+  --max-update N       safety cap; a system that reaches it is reported "not converged"
+  -h, --help           this text'
+
+recipe_die() { echo "fairseq-metabt: error: $*" >&2; exit 2; }
+
+recipe_parse() {
+  RAW_DIR="${RAW_DIR:-}"; RECIPE_ARGS=()
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      -h|--help) printf '%s\n\n%s\n' "$RECIPE_USAGE" "$RECIPE_SHARED_HELP"; exit 0 ;;
+      --raw-dir|--src|--tgt|--related|--seeds|--work-dir|--patience|--validate-every|--max-update)
+        [ $# -ge 2 ] || recipe_die "$1 needs a value (see --help)"
+        case "$1" in
+          --raw-dir) [ -d "$2" ] || recipe_die "--raw-dir $2 is not a directory (give a corpus in the raw layout, docs/data.md)"
+                     RAW_DIR="$(cd "$2" && pwd)" ;;
+          --src) SRC="$2" ;; --tgt) TGT="$2" ;; --related) RELATED="$2" ;; --seeds) SEEDS="$2" ;;
+          --work-dir) WORK_DIR="$2" ;; --patience) PATIENCE="$2" ;; --validate-every) VALIDATE_EVERY="$2" ;;
+          --max-update) MAX_UPDATE="$2" ;;
+        esac
+        shift 2 ;;
+      *) RECIPE_ARGS+=("$1"); shift ;;
+    esac
+  done
+  # shellcheck disable=SC2086
+  set -- $SEEDS
+  [ $# -ge 1 ] || recipe_die "--seeds needs at least one seed, e.g. --seeds \"1 2 3\""
+  [ "$SRC" != "$TGT" ] || recipe_die "--src and --tgt are both $SRC (give two different languages)"
+  for n in "${PATIENCE:=5}" "${VALIDATE_EVERY:=50}" "${MAX_UPDATE:=20000}"; do
+    [[ "$n" =~ ^[1-9][0-9]*$ ]] || recipe_die "--patience/--validate-every/--max-update take positive integers, got '$n'"
+  done
+  WORK_DIR="$(mkdir -p "$WORK_DIR" && cd "$WORK_DIR" && pwd)"
+  RELATED_LIST=(${RELATED//,/ })
+  if [ -n "$RAW_DIR" ]; then recipe_check_pair "$RAW_DIR" "$SRC" "$TGT"; fi
+}
+
+# recipe_unknown: a recipe's `case` default for options it does not know.
+recipe_unknown() { recipe_die "unknown option $1 (see --help)"; }
+
+# recipe_check_pair RAW SRC TGT: the raw directory has a train split of SRC-TGT (either direction).
+recipe_check_pair() {
+  local raw="$1" s="$2" t="$3"
+  if [ ! -f "$raw/train.$s-$t.$s" ] && [ ! -f "$raw/train.$t-$s.$s" ]; then
+    recipe_die "$raw has no train.$s-$t.$s nor train.$t-$s.$s (check --src/--tgt against the file names, docs/data.md)"
+  fi
+}
+
+# recipe_corpus SEED PRESET SIZES [generator args...]: the raw corpus of a seed: --raw-dir if given,
+# else the synthetic PRESET generated into WORK_DIR/raw/seedSEED (reused when present). Sets RAW.
+recipe_corpus() {
+  local seed="$1" preset="$2" sizes="$3"; shift 3
+  if [ -n "$RAW_DIR" ]; then RAW="$RAW_DIR"; return; fi
+  RAW="$WORK_DIR/raw/seed$seed"
+  [ -f "$RAW/manifest.json" ] || "$PY" -m fairseq_metabt.synthetic --preset "$preset" --out "$RAW" --seed "$seed" \
+      --sizes "$sizes" "$@"
+}
+
+# recipe_prepare RAW BIN [prepare_data.py args...]: sentencepiece + fairseq-preprocess (reused when done).
+recipe_prepare() {
+  local raw="$1" bin="$2"; shift 2
+  [ -f "$bin/prepare.json" ] || "$PY" "$RECIPE_ROOT/scripts/prepare_data.py" "$raw" "$bin" "$@"
+}
+
+# ev_train SAVE_DIR fairseq-train args...: train to dev convergence under the shared protocol.
+ev_train() {
+  local save="$1"; shift
+  echo; echo "=== train $(basename "$save") (fairseq-train, early stopping: patience $PATIENCE x $VALIDATE_EVERY updates) ==="
+  "$PY" -m fairseq_metabt.evidence train --save-dir "$save" --patience "$PATIENCE" \
+    --validate-every "$VALIDATE_EVERY" --max-update "$MAX_UPDATE" --metric "${METRIC:-loss}" -- "$@"
+}
+
+# ev_eval SYSTEM SEED SAVE_DIR BIN SRC TGT [evaluate args...]: score checkpoint_best.pt of SAVE_DIR.
+ev_eval() {
+  local system="$1" seed="$2" save="$3" bin="$4" s="$5" t="$6"; shift 6
+  echo; echo "=== evaluate $system, seed $seed, $s-$t (fairseq-generate + sacrebleu) ==="
+  "$PY" -m fairseq_metabt.evidence evaluate "$bin" --work-dir "$WORK_DIR" --system "$system" --seed "$seed" \
+    --save-dir "$save" --path "$save/checkpoint_best.pt" -s "$s" -t "$t" "$@"
+}
+
+# ev_compare compare-args...: WORK_DIR/results/summary.json and its table.
+ev_compare() {
+  echo; echo "=== results (paired by seed: $SEEDS) ==="
+  "$PY" -m fairseq_metabt.evidence compare --work-dir "$WORK_DIR" --out "$WORK_DIR/results/summary.json" "$@"
+}
+
+# recipe_cpu_flag: --cpu unless CUDA is available (the recipes run unchanged on GPUs).
+recipe_cpu_flag() {
+  if "$PY" -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then echo ""; else echo "--cpu"; fi
+}
