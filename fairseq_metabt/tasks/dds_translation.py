@@ -285,6 +285,7 @@ class DDSTranslationTask(TranslationTask):
         self._resumed = False  # a resumed run continues its log; a fresh one starts a new log
         self._criterion = None
         self._batch_tokens = 0  # target tokens of the last training micro-batch (the probe's size)
+        self._group_tokens = 0  # its largest language group: the probe runs in chunks no larger (memory)
         self._scorer_bytes = 0  # transient buffers of the last scorer update (dev, probe, step scale)
         self.usage = torch.zeros(n, dtype=torch.float64)  # sentences per language since the last scorer step
         self.pattern_probs: Optional[torch.Tensor] = None
@@ -457,7 +458,7 @@ class DDSTranslationTask(TranslationTask):
         if self._shares is not None:
             self._shares.mark()
         scale = G.loss_scale(optimizer)
-        batch_tokens = 0
+        batch_tokens, group_tokens = 0, 0
         for k, (lang, batch) in enumerate(batches.items()):
             if self._theta[0].is_cuda:
                 batch = utils.move_to_cuda(batch)
@@ -476,13 +477,14 @@ class DDSTranslationTask(TranslationTask):
                 self.usage[lang] += float(batch["nsentences"])
                 pending["nsentences"] += float(batch["nsentences"])
                 batch_tokens += int(batch["ntokens"])
+                group_tokens = max(group_tokens, int(batch["ntokens"]))
             agg_loss += float(loss.detach())
             agg_size += sample_size
             for key, v in log.items():
                 agg_log[key] = agg_log.get(key, 0) + v
             agg_log[f"dds_nsent_{self.langs[lang]}"] = 0 if ignore_grad else float(batch["nsentences"])
         if batch_tokens:
-            self._batch_tokens = batch_tokens
+            self._batch_tokens, self._group_tokens = batch_tokens, group_tokens
         return agg_loss, agg_size, agg_log
 
     def optimizer_step(self, optimizer, model, update_num):
@@ -568,7 +570,12 @@ class DDSTranslationTask(TranslationTask):
         tokens = self.cfg.dds_probe_tokens or self._batch_tokens or self.cfg.dds_dev_max_tokens
         gen = seeded_generator(self.cfg.seed, update_num, _rank(), 37, lang)
         slots = ds.language_batch_slots(lang, tokens, gen)
-        return self._mean_gradient([ds.assemble(slots, np.full(len(slots), lang))[lang]])
+        # backpropagated in chunks of about a training step's language group: about the same peak memory
+        sizes = ds.pairs[lang].tgt_sizes[ds.index.table[slots, lang]]
+        chunk = max(self._group_tokens, int(sizes.max()))
+        cuts = np.flatnonzero(np.diff(np.cumsum(sizes) // chunk)) + 1
+        pieces = [part for part in np.split(slots, cuts) if len(part)]
+        return self._mean_gradient([ds.assemble(part, np.full(len(part), lang))[lang] for part in pieces])
 
     def _scorer_step(self, model, update_num: int, optimizer) -> None:
         learn = self.updates_scorer and self.last_update >= self.cfg.dds_start_update
