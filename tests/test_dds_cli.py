@@ -7,7 +7,9 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, USER_DIR, assert_same_weights, fails, fairseq, make_corpus, prepare, run, two_workers
+from conftest import (ROOT, USER_DIR, assert_same_weights, fails, fairseq, in_process_trainer, make_corpus, prepare, run,
+                      two_workers)
+from fairseq_metabt.modules import gradients as G
 
 PAIRS = "lrl-tgt,hrl-tgt,unra-tgt,unrb-tgt,nsy-tgt"
 SIZES = "train=80,hrl=160,unra=60,unrb=60,nsy=60,valid=21,test=21,mono_tgt=40,mono_lrl=40"
@@ -203,3 +205,40 @@ def test_bad_input_is_named(multiway_bin, tmp_path):
     assert "--dds-scorer-iters (E) must be a positive integer, got 0" in out
     out = fails(dds_args(multiway_bin, str(tmp_path / "e"), 2, "--dds-alpha1", "1.5"))
     assert "--dds-alpha1 must be in [0, 1], got 1.5" in out
+
+
+@pytest.mark.parametrize("reward", ["cosine", "adam"])
+def test_fresh_rewards_against_brute_force(multiway_bin, tmp_path, reward):
+    """In fairseq's own Trainer: after a real update, each reward is the similarity of the training criterion's
+    gradient per token on that language's fresh batch with the one pooled over the whole dev set."""
+    from fairseq_metabt.data.language_sampler import seeded_generator
+    from fairseq_metabt.modules.dds_rewards import adam_step_scale
+
+    args = dds_args(multiway_bin, str(tmp_path / "bf"), 1, "--dds-grad-mode", "eval", "--dds-reward", reward)[1:]
+    task, model, criterion, trainer = in_process_trainer(args)
+    itr = trainer.get_train_iterator(epoch=1).next_epoch_itr(shuffle=False)
+    trainer.train_step([next(itr)])
+    task._model = model
+    task._compute_rewards(7, trainer.optimizer)
+    theta = task._theta
+    scale = adam_step_scale(trainer.optimizer, theta) if reward == "adam" else torch.ones(1)
+
+    def grad_per_token(batches):
+        model.eval()
+        total, size = 0.0, 0.0
+        for b in batches:
+            loss, sample_size, _ = criterion(model, b)
+            total = total + loss
+            size += float(sample_size)
+        return G.flatten(torch.autograd.grad(total / size, theta, allow_unused=True), theta)
+
+    ds_dev, batches = task._dev_batches()
+    dev = grad_per_token([ds_dev.collater([ds_dev[int(i)] for i in b]) for b in batches])
+    ds = task.train_data
+    assert task._batch_tokens > 0
+    for lang in range(len(task.langs)):
+        slots = ds.language_batch_slots(lang, task._batch_tokens, seeded_generator(2, 7, 0, 37, lang))
+        g = grad_per_token([ds.assemble(slots, [lang] * len(slots))[lang]]) * scale
+        cos = float(torch.dot(g, dev) / (g.norm() * dev.norm()))
+        assert bool(task.reward_valid[lang]) and abs(float(task.rewards[lang]) - cos) < 1e-4, (lang, cos)
+    assert len({round(float(r), 4) for r in task.rewards}) == len(task.langs)  # distinct languages, distinct rewards
