@@ -242,3 +242,46 @@ def test_fresh_rewards_against_brute_force(multiway_bin, tmp_path, reward):
         cos = float(torch.dot(g, dev) / (g.norm() * dev.norm()))
         assert bool(task.reward_valid[lang]) and abs(float(task.rewards[lang]) - cos) < 1e-4, (lang, cos)
     assert len({round(float(r), 4) for r in task.rewards}) == len(task.langs)  # distinct languages, distinct rewards
+
+
+def test_overflowed_update_never_reaches_the_emas(multiway_bin, tmp_path):
+    """fp16/AMP overflow on the EMA path: fairseq still calls optimizer_step under --amp with inf gradients;
+    the update is dropped whole, and the retry (same update number, .grad cleared) starts clean shares."""
+    args = dds_args(multiway_bin, str(tmp_path / "inf"), 1, "--dds-grad-source", "ema")[1:]
+    task, model, criterion, trainer = in_process_trainer(args)
+    itr = trainer.get_train_iterator(epoch=1).next_epoch_itr(shuffle=False)
+    trainer.train_step([next(itr)])
+    before = task.ema.state_dict()
+    assert bool(task.ema.seen.any()) and bool(torch.isfinite(before["sums"]).all())
+    sample = trainer._prepare_sample(next(itr))[0]
+    update = trainer.get_num_updates()
+    overflow = next(p for p in task._theta if p.grad is not None)
+
+    # --fp16: the overflow raises before optimizer_step; fairseq clears .grad and retries the same update
+    trainer.zero_grad()
+    task.train_step(sample, model, criterion, trainer.optimizer, update)
+    overflow.grad.view(-1)[0] = float("inf")
+    task._shares.capture(0)  # as if the next group's backward pass had produced it
+    assert not bool(torch.isfinite(task._shares.shares).all())
+    trainer.zero_grad()
+    task.train_step(sample, model, criterion, trainer.optimizer, update)
+    assert bool(torch.isfinite(task._shares.shares).all()), "the retry starts with clean shares"
+
+    # --amp: optimizer_step is called with the inf gradients
+    overflow.grad.view(-1)[0] = float("inf")
+    task._shares.capture(0)
+    saved = [p.detach().clone() for p in model.parameters()]
+    task.optimizer_step(trainer.optimizer, model, update)
+    with torch.no_grad():  # AMP's scaler skips a step with inf gradients; plain Adam here does not
+        for p, old in zip(model.parameters(), saved):
+            p.copy_(old)
+    after = task.ema.state_dict()
+    assert task.nonfinite_updates == 1
+    assert torch.equal(before["sums"], after["sums"]) and torch.equal(before["tokens"], after["tokens"])
+    trainer.zero_grad()  # the retry of the same update: fresh shares, finite EMAs
+    task.train_step(sample, model, criterion, trainer.optimizer, update)
+    assert bool(torch.isfinite(task._shares.shares).all())
+    task.optimizer_step(trainer.optimizer, model, update)
+    assert bool(torch.isfinite(task.ema.sums).all()) and task.nonfinite_updates == 1
+    r, valid = task.ema.rewards(torch.ones(task.ema.sums.shape[1]), "cosine")
+    assert bool(torch.isfinite(r).all()) and bool(valid.any())
