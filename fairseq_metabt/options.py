@@ -12,6 +12,7 @@ import sys
 from typing import List, Optional
 
 import fairseq_metabt  # noqa: F401  (registers the plugin's components)
+from fairseq_metabt.errors import UserError, cli
 
 
 def component_parser(name: str) -> argparse.ArgumentParser:
@@ -43,6 +44,7 @@ def component_parser(name: str) -> argparse.ArgumentParser:
     return parser
 
 
+@cli
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("names", nargs="+", help="registered task, criterion or model names")
@@ -51,8 +53,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         try:
             component_parser(name).print_help()
         except KeyError as e:
-            print(e.args[0], file=sys.stderr)
-            return 2
+            raise UserError(e.args[0]) from None
         print()
     return 0
 

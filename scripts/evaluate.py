@@ -22,6 +22,10 @@ from typing import Dict, List, Optional
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 USER_DIR = os.path.join(ROOT, "fairseq_metabt")
+sys.path.insert(0, ROOT)
+
+from fairseq_metabt import checkpoints, fileio  # noqa: E402
+from fairseq_metabt.errors import UserError, UserFileError, cli  # noqa: E402
 
 
 def fairseq_cli(name: str) -> List[str]:
@@ -31,7 +35,7 @@ def fairseq_cli(name: str) -> List[str]:
         return [local]
     found = shutil.which(name)
     if found is None:
-        raise SystemExit(f"{name} not found: run `bash scripts/setup_env.sh` and use .venv/bin/python")
+        raise UserError(f"{name} not found", "run `bash scripts/setup_env.sh` and use .venv/bin/python")
     return [found]
 
 
@@ -77,18 +81,19 @@ def evaluate(
     hyps_out: Optional[str] = None,
 ) -> dict:
     if not os.path.exists(path):
-        raise SystemExit(f"evaluate.py: checkpoint {path} does not exist; train first or fix --path")
+        raise UserFileError(f"checkpoint {path} does not exist", "train first or fix --path")
+    checkpoints.check_readable(path, "--path")  # a truncated file: one clear line, not fairseq-generate's OSError
     if ref is None:
         info_path = os.path.join(bin_dir, "prepare.json")
         if not os.path.exists(info_path):
-            raise SystemExit(f"evaluate.py: {info_path} missing; pass --ref RAW_REFERENCE_FILE")
+            raise UserFileError(f"{info_path} missing", "pass --ref RAW_REFERENCE_FILE")
         with open(info_path, encoding="utf-8") as f:
             raw_dir = json.load(f)["raw_dir"]
         ref = os.path.join(raw_dir, f"{subset}.{src}-{tgt}.{tgt}")
         if not os.path.exists(ref):  # the pair may be stored in the other direction
             ref = os.path.join(raw_dir, f"{subset}.{tgt}-{src}.{tgt}")
     if not os.path.exists(ref):
-        raise SystemExit(f"evaluate.py: reference file {ref} not found; pass --ref")
+        raise UserFileError(f"reference file {ref} not found", "pass --ref")
     cmd = fairseq_cli("fairseq-generate") + [
         bin_dir, "--user-dir", USER_DIR, "--task", task, "--path", path,
         "--source-lang", src, "--target-lang", tgt, "--gen-subset", subset,
@@ -100,19 +105,17 @@ def evaluate(
     ] + ([] if _cuda() else ["--cpu"]) + list(extra or [])
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if output:
-        with open(output, "w", encoding="utf-8") as f:
-            f.write(proc.stdout)
+        fileio.write_text(output, proc.stdout)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-4000:])
         raise SystemExit(f"evaluate.py: fairseq-generate failed (exit {proc.returncode}): {' '.join(cmd)}")
     hyps = parse_generate_output(proc.stdout)
-    with open(ref, encoding="utf-8") as f:
+    with open(ref, encoding="utf-8", newline="\n") as f:  # lines end at \n only, as everywhere
         refs = [line.strip() for line in f]
     if sorted(hyps) != list(range(len(refs))):
-        raise SystemExit(
-            f"evaluate.py: fairseq-generate produced {len(hyps)} hypotheses for {len(refs)} references in {ref}; "
-            "the binarised subset and the raw reference file disagree. Re-run prepare_data.py."
-        )
+        raise UserError(
+            f"fairseq-generate produced {len(hyps)} hypotheses for {len(refs)} references in {ref}: the binarised "
+            "subset and the raw reference file disagree", "re-run prepare_data.py")
     ordered = [hyps[i] for i in range(len(refs))]
     result = score(ordered, refs)
     result.update({"checkpoint": os.path.abspath(path), "pair": f"{src}-{tgt}", "subset": subset,
@@ -132,6 +135,7 @@ def _cuda() -> bool:
         return False
 
 
+@cli
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: List[str] = []
@@ -157,8 +161,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"BLEU = {result['bleu']:.2f}  ({result['bleu_signature']})")
     print(f"chrF = {result['chrf']:.2f}  ({result['chrf_signature']})")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
+        fileio.write_json(args.json, result)
     return 0
 
 

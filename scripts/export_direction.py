@@ -17,12 +17,12 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import fairseq_metabt  # noqa: E402,F401  (allow-lists checkpoint types, registers dual_transformer)
-import torch  # noqa: E402
-from fairseq import checkpoint_utils  # noqa: E402
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from fairseq_metabt.models.dual_transformer import DIRECTIONS, split_directions  # noqa: E402
+from fairseq_metabt import checkpoints, fileio  # noqa: E402
+from fairseq_metabt.errors import UserError, cli  # noqa: E402
+from fairseq_metabt.models.dual_transformer import DIRECTIONS, is_dual_state, split_directions  # noqa: E402
 
 # architecture options a plain fairseq transformer needs to rebuild the same network
 _ARCH_KEYS = [
@@ -38,16 +38,16 @@ _ARCH_KEYS = [
 
 def export(path: str, out: str, direction: str, force: bool = False) -> None:
     if direction not in DIRECTIONS:
-        raise SystemExit(f"--direction must be one of {DIRECTIONS}")
-    if not os.path.exists(path):
-        raise SystemExit(f"export_direction.py: {path} does not exist")
+        raise UserError(f"--direction {direction!r} is unknown", f"choose one of {', '.join(DIRECTIONS)}")
     if os.path.exists(out) and not force:
-        raise SystemExit(f"export_direction.py: {out} exists; pass --force to overwrite it")
-    state = checkpoint_utils.load_checkpoint_to_cpu(path)
+        raise UserError(f"{out} exists", "pass --force to overwrite it, or choose another output file")
+    state = checkpoints.load(path, "CHECKPOINT")
     cfg = state["cfg"]
     model_cfg = cfg["model"]
-    if not any(k.startswith("backward_model.") for k in state["model"]):
-        raise SystemExit(f"export_direction.py: {path} is not a dual_transformer checkpoint (no backward model)")
+    if not is_dual_state(state["model"]):
+        raise UserError(f"{path} is not a dual_transformer checkpoint (no backward model)",
+                        "pass a checkpoint trained by meta_backtranslation or wake_sleep_translation")
+    fingerprint, _ = checkpoints.checkpoint_fingerprint(state)
     get = (lambda k: getattr(model_cfg, k, None)) if isinstance(model_cfg, argparse.Namespace) else model_cfg.get
     args = argparse.Namespace(arch="transformer", _name="transformer",
                               **{k: get(k) for k in _ARCH_KEYS if get(k) is not None})
@@ -60,11 +60,15 @@ def export(path: str, out: str, direction: str, force: bool = False) -> None:
         **{k: v for k, v in vars(args).items() if k != "_name"}))
     plain = OmegaConf.to_container(new_cfg, resolve=False)
     plain["model"] = {"_name": "transformer", **{k: v for k, v in vars(args).items() if k not in ("arch", "_name")}}
-    torch.save({"cfg": plain, "args": None, "model": split_directions(state["model"])[direction],
-                "optimizer_history": state.get("optimizer_history") or [{"num_updates": 0}],
-                "extra_state": {}, "last_optimizer_state": None}, out)
+    # the dictionary's fingerprint travels with the weights: --forward/--backward-init check it
+    # even when the training data directory has moved
+    extra = {checkpoints.FINGERPRINT_KEY: fingerprint} if fingerprint else {}
+    fileio.torch_save({"cfg": plain, "args": None, "model": split_directions(state["model"])[direction],
+                       "optimizer_history": state.get("optimizer_history") or [{"num_updates": 0}],
+                       "extra_state": extra, "last_optimizer_state": None}, out)
 
 
+@cli
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint")

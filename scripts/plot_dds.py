@@ -14,11 +14,16 @@ import os
 import sys
 from typing import List, Optional
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from fairseq_metabt import fileio  # noqa: E402
+from fairseq_metabt.errors import UserError, cli  # noqa: E402
+
 
 def read_log(path: str) -> List[dict]:
     if not os.path.exists(path):
-        raise SystemExit(f"plot_dds: {path} not found; train with --task dds_translation (it writes the log every "
-                         "--dds-update-interval updates) or pass --log")
+        raise UserError(f"{path} not found", "train with --task dds_translation (it writes the log every "
+                        "--dds-update-interval updates) or pass --log")
     records, torn = [], 0
     with open(path) as f:
         for line in f:
@@ -30,7 +35,7 @@ def read_log(path: str) -> List[dict]:
     if torn:
         sys.stderr.write(f"plot_dds: skipped {torn} unreadable line(s) of {path}\n")
     if not records:
-        raise SystemExit(f"plot_dds: {path} is empty: train for at least --dds-update-interval updates")
+        raise UserError(f"{path} is empty", "train for at least --dds-update-interval updates")
     return records
 
 
@@ -54,11 +59,13 @@ def plot(records: List[dict], out: str, title: Optional[str] = None) -> str:
     bottom.set_xlabel("update")
     bottom.axhline(0, color="grey", linewidth=0.5)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    with fileio.atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, format=os.path.splitext(out)[1][1:] or "png")
     plt.close(fig)
     return out
 
 
+@cli
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", help="the --save-dir of a dds_translation run")

@@ -12,7 +12,6 @@ selection.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import List, Optional
@@ -20,17 +19,18 @@ from typing import List, Optional
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, ROOT)
 
+from fairseq_metabt import fileio  # noqa: E402
+from fairseq_metabt.errors import UserError, cli  # noqa: E402
+
 
 def read_gates(checkpoint: str) -> dict:
     """``{"langs": [...], "encoder"/"decoder": {"q": [[...]], "selected": [[...]]}}`` from a checkpoint."""
     import torch
 
-    import fairseq_metabt  # noqa: F401  (allow-lists checkpoint types)
-    from fairseq import checkpoint_utils
-
+    from fairseq_metabt import checkpoints  # allow-lists checkpoint types
     from fairseq_metabt.modules.latent_layers import LatentLayerGates, selection_mode
 
-    state = checkpoint_utils.load_checkpoint_to_cpu(checkpoint)
+    state = checkpoints.load(checkpoint, "CHECKPOINT")
     args = state["cfg"]["model"]
     langs = [x for x in str(getattr(args, "latent_langs", "") or "*").split(",") if x]
     out = {"langs": langs}
@@ -45,7 +45,8 @@ def read_gates(checkpoint: str) -> dict:
         out[side] = {"q": torch.sigmoid(logits).tolist(),
                      "selected": [gates.select(i, mode, k).tolist() for i in range(len(langs))]}
     if "encoder" not in out and "decoder" not in out:
-        raise SystemExit(f"{checkpoint} has no latent layer logits (not a latent_depth_transformer checkpoint)")
+        raise UserError(f"{checkpoint} has no latent layer logits (not a latent_depth_transformer checkpoint)",
+                        "pass a checkpoint of --task latent_depth_translation")
     return out
 
 
@@ -77,10 +78,12 @@ def plot(gates: dict, out_png: str, title: str = "") -> None:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
+    with fileio.atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=120, format=os.path.splitext(out_png)[1][1:] or "png")
     plt.close(fig)
 
 
+@cli
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint")
@@ -88,14 +91,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--json", help="also write probabilities and selection here")
     p.add_argument("--title", default="")
     args = p.parse_args(argv)
-    if not os.path.isfile(args.checkpoint):
-        p.error(f"no checkpoint at {args.checkpoint}")
     gates = read_gates(args.checkpoint)
     out = args.out or os.path.splitext(args.checkpoint)[0] + ".layers.png"
     plot(gates, out, args.title)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(gates, f, indent=2)
+        fileio.write_json(args.json, gates)
     print(out)
     return 0
 

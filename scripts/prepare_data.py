@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import filecmp
-import json
 import logging
 import os
 import shutil
@@ -25,14 +24,19 @@ from typing import Dict, List, Optional
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from fairseq_metabt.data.raw_layout import SPLITS, RawLayoutError, scan_raw_dir  # noqa: E402
+from fairseq_metabt import fileio  # noqa: E402
+from fairseq_metabt.data.raw_layout import SPLITS, RawLayout, scan_raw_dir  # noqa: E402
 from fairseq_metabt.data.tagging import lang_tags  # noqa: E402
+from fairseq_metabt.errors import UserError, cli  # noqa: E402
 
 logger = logging.getLogger("prepare_data")
 
 
-class PrepareError(RuntimeError):
-    pass
+TOOL = "prepare_data.py"
+
+
+class PrepareError(UserError):
+    """Bad arguments or output directory for prepare_data.py."""
 
 
 def train_sentencepiece(inputs: List[str], prefix: str, vocab_size: int, model_type: str, seed: int) -> str:
@@ -57,7 +61,7 @@ def train_sentencepiece(inputs: List[str], prefix: str, vocab_size: int, model_t
 
 
 def encode_file(sp, src: str, dst: str) -> None:
-    with open(src, encoding="utf-8") as fin, open(dst, "w", encoding="utf-8") as fout:
+    with fileio.open_text(src) as fin, fileio.open_text(dst, "w") as fout:
         for line in fin:
             fout.write(" ".join(sp.encode(line.strip(), out_type=str)) + "\n")
 
@@ -69,7 +73,7 @@ def build_dictionary(sp, langs: List[str], encoded_train: List[str], path: str) 
     d = Dictionary()
     counts: Dict[str, int] = {}
     for fname in encoded_train:
-        with open(fname, encoding="utf-8") as f:
+        with fileio.open_text(fname) as f:
             for line in f:
                 for tok in line.split():
                     counts[tok] = counts.get(tok, 0) + 1
@@ -81,14 +85,30 @@ def build_dictionary(sp, langs: List[str], encoded_train: List[str], path: str) 
     for tag in lang_tags(langs):
         d.add_symbol(tag, n=1)
     d.finalize(threshold=-1, nwords=-1, padding_factor=8)
-    d.save(path)
+    with fileio.atomic_path(path) as tmp:
+        d.save(tmp)
+
+
+def load_spm(path: str):
+    """A sentencepiece model; an unreadable file is a :class:`PrepareError` naming it."""
+    import sentencepiece as spm
+
+    try:
+        return spm.SentencePieceProcessor(model_file=path)
+    except (RuntimeError, OSError) as e:
+        raise PrepareError(f"--spm-model {path} is not a sentencepiece model ({' '.join(str(e).split())[:120]})",
+                           "pass the spm.model of a prepared BIN_DIR") from e
 
 
 def check_dictionary_covers(sp, langs: List[str], dict_path: str) -> None:
     """A reused dictionary must contain every piece of the reused sentencepiece model and every tag."""
     from fairseq.data import Dictionary
 
-    d = Dictionary.load(dict_path)
+    try:
+        d = Dictionary.load(dict_path)
+    except (ValueError, RuntimeError, UnicodeDecodeError) as e:
+        raise PrepareError(f"--dict {dict_path} is not a fairseq dictionary ({e})",
+                           "pass the dict.txt of a prepared BIN_DIR") from e
     missing = [
         sp.id_to_piece(i)
         for i in range(sp.get_piece_size())
@@ -124,35 +144,21 @@ def prepare(
     workers: int = 2,
 ) -> dict:
     """Prepare ``raw_dir`` into ``bin_dir``; returns the summary also written to ``bin_dir/prepare.json``."""
-    import sentencepiece as spm
-
     layout = scan_raw_dir(raw_dir)
     if (spm_model is None) != (dict_path is None):
         raise PrepareError("--spm-model and --dict go together: pass both to reuse a vocabulary, or neither.")
     for p in filter(None, (spm_model, dict_path)):
         if not os.path.isfile(p):
             raise PrepareError(f"{p} does not exist; point --spm-model/--dict at a prepared BIN_DIR's files.")
+    if spm_model is not None:  # checked before anything is written
+        check_dictionary_covers(load_spm(spm_model), layout.languages, dict_path)
 
+    fileio.refuse_inputs_inside(bin_dir, [("RAW_DIR", raw_dir), ("--spm-model", spm_model), ("--dict", dict_path)],
+                                TOOL)
     summary_path = os.path.join(bin_dir, "prepare.json")
-    if os.path.isdir(bin_dir) and os.listdir(bin_dir):
-        if not force:
-            raise PrepareError(
-                f"{bin_dir} is not empty (found {sorted(os.listdir(bin_dir))[:4]}...). Nothing was "
-                "changed. Choose a new BIN_DIR, or pass --force to replace its prepared data."
-            )
-        if os.path.exists(summary_path) or os.path.exists(os.path.join(bin_dir, "dict.txt")):
-            # Only a directory we prepared is cleared; anything else stays untouched.
-            for name in os.listdir(bin_dir):
-                if name.startswith(("checkpoint", "runs")):
-                    continue
-                path = os.path.join(bin_dir, name)
-                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-        else:
-            raise PrepareError(
-                f"{bin_dir} holds files that prepare_data.py did not write; refusing to delete them even "
-                "with --force. Choose an empty or new BIN_DIR."
-            )
-    os.makedirs(bin_dir, exist_ok=True)
+    before = set(_files_under(bin_dir))
+    record = fileio.OutputRecord(bin_dir, TOOL)
+    record.prepare(planned_outputs(layout, train_spm=spm_model is None), force, PrepareError)
     spm_dir = os.path.join(bin_dir, "spm")
     os.makedirs(spm_dir, exist_ok=True)
     langs = layout.languages
@@ -165,7 +171,7 @@ def prepare(
     else:
         model_file = os.path.join(bin_dir, "spm.model")
         shutil.copyfile(spm_model, model_file)
-    sp = spm.SentencePieceProcessor(model_file=model_file)
+    sp = load_spm(model_file)
 
     # 2. encode every file with it
     encoded_train: List[str] = []
@@ -185,7 +191,6 @@ def prepare(
     if dict_path is None:
         build_dictionary(sp, langs, encoded_train, joint)
     else:
-        check_dictionary_covers(sp, langs, dict_path)
         shutil.copyfile(dict_path, joint)
 
     # 4. binarise every pair and every monolingual file against it
@@ -197,7 +202,7 @@ def prepare(
                 argv += [f"--{split}pref", os.path.join(spm_dir, f"{split}.{s}-{t}")]
         fairseq_preprocess(argv)
     for lang in sorted(layout.mono):
-        with tempfile.TemporaryDirectory(dir=bin_dir) as tmp:
+        with tempfile.TemporaryDirectory() as tmp:  # outside BIN_DIR: a crash leaves nothing there
             fairseq_preprocess(["--only-source", "--source-lang", lang, "--destdir", tmp, "--srcdict", joint,
                                 "--trainpref", os.path.join(spm_dir, "mono"), "--workers", str(workers)])
             for ext in ("bin", "idx"):
@@ -216,14 +221,35 @@ def prepare(
         "pairs": [f"{s}-{t}" for s, t in layout.pairs],
         "splits": {f"{s}-{t}": sorted(sp_) for (s, t), sp_ in layout.bitext.items()},
         "mono": sorted(layout.mono),
-        "vocab_size": len(open(joint, encoding="utf-8").readlines()),
+        "vocab_size": sum(1 for _ in fileio.open_text(joint)),
     }
-    with open(summary_path, "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
+    # everything this run created is recorded (for the next --force), then prepare.json marks it complete
+    record.write(set(record.files() or []) | (set(_files_under(bin_dir)) - before) | {"prepare.json"})
+    fileio.write_json(summary_path, summary)
     logger.info("prepared %s -> %s: pairs %s, mono %s", raw_dir, bin_dir, summary["pairs"], summary["mono"])
     return summary
 
 
+def planned_outputs(layout: RawLayout, train_spm: bool) -> List[str]:
+    """Every file :func:`prepare` writes into BIN_DIR (names relative to it)."""
+    names = ["spm.model", "dict.txt", "prepare.json", "preprocess.log"] + (["spm.vocab"] if train_spm else [])
+    names += [f"dict.{lang}.txt" for lang in layout.languages]
+    for (s, t), splits in layout.bitext.items():
+        for split, files in splits.items():
+            names += ["spm/" + os.path.basename(f) for f in files]
+            names += [f"{split}.{s}-{t}.{lang}.{ext}" for lang in (s, t) for ext in ("bin", "idx")]
+    for lang, raw in layout.mono.items():
+        names += ["spm/" + os.path.basename(raw)] + [f"mono.{lang}.{ext}" for ext in ("bin", "idx")]
+    return names
+
+
+def _files_under(directory: str) -> List[str]:
+    if not os.path.isdir(directory):
+        return []
+    return [os.path.relpath(os.path.join(d, n), directory) for d, _, names in os.walk(directory) for n in names]
+
+
+@cli
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("raw_dir", help="corpus in the raw layout (docs/data.md)")
@@ -237,14 +263,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--force", action="store_true", help="replace data previously prepared in BIN_DIR")
     args = p.parse_args(argv)
     if args.vocab_size < 8:
-        p.error(f"--vocab-size must be at least 8, got {args.vocab_size}")
+        raise PrepareError(f"--vocab-size must be at least 8, got {args.vocab_size}", "pass --vocab-size 8 or more")
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO)
-    try:
-        prepare(args.raw_dir, args.bin_dir, args.vocab_size, args.model_type, args.seed, args.force,
-                args.spm_model, args.dict_path, args.workers)
-    except (RawLayoutError, PrepareError) as e:
-        print(f"prepare_data.py: error: {e}", file=sys.stderr)
-        return 2
+    prepare(args.raw_dir, args.bin_dir, args.vocab_size, args.model_type, args.seed, args.force,
+            args.spm_model, args.dict_path, args.workers)
     return 0
 
 

@@ -13,7 +13,6 @@ model's.  It loads with ``fairseq-generate --task latent_depth_translation``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import List, Optional
@@ -21,7 +20,10 @@ from typing import List, Optional
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, ROOT)
 
+from fairseq_metabt.errors import cli  # noqa: E402
 
+
+@cli
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", help="a latent_depth_transformer checkpoint")
@@ -31,33 +33,31 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--force", action="store_true", help="overwrite existing exports")
     args = p.parse_args(argv)
 
-    import fairseq_metabt  # noqa: F401  (registers the model and task; allow-lists checkpoint types)
-    from fairseq import checkpoint_utils
-
+    from fairseq_metabt import checkpoints, fileio  # registers the model and task; allow-lists checkpoint types
+    from fairseq_metabt.errors import UserError
     from fairseq_metabt.modules.latent_depth_pruning import prune_checkpoint
 
-    if not os.path.isfile(args.checkpoint):
-        p.error(f"no checkpoint at {args.checkpoint}")
-    state = checkpoint_utils.load_checkpoint_to_cpu(args.checkpoint)
+    state = checkpoints.load(args.checkpoint, "CHECKPOINT")
     model_args = state["cfg"]["model"]
     langs_known = [x for x in str(getattr(model_args, "latent_langs", "") or "").split(",") if x]
     if not langs_known:
-        p.error(f"{args.checkpoint} is not a latent_depth_transformer checkpoint trained by latent_depth_translation")
+        raise UserError(f"{args.checkpoint} is not a latent_depth_transformer checkpoint trained by "
+                        "latent_depth_translation", "pass a checkpoint of --task latent_depth_translation")
     langs = args.lang or langs_known
     for lang in langs:
         if lang not in langs_known and langs_known != ["*"]:
-            p.error(f"language {lang!r} is not in the model; it has {', '.join(langs_known)}")
+            raise UserError(f"language {lang!r} is not in the model; it has {', '.join(langs_known)}",
+                            "pass --lang with one of those")
     os.makedirs(args.out_dir, exist_ok=True)
     report = {}
     for lang in langs:
         out = os.path.join(args.out_dir, f"checkpoint.{lang if lang != '*' else 'all'}.pt")
         if os.path.exists(out) and not args.force:
-            p.error(f"{out} exists; pass --force to overwrite")
+            raise UserError(f"{out} exists", "pass --force to overwrite it, or choose another --out-dir")
         kept = prune_checkpoint(args.checkpoint, lang, out, data=args.data)
         report[lang] = {"checkpoint": out, **kept}
         print(f"{lang}: encoder layers {kept['encoder']} decoder layers {kept['decoder']} -> {out}")
-    with open(os.path.join(args.out_dir, "pruned.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    fileio.write_json(os.path.join(args.out_dir, "pruned.json"), report)
     return 0
 
 

@@ -119,3 +119,33 @@ def in_process_trainer(train_args: List[str]):
     model = task.build_model(cfg.model)
     criterion = task.build_criterion(cfg.criterion)
     return task, model, criterion, Trainer(cfg, task, model, criterion)
+
+
+# Per task: architecture, criterion and the flags that keep a run of each of the five tasks to seconds.
+TASK_FLAGS = {
+    "meta_backtranslation": ["-s", "lrl", "-t", "tgt", "--arch", "dual_transformer_tiny",
+                             "--criterion", "label_smoothed_cross_entropy", "--meta-dev-max-tokens", "300",
+                             "--bt-max-len-a", "0", "--bt-max-len-b", "8"],
+    "wake_sleep_translation": ["-s", "lrl", "-t", "tgt", "--arch", "dual_transformer_tiny",
+                               "--criterion", "label_smoothed_cross_entropy", "--ws-max-len-a", "0",
+                               "--ws-max-len-b", "8", "--ws-mle-updates", "2", "--wake-updates", "3",
+                               "--sleep-updates", "3"],
+    "dds_translation": ["--lang-pairs", "lrl-tgt", "--arch", "transformer_lowres_tiny",
+                        "--criterion", "label_smoothed_cross_entropy", "--dds-update-interval", "2",
+                        "--dds-scorer-iters", "2", "--dds-scorer-batch", "16", "--dds-scorer-lr", "0.01",
+                        "--dds-dev-max-tokens", "300"],
+    "latent_depth_translation": ["--lang-pairs", "lrl-tgt", "--arch", "latent_depth_transformer_tiny",
+                                 "--criterion", "latent_layers_loss", "--encoder-latent-layers",
+                                 "--decoder-latent-layers", "--latent-kl-weight", "0.1"],
+    "bidirectional_translation": ["-s", "lrl", "-t", "tgt", "--arch", "transformer_lowres_tiny",
+                                  "--share-all-embeddings", "--criterion", "stgs_reconstruction", "--stgs-beta",
+                                  "0.5", "--stgs-max-len-a", "1.0", "--stgs-max-len-b", "5"],
+}
+
+
+def task_train_args(task: str, bin_dir: str, save_dir: str, max_update: int, *extra: str) -> List[str]:
+    """fairseq-train arguments (without the program) for a seconds-long run of one of the plugin's tasks."""
+    return [bin_dir, "--user-dir", USER_DIR, "--task", task, *TASK_FLAGS[task], "--label-smoothing", "0.1",
+            "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "600", "--max-update", str(max_update),
+            "--save-dir", save_dir, "--cpu", "--seed", "2", "--log-format", "simple", "--log-interval", "1",
+            "--num-workers", "0", "--no-progress-bar", "--ddp-backend", "legacy_ddp", *extra]

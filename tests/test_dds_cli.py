@@ -218,7 +218,7 @@ def test_fresh_rewards_against_brute_force(multiway_bin, tmp_path, reward):
     task, model, criterion, trainer = in_process_trainer(args)
     itr = trainer.get_train_iterator(epoch=1).next_epoch_itr(shuffle=False)
     trainer.train_step([next(itr)])
-    task._model = model
+    task._model, task._optimizer = model, trainer.optimizer
     task._compute_rewards(7, trainer.optimizer)
     theta = task._theta
     scale = adam_step_scale(trainer.optimizer, theta) if reward == "adam" else torch.ones(1)

@@ -91,7 +91,7 @@ def test_scorer_step_uses_each_micro_batch_softmax():
     crit.scorer_optimizer = torch.optim.SGD(crit.scorer.parameters(), lr=1.0)
     theta = [p for p in model.parameters() if p.requires_grad]
     model.train()
-    crit(model, random_batch(d, n=3, seed=5))
+    crit(model, random_batch(d, n=3, seed=5))[0].backward()  # fairseq's backward: the update has begun
     crit(model, random_batch(d, n=5, seed=7))  # a second micro-batch of the same update
     features = [f.clone() for f in crit._previous["features"]]
     with torch.no_grad():

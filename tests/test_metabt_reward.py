@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from conftest import USER_DIR, in_process_trainer
 from fairseq_metabt.data.batches import pair_batch, strip_padding
 from fairseq_metabt.modules import gradients as G
-from fairseq_metabt.modules.generation import eval_mode, sequence_log_probs
+from fairseq_metabt.modules.generation import sequence_log_probs
 from test_metabt_task import _trainer, metabt_argv
 
 SHORT = ("--bt-max-len-a", "0", "--bt-max-len-b", "5")  # max_len 5: short samples, many with a forced EOS

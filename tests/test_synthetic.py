@@ -83,7 +83,7 @@ def test_preset_layout(tmp_path, preset):
             expected += [f"{split}.{src}-tgt.{src}", f"{split}.{src}-tgt.tgt"]
     expected += ["mono.tgt", "mono.lrl"]
     assert sorted(manifest["files"]) == sorted(expected)
-    assert sorted(n for n in os.listdir(out) if n not in ("manifest.json", "meta")) == sorted(expected)
+    assert sorted(n for n in os.listdir(out) if n not in ("manifest.json", "meta") and not n.startswith(".")) == sorted(expected)
     assert json.loads(open(os.path.join(out, "manifest.json"), encoding="utf-8").read()) == manifest
     assert manifest["preset"] == preset and manifest["seed"] == 1
     codes = [lang["code"] for lang in manifest["languages"]]
@@ -201,7 +201,7 @@ def test_refuses_to_overwrite_without_force(tmp_path):
     assert read_dir_bytes(str(out)) == before
     # --force replaces the whole earlier corpus: no stale files of the other preset remain.
     manifest = generate_corpus("quickstart", out, seed=2, sizes=SMALL["quickstart"], force=True)
-    left = sorted(n for n in os.listdir(out) if n not in ("manifest.json", "meta"))
+    left = sorted(n for n in os.listdir(out) if n not in ("manifest.json", "meta") and not n.startswith("."))
     assert left == sorted(manifest["files"])
     assert not any("hrl" in name for name in os.listdir(out / "meta"))
 

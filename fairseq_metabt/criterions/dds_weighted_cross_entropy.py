@@ -37,9 +37,12 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
 )
 from fairseq.data import data_utils
 from fairseq.distributed import utils as distributed_utils
+from omegaconf import II
 
 from fairseq_metabt.data.language_sampler import seeded_generator
+from fairseq_metabt.errors import UserError, UserFileError
 from fairseq_metabt.models.dual_transformer import unwrap
+from fairseq_metabt.modules import amp
 from fairseq_metabt.modules import gradients as G
 from fairseq_metabt.modules.generation import eval_mode, sequence_log_probs
 from fairseq_metabt.modules.reinforce import policy_gradient_loss
@@ -61,6 +64,8 @@ class DDSWeightedCrossEntropyConfig(LabelSmoothedCrossEntropyCriterionConfig):
         default=False, metadata={"help": "keep psi fixed (no dev gradient, no rewards): a fixed weighting"}
     )
     seed: int = field(default=1, metadata={"help": "seed of the scorer's initialisation and of the dev batch choice"})
+    fp16: bool = II("common.fp16")
+    bf16: bool = II("common.bf16")
 
 
 def example_features(sample: Dict, token_nll: torch.Tensor, pad: int) -> torch.Tensor:
@@ -77,11 +82,15 @@ class DDSWeightedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
 
     def __init__(self, task, sentence_avg, label_smoothing, ignore_prefix_size=0, report_accuracy=False,
                  dds_dev_subset="valid", dds_dev_max_tokens=2048, dds_scorer_lr=1e-4, dds_scorer_hidden=32,
-                 dds_taylor_eps=1e-2, dds_freeze_scorer=False, seed=1):
+                 dds_taylor_eps=1e-2, dds_freeze_scorer=False, seed=1, fp16=False, bf16=False):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         if dds_scorer_lr <= 0 or dds_taylor_eps <= 0 or dds_dev_max_tokens <= 0 or dds_scorer_hidden <= 0:
-            raise ValueError("--dds-scorer-lr, --dds-taylor-eps, --dds-dev-max-tokens and --dds-scorer-hidden must "
+            raise UserError("--dds-scorer-lr, --dds-taylor-eps, --dds-dev-max-tokens and --dds-scorer-hidden must "
                              "be > 0")
+        if not dds_freeze_scorer:
+            amp.refuse_half_precision({"fp16": fp16, "bf16": bf16}, "dds_weighted_cross_entropy",
+                                      "fairseq would cast the scorer psi, which has its own fp32 optimizer, to half "
+                                      "precision (or pass --dds-freeze-scorer)")
         self.task = task
         self.dev_subset, self.dev_max_tokens, self.taylor_eps = dds_dev_subset, dds_dev_max_tokens, dds_taylor_eps
         self.freeze, self.seed = dds_freeze_scorer, seed
@@ -115,7 +124,7 @@ class DDSWeightedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
                 try:
                     self.task.load_dataset(self.dev_subset)
                 except FileNotFoundError as e:
-                    raise FileNotFoundError(f"--dds-dev-subset {self.dev_subset}: no such split ({e}); prepare a dev "
+                    raise UserFileError(f"--dds-dev-subset {self.dev_subset}: no such split ({e}); prepare a dev "
                                             "set of the pair or choose another split") from e
             ds = self.task.dataset(self.dev_subset)
             batches = data_utils.batch_by_size(ds.ordered_indices(), ds.num_tokens, max_tokens=self.dev_max_tokens)
@@ -182,7 +191,10 @@ class DDSWeightedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
                     self._previous)
             changed = any(not torch.equal(s, p.detach()) for s, p in zip(self._previous["shadow"], theta))
             if changed:  # fairseq has stepped: theta_t is here, the previous batch's rewards can be taken
-                log_extra = self._update_scorer(model, theta)
+                with amp.full_precision(theta):  # rewards by finite differences and psi's loss stay fp32
+                    log_extra = self._update_scorer(model, theta)
+            elif amp.starts_update(theta):  # fairseq skipped or retries that update (overflow, OOM)
+                self._previous = None  # its batches were never trained on: no reward for them
         net_output = model(**sample["net_input"])
         lprobs, target = self.get_lprobs_and_target(model, net_output, sample)
         tok_loss, tok_nll = label_smoothed_nll_loss(lprobs, target, self.eps, ignore_index=self.padding_idx,

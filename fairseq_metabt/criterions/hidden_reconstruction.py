@@ -24,6 +24,7 @@ from fairseq.logging import metrics
 from torch import Tensor
 
 from fairseq_metabt.criterions.stgs_reconstruction import shift_right
+from fairseq_metabt.errors import UserError
 
 
 @dataclass
@@ -47,12 +48,12 @@ class HiddenReconstructionCriterion(LabelSmoothedCrossEntropyCriterion):
         for flag, w in (("--encoder-reconstruction-weight", encoder_reconstruction_weight),
                         ("--decoder-reconstruction-weight", decoder_reconstruction_weight)):
             if not w >= 0:
-                raise ValueError(f"{flag} must be >= 0, got {w}")
+                raise UserError(f"{flag} must be >= 0, got {w}")
         self.w_enc, self.w_dec = encoder_reconstruction_weight, decoder_reconstruction_weight
 
     def forward(self, model, sample: Dict, reduce: bool = True) -> Tuple[Tensor, int, Dict]:
         if not hasattr(model, "encoder_reconstructor"):
-            raise ValueError("hidden_reconstruction needs reconstructors: train with --arch "
+            raise UserError("hidden_reconstruction needs reconstructors: train with --arch "
                              "transformer_hidden_reconstruction_tiny/_small (or transformer_hidden_reconstruction).")
         net_input = sample["net_input"]
         src, prev = net_input["src_tokens"], net_input["prev_output_tokens"]

@@ -40,6 +40,7 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
 from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
 
+from fairseq_metabt.errors import UserError
 from fairseq_metabt.modules.latent_layers import (
     annealed_beta,
     annealed_lk_weight,
@@ -81,7 +82,7 @@ class LatentLayersLossCriterion(LabelSmoothedCrossEntropyCriterion):
                  ignore_prefix_size=0, report_accuracy=False):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         if latent_kl_weight < 0 or latent_lk_weight < 0:
-            raise ValueError(f"--latent-kl-weight and --latent-lk-weight must be >= 0, "
+            raise UserError(f"--latent-kl-weight and --latent-lk-weight must be >= 0, "
                              f"got {latent_kl_weight} and {latent_lk_weight}")
         self.kl_weight = latent_kl_weight
         self.kl_anneal_updates = latent_kl_anneal_updates
@@ -132,7 +133,7 @@ class LatentLayersLossCriterion(LabelSmoothedCrossEntropyCriterion):
         sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
         latent = net_output[1].get("latent")
         if latent is None:
-            raise ValueError("latent_layers_loss needs a latent_depth_transformer model")
+            raise UserError("latent_layers_loss needs a latent_depth_transformer model")
         beta, lam = self.latent_weights(latent["num_updates"])
         kl, lk = self.latent_terms(latent)
         # one loss, one backward pass: NLL + beta KL + lambda L_K (per token, hence * sample_size)

@@ -30,6 +30,7 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
 from fairseq.logging import metrics
 from torch import Tensor
 
+from fairseq_metabt.errors import UserError
 from fairseq_metabt.modules.free_running import (
     FreeRunningSample,
     encode_soft,
@@ -58,13 +59,13 @@ class StgsReconstructionConfig(LabelSmoothedCrossEntropyCriterionConfig):
 def validate_stgs_args(tau: float, beta: float, weight: float) -> None:
     """One clear error per bad hyper-parameter."""
     if not tau > 0:
-        raise ValueError(f"--stgs-tau must be > 0 (the softmax temperature of Eq. 6), got {tau}; "
+        raise UserError(f"--stgs-tau must be > 0 (the softmax temperature of Eq. 6), got {tau}; "
                          "the paper uses 2.")
     if not beta >= 0:
-        raise ValueError(f"--stgs-beta must be >= 0 (the scale of the Gumbel noise; 0 = greedy), got {beta}; "
+        raise UserError(f"--stgs-beta must be >= 0 (the scale of the Gumbel noise; 0 = greedy), got {beta}; "
                          "the paper uses 0 or 0.5.")
     if not weight >= 0:
-        raise ValueError(f"--reconstruction-weight must be >= 0, got {weight}.")
+        raise UserError(f"--reconstruction-weight must be >= 0, got {weight}.")
 
 
 def check_shared_embeddings(model) -> None:
@@ -73,7 +74,7 @@ def check_shared_embeddings(model) -> None:
     if (enc.embed_tokens.weight is not dec.embed_tokens.weight
             or getattr(dec, "output_projection", None) is None
             or dec.output_projection.weight is not dec.embed_tokens.weight):
-        raise ValueError(
+        raise UserError(
             "stgs_reconstruction needs a Transformer whose encoder, decoder and output layer share one "
             "embedding matrix: train with --share-all-embeddings (and a joint dictionary, as "
             "scripts/prepare_data.py writes)."
@@ -96,7 +97,7 @@ class StgsReconstructionCriterion(LabelSmoothedCrossEntropyCriterion):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         validate_stgs_args(stgs_tau, stgs_beta, reconstruction_weight)
         if not hasattr(task, "target_tags"):
-            raise ValueError("stgs_reconstruction needs --task bidirectional_translation (tagged corpus plus "
+            raise UserError("stgs_reconstruction needs --task bidirectional_translation (tagged corpus plus "
                              "its swap, so one model translates and reconstructs).")
         self.tau, self.beta = stgs_tau, stgs_beta
         self.max_len_a, self.max_len_b = stgs_max_len_a, stgs_max_len_b

@@ -22,6 +22,7 @@ from fairseq.data import ConcatDataset, Dictionary, LanguagePairDataset, Prepend
 from fairseq.data import indexed_dataset
 
 from fairseq_metabt.data.tagging import lang_tag
+from fairseq_metabt.errors import UserFileError
 
 
 def find_pair_prefix(data_path: str, split: str, src: str, tgt: str, impl: Optional[str]) -> str:
@@ -32,7 +33,7 @@ def find_pair_prefix(data_path: str, split: str, src: str, tgt: str, impl: Optio
             prefix + tgt, impl=impl
         ):
             return prefix
-    raise FileNotFoundError(
+    raise UserFileError(
         f"bidirectional_translation: no binarised '{split}' split for the pair {src}-{tgt} in {data_path} "
         f"(looked for {split}.{src}-{tgt}.* and {split}.{tgt}-{src}.*). Prepare the corpus with "
         "scripts/prepare_data.py, or pass the -s/-t of a pair it contains."

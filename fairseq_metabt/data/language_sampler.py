@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from fairseq.data import FairseqDataset, LanguagePairDataset, data_utils
 
+from fairseq_metabt.errors import UserError
+
 
 class HubIndex:
     """Distinct hub sentences of n bitexts: availability (U, n) and example index (U, n) (-1 = absent)."""
@@ -48,7 +50,7 @@ class HubIndex:
         if mode == "auto":
             mode = "target" if shared else "language"
         if mode not in ("target", "language"):
-            raise ValueError(f"sampling mode must be auto, target or language, got {mode!r}")
+            raise UserError(f"sampling mode must be auto, target or language, got {mode!r}")
         self.mode = mode
         self.multiway_fraction = float(((table >= 0).sum(1) >= 2).mean()) if len(table) else 0.0
         if mode == "target":

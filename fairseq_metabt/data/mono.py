@@ -16,6 +16,7 @@ from fairseq import utils
 from fairseq.data import FairseqDataset, LanguagePairDataset, data_utils
 
 from fairseq_metabt.data.batches import pair_batch
+from fairseq_metabt.errors import UserError, UserFileError
 
 
 def mono_prefix(data: str, lang: str, override: Optional[str] = None) -> str:
@@ -28,13 +29,13 @@ def load_mono_dataset(prefix: str, dictionary, dataset_impl: Optional[str], lang
     """The binarised monotext at ``prefix``; a clear error if it is missing or empty."""
     mono = data_utils.load_indexed_dataset(prefix, dictionary, dataset_impl)
     if mono is None:
-        raise FileNotFoundError(
+        raise UserFileError(
             f"{needed_by}, but {prefix}.bin/.idx does not exist. "
             f"Put mono.{lang} in the raw directory and run scripts/prepare_data.py, "
             f"or point {option} at a binarised prefix."
         )
     if len(mono) == 0:
-        raise ValueError(f"the monolingual data {prefix} is empty; add sentences to mono.{lang}")
+        raise UserError(f"the monolingual data {prefix} is empty; add sentences to mono.{lang}")
     return mono
 
 

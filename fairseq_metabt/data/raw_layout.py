@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from fairseq_metabt.errors import UserError
+
 SPLITS = ("train", "valid", "test")
 _BITEXT_RE = re.compile(r"^(train|valid|test)\.([^.\-\s]+)-([^.\-\s]+)\.([^.\-\s]+)$")
 _MONO_RE = re.compile(r"^mono\.([^.\-\s]+)$")
@@ -27,7 +29,7 @@ _MONO_RE = re.compile(r"^mono\.([^.\-\s]+)$")
 Pair = Tuple[str, str]
 
 
-class RawLayoutError(ValueError):
+class RawLayoutError(UserError):
     """A raw corpus directory does not follow the documented layout."""
 
 
@@ -56,13 +58,51 @@ class RawLayout:
         return os.path.join(self.root, f"{split}.{pair[0]}-{pair[1]}")
 
 
-def count_lines(path: str) -> int:
+_BLOCK = 1 << 22
+
+
+def check_text(path: str) -> int:
+    """Number of lines of ``path``, after checking that every tool will split it into the same lines.
+
+    Lines end at ``\n`` only.  The file must be UTF-8 and hold no ``\r``:
+    Python's universal newlines (used by fairseq-preprocess) and
+    sentencepiece would split a line at a stray ``\r`` where a byte count of
+    ``\n`` does not, silently misaligning the two sides of a bitext.  The
+    error names the file, line and column of the first bad byte.
+    """
+    lines = 0
     with open(path, "rb") as f:
-        return sum(1 for _ in f)
+        while True:
+            block = f.read(_BLOCK)
+            if not block:
+                break
+            block += f.readline()  # whole lines only, so a multi-byte character is never cut
+            cr = block.find(b"\r")
+            try:
+                text_end = cr if cr >= 0 else len(block)
+                block[:text_end].decode("utf-8")
+            except UnicodeDecodeError as e:
+                _raise_at(path, block, lines, e.start, f"byte 0x{block[e.start]:02x} is not UTF-8",
+                          "re-encode the file as UTF-8, e.g. iconv -f LATIN1 -t UTF-8 FILE")
+            if cr >= 0:
+                _raise_at(path, block, lines, cr, "carriage return (\\r): sentencepiece and fairseq-preprocess "
+                          "would split the line there and misalign the bitext",
+                          "remove every \\r, e.g. tr -d '\\r' < FILE > FILE.new")
+            lines += block.count(b"\n")
+            if not block.endswith(b"\n"):
+                lines += 1  # a last line without its newline
+    return lines
+
+
+def _raise_at(path: str, block: bytes, lines_before: int, offset: int, what: str, fix: str) -> None:
+    line_start = block.rfind(b"\n", 0, offset) + 1
+    line = lines_before + block.count(b"\n", 0, offset) + 1
+    column = len(block[line_start:offset].decode("utf-8", errors="replace")) + 1
+    raise RawLayoutError(f"{path}, line {line}, column {column}: {what}", fix)
 
 
 def _check_nonempty(path: str) -> int:
-    n = count_lines(path)
+    n = check_text(path)
     if n == 0:
         raise RawLayoutError(
             f"{path} is empty. Every corpus file needs at least one sentence: "
@@ -149,10 +189,10 @@ def scan_raw_dir(root: str, require_valid: bool = True, check_contents: bool = T
 
     manifest_path = os.path.join(layout.root, "manifest.json")
     if os.path.exists(manifest_path):
-        with open(manifest_path, encoding="utf-8") as f:
+        with open(manifest_path, encoding="utf-8", newline="\n") as f:
             try:
                 layout.manifest = json.load(f)
-            except json.JSONDecodeError as e:
+            except ValueError as e:  # bad JSON or not UTF-8
                 raise RawLayoutError(f"{manifest_path} is not valid JSON ({e}); fix or delete it.") from e
         declared = manifest_languages(layout.manifest)
         for lang in layout.languages:

@@ -5,11 +5,13 @@ One convention for the whole plugin (fairseq's multilingual tasks use the same
 """
 from typing import Iterable, List
 
+from fairseq_metabt.errors import UserError
+
 
 def lang_tag(lang: str) -> str:
     """The dictionary symbol that tags language ``lang``, e.g. ``__tgt__``."""
     if not lang or any(c.isspace() for c in lang):
-        raise ValueError(f"invalid language code {lang!r}: it must be non-empty without spaces")
+        raise UserError(f"invalid language code {lang!r}: it must be non-empty without spaces")
     return f"__{lang}__"
 
 

@@ -16,8 +16,9 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 from typing import List, Optional
+
+from fairseq_metabt import errors, fileio
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 RESULTS_HEADER = """# Results of the miniature reproductions
@@ -153,10 +154,7 @@ def cmd_docs(argv: List[str]) -> int:
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "results.md"))
     a = p.parse_args(argv)
     text = summary.render_results_md(a.results_dir, RESULTS_HEADER)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(a.out)), prefix=".tmp-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, a.out)
+    fileio.write_text(a.out, text)
     print(f"wrote {a.out} from {a.results_dir}")
     return 0
 
@@ -170,18 +168,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(__doc__)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    from fairseq_metabt.evidence.convergence import ProtocolError, TrainingFailed
+    from fairseq_metabt.evidence.convergence import TrainingFailed
 
     try:
         return COMMANDS[argv[0]](argv[1:])
     except TrainingFailed as e:  # fairseq printed its own error above
         print(f"fairseq-metabt: error: {e}", file=sys.stderr)
         return e.status
-    except (ProtocolError, ValueError, FileNotFoundError) as e:  # the user's input, not a bug: one line
-        if os.environ.get("FAIRSEQ_METABT_DEBUG"):
+    except (errors.UserError, FileNotFoundError) as e:  # the user's input, not a bug: one line
+        if errors.debug():
             raise
-        print(f"fairseq-metabt: error: {e}", file=sys.stderr)
-        return 2
+        return errors.report(e)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from fairseq_metabt.errors import UserError
 from fairseq_metabt.evidence.io import atomic_write_json, read_json
 
 RECORD = "convergence.json"
@@ -34,7 +35,7 @@ SCHEDULE = ("--lr", "--lr-scheduler", "--warmup-updates", "--warmup-init-lr", "-
             "--clip-norm", "--max-tokens", "--batch-size", "--update-freq", "--weight-decay")
 
 
-class ProtocolError(ValueError):
+class ProtocolError(UserError):
     """A protocol setting that cannot give a fair, converged comparison (the message says the fix)."""
 
 

@@ -7,6 +7,8 @@ seed and by sentence.
 """
 from typing import Dict, List, Sequence, Tuple
 
+from fairseq_metabt.errors import UserError
+
 DEFAULT_TEST = "ar"  # paired approximate randomisation (two-sided); "bs" = paired bootstrap resampling
 DEFAULT_SAMPLES = 2000
 
@@ -21,10 +23,10 @@ def paired_test(control: Sequence[str], system: Sequence[str], refs: Sequence[st
     from sacrebleu.significance import PairedTest
 
     if not (len(control) == len(system) == len(refs)):
-        raise ValueError(f"paired test needs equally many hypotheses and references: control {len(control)}, "
+        raise UserError(f"paired test needs equally many hypotheses and references: control {len(control)}, "
                          f"system {len(system)}, references {len(refs)}")
     if not refs:
-        raise ValueError("paired test on an empty test set")
+        raise UserError("paired test on an empty test set")
     # sacrebleu seeds its resampling from SACREBLEU_SEED (default 12345): pin it so p is reproducible.
     old = os.environ.get("SACREBLEU_SEED")
     os.environ["SACREBLEU_SEED"] = str(seed)
@@ -54,7 +56,7 @@ def pooled(pairs: List[Tuple[Sequence[str], Sequence[str], Sequence[str]]], **kw
     refs: List[str] = []
     for c, s, r in pairs:
         if not (len(c) == len(s) == len(r)):
-            raise ValueError(f"a seed's hypotheses and references differ in length: {len(c)}, {len(s)}, {len(r)}")
+            raise UserError(f"a seed's hypotheses and references differ in length: {len(c)}, {len(s)}, {len(r)}")
         control += list(c)
         system += list(s)
         refs += list(r)

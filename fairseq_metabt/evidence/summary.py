@@ -15,6 +15,7 @@ import os
 import statistics
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from fairseq_metabt.errors import UserError
 from fairseq_metabt.evidence import convergence, significance
 from fairseq_metabt.evidence.io import atomic_write_json, read_json
 
@@ -43,9 +44,15 @@ def add_eval(work_dir: str, system: str, seed: int, pair: str, scores: dict, hyp
                    best_update=c.best_update)
     else:
         rec.update(converged=None, status="no training record", reason=None)
-    records = load_evals(work_dir)
-    records[_key(system, seed, pair)] = rec
-    atomic_write_json(os.path.join(work_dir, EVALS), {"records": records})
+    import fcntl
+
+    os.makedirs(work_dir, exist_ok=True)
+    # several seeds may be scored at once (one recipe process per seed): read-modify-write under a lock
+    with open(os.path.join(work_dir, ".evals.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        records = load_evals(work_dir)
+        records[_key(system, seed, pair)] = rec
+        atomic_write_json(os.path.join(work_dir, EVALS), {"records": records})
     return rec
 
 
@@ -64,7 +71,7 @@ def compare_pair(records: List[dict], control: str, systems: Sequence[str], test
     by = {(r["system"], r["seed"]): r for r in records}
     seeds_of = {s: sorted(seed for (name, seed) in by if name == s) for s in systems}
     if not seeds_of.get(control):
-        raise ValueError(f"control system {control!r} has no scored seed; evaluate it first "
+        raise UserError(f"control system {control!r} has no scored seed; evaluate it first "
                          f"(systems scored: {sorted({r['system'] for r in records})})")
     out: Dict[str, dict] = {}
     for name in systems:
@@ -126,7 +133,7 @@ def compare(work_dir: str, control: str, systems: Optional[Sequence[str]] = None
     """Build ``WORK/summary.json`` from ``WORK/evals.json`` (see the module docstring)."""
     records = list(load_evals(work_dir).values())
     if not records:
-        raise ValueError(f"no scored systems in {os.path.join(work_dir, EVALS)}; run "
+        raise UserError(f"no scored systems in {os.path.join(work_dir, EVALS)}; run "
                          "`python -m fairseq_metabt.evidence evaluate` for each system first")
     if systems is None:
         systems = list(dict.fromkeys(r["system"] for r in records))

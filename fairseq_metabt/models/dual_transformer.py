@@ -18,6 +18,7 @@ import torch
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import TransformerModel, base_architecture
 
+from fairseq_metabt.errors import UserError
 from fairseq_metabt.models.transformer_lowres import transformer_lowres_small, transformer_lowres_tiny
 
 DIRECTIONS = ("forward", "backward")
@@ -42,7 +43,7 @@ class DualTransformerModel(TransformerModel):
     @classmethod
     def build_model(cls, args, task):
         if task.source_dictionary != task.target_dictionary:
-            raise ValueError(
+            raise UserError(
                 "dual_transformer needs one joint dictionary for both directions, but "
                 f"dict.{getattr(task.cfg, 'source_lang', 'SRC')}.txt and dict.{getattr(task.cfg, 'target_lang', 'TGT')}.txt "
                 "differ. Prepare the data with scripts/prepare_data.py (one joint dictionary) or "
@@ -57,19 +58,21 @@ class DualTransformerModel(TransformerModel):
         """``encoder.*``/``decoder.*`` weights of one direction, as a plain ``transformer`` holds them."""
         return split_directions(self.state_dict())[_check(direction)]
 
-    def load_direction_state_dict(self, direction: str, state: Dict[str, torch.Tensor]) -> None:
+    def load_direction_state_dict(self, direction: str, state: Dict[str, torch.Tensor],
+                                  flag: str = "the checkpoint") -> None:
         """Initialise one direction from a plain ``transformer`` checkpoint's (or a dual model's) weights."""
-        if any(k.startswith(_BACKWARD) for k in state):
+        if is_dual_state(state):
             state = split_directions(state)[_check(direction)]
         expected = self.direction_state_dict(direction)
         missing = [k for k in expected if k not in state]
         unexpected = [k for k in state if k not in expected]
         wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
         if missing or unexpected or wrong:
-            raise ValueError(
-                f"cannot initialise the {direction} model: missing {missing[:3]}, unexpected {unexpected[:3]}, "
-                f"shape mismatch {wrong[:3]}. The checkpoint must be a transformer of the same architecture "
-                "and dictionary (e.g. trained with --task translation on the same prepared data)."
+            raise UserError(
+                f"cannot initialise the {direction} model from {flag}: missing {missing[:3]}, unexpected "
+                f"{unexpected[:3]}, shape mismatch {wrong[:3]}",
+                "the checkpoint must be a transformer of the same architecture and dictionary (e.g. trained "
+                "with --task translation on the same prepared data)"
             )
         target = self.backward_model if direction == "backward" else self
         target.load_state_dict(state, strict=False)
@@ -89,6 +92,11 @@ def _check(direction: str) -> str:
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     return direction
+
+
+def is_dual_state(state: Dict[str, torch.Tensor]) -> bool:
+    """True for the weights of a dual model (forward and backward), False for a plain transformer's."""
+    return any(k.startswith(_BACKWARD) for k in state)
 
 
 def split_directions(state: Dict[str, torch.Tensor]) -> Dict[str, Dict[str, torch.Tensor]]:

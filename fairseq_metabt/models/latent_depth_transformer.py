@@ -36,6 +36,7 @@ from fairseq.models.transformer.transformer_encoder import TransformerEncoderBas
 from fairseq.models.transformer.transformer_config import TransformerConfig
 from fairseq.modules.transformer_layer import TransformerDecoderLayerBase, TransformerEncoderLayerBase
 
+from fairseq_metabt.errors import UserError
 from fairseq_metabt.modules.latent_layers import LatentLayerGates, annealed_tau, gates_are_hard, selection_mode
 from fairseq_metabt.models.transformer_lowres import set_sizes, setdefault
 
@@ -218,7 +219,7 @@ class LatentDepthTransformerModel(TransformerModel):
         try:
             return self.latent_langs.index(lang)
         except ValueError:
-            raise ValueError(f"language {lang!r} has no latent layers in this model; "
+            raise UserError(f"language {lang!r} has no latent layers in this model; "
                              f"it was trained for {', '.join(self.latent_langs)}") from None
 
     def set_latent_lang(self, index: int) -> None:
@@ -311,29 +312,29 @@ class LatentDepthTransformerModel(TransformerModel):
 def _validate(args) -> None:
     """One clear error per bad setting."""
     if args.latent_tau is None or args.latent_tau <= 0:
-        raise ValueError(f"--latent-tau must be > 0, got {args.latent_tau}")
+        raise UserError(f"--latent-tau must be > 0, got {args.latent_tau}")
     if args.latent_tau_min <= 0:
-        raise ValueError(f"--latent-tau-min must be > 0, got {args.latent_tau_min}")
+        raise UserError(f"--latent-tau-min must be > 0, got {args.latent_tau_min}")
     if getattr(args, "latent_soft_updates", None) is not None and args.latent_soft_updates < 0:
-        raise ValueError(f"--latent-soft-updates must be >= 0, got {args.latent_soft_updates}")
+        raise UserError(f"--latent-soft-updates must be >= 0, got {args.latent_soft_updates}")
     if args.latent_tau_anneal_rate < 0:
-        raise ValueError(f"--latent-tau-anneal-rate must be >= 0, got {args.latent_tau_anneal_rate}")
+        raise UserError(f"--latent-tau-anneal-rate must be >= 0, got {args.latent_tau_anneal_rate}")
     if not (args.encoder_latent_layers or args.decoder_latent_layers):
-        raise ValueError("latent_depth_transformer needs --encoder-latent-layers and/or --decoder-latent-layers")
+        raise UserError("latent_depth_transformer needs --encoder-latent-layers and/or --decoder-latent-layers")
     for side in ("encoder", "decoder"):
         k, n = getattr(args, f"{side}_target_layers"), getattr(args, f"{side}_layers")
         if k is not None and not 1 <= k <= n:
-            raise ValueError(f"--{side}-target-layers K={k} must be between 1 and the number of "
+            raise UserError(f"--{side}-target-layers K={k} must be between 1 and the number of "
                              f"{side} layers ({n}); raise --{side}-layers or lower K")
         if getattr(args, f"{side}_latent_layers"):
             if not getattr(args, f"{side}_normalize_before"):
-                raise ValueError(f"latent layers need a pre-norm {side} (--{side}-normalize-before): "
+                raise UserError(f"latent layers need a pre-norm {side} (--{side}-normalize-before): "
                                  "Eq. 2 gates the layer's residual branch")
             if selection_mode(args, side) == "topk" and k is None:
-                raise ValueError(f"top-K selection of the {side} (--{side}-latent-select or --latent-eval-select "
+                raise UserError(f"top-K selection of the {side} (--{side}-latent-select or --latent-eval-select "
                                  f"topk) needs --{side}-target-layers K, or choose threshold for this side")
     if getattr(args, "checkpoint_activations", False):
-        raise ValueError("latent_depth_transformer does not support --checkpoint-activations")
+        raise UserError("latent_depth_transformer does not support --checkpoint-activations")
 
 
 @register_model_architecture("latent_depth_transformer", "latent_depth_transformer")

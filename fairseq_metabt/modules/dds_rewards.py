@@ -12,6 +12,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
+from fairseq_metabt.errors import UserError
 from fairseq_metabt.modules import gradients as G
 
 REWARD_KINDS = ("cosine", "dot", "adam")
@@ -52,7 +53,7 @@ def adam_step_scale(optimizer, params: Sequence[torch.Tensor]) -> torch.Tensor:
         else:  # no step taken yet for this parameter: plain gradient (SGD, Eq. 13)
             out.append(torch.ones(p.numel(), device=p.device))
     if params and not found:
-        raise ValueError("--dds-reward adam reads Adam's second moments of the model's parameters, but the "
+        raise UserError("--dds-reward adam reads Adam's second moments of the model's parameters, but the "
                          "optimizer keeps none for them: train with --optimizer adam in fp32, --amp or "
                          "--memory-efficient-fp16 (not --fp16), or choose --dds-reward cosine")
     return torch.cat(out)
@@ -132,7 +133,7 @@ class LanguageGradientEMA:
 
     def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
         if tuple(state["sums"].shape) != tuple(self.sums.shape):
-            raise ValueError(f"the checkpoint's gradient EMAs have shape {tuple(state['sums'].shape)}, this run "
+            raise UserError(f"the checkpoint's gradient EMAs have shape {tuple(state['sums'].shape)}, this run "
                              f"needs {tuple(self.sums.shape)}: keep --dds-grad-params and --dds-grad-sketch-dim")
         self.sums.copy_(state["sums"].to(self.sums.device))
         self.tokens.copy_(state["tokens"])

@@ -15,6 +15,8 @@ import torch
 from fairseq import search
 from fairseq.sequence_generator import SequenceGenerator
 
+from fairseq_metabt.errors import UserError
+
 GENERATION_MODES = ("sample", "greedy", "beam")
 
 
@@ -32,11 +34,11 @@ class GenerationSettings:
 
     def __post_init__(self):
         if self.mode not in GENERATION_MODES:
-            raise ValueError(f"generation mode {self.mode!r} unknown: choose one of {GENERATION_MODES}")
+            raise UserError(f"generation mode {self.mode!r} unknown: choose one of {GENERATION_MODES}")
         if self.temperature <= 0:
-            raise ValueError(f"generation temperature must be > 0, got {self.temperature}")
+            raise UserError(f"generation temperature must be > 0, got {self.temperature}")
         if self.mode == "beam" and self.beam < 1:
-            raise ValueError(f"beam size must be >= 1, got {self.beam}")
+            raise UserError(f"beam size must be >= 1, got {self.beam}")
 
 
 @contextlib.contextmanager

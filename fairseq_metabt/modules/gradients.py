@@ -18,6 +18,8 @@ from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 import torch
 import torch.distributed as dist
 
+from fairseq_metabt.errors import UserError
+
 LossFn = Callable[[], torch.Tensor]  # returns per-example losses, shape (n,)
 
 
@@ -62,12 +64,68 @@ def similarity(a: torch.Tensor, b: torch.Tensor, kind: str = "cosine", eps: floa
     return cos, bool(torch.isfinite(cos))
 
 
-def all_reduce_mean_(t: torch.Tensor, group=None) -> torch.Tensor:
+# ---- collectives: every torch.distributed collective of the package goes through _collective -----------
+def world_size(group=None) -> int:
+    """Number of data-parallel workers (1 when not distributed)."""
+    return dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
+
+
+def collective_device(t: torch.Tensor, device=None, group=None) -> torch.device:
+    """Where a collective on ``t`` runs: ``device`` (the parameters' device) when given, else the current
+    CUDA device under NCCL (fairseq sets it to the rank's GPU; NCCL rejects CPU tensors), else ``t``'s."""
+    if device is not None:
+        return torch.device(device)
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return t.device
+
+
+_REDUCE_OPS = {"sum": "SUM", "mean": "SUM", "max": "MAX", "min": "MIN"}
+
+
+def _collective(kind: str, payload, op: str = "mean", device=None, group=None):
+    """The one place that calls ``torch.distributed`` collectives (tests/test_collectives.py checks it).
+
+    ``all_reduce``: reduce tensor ``payload`` in place, on :func:`collective_device` (copied there and
+    back when it lives elsewhere), ``op`` one of sum/mean/max/min.  ``all_gather_object``: the list of
+    every worker's picklable ``payload``.  No-op (resp. ``[payload]``) without workers."""
+    n = world_size(group)
+    if kind == "all_gather_object":
+        if n <= 1:
+            return [payload]
+        out = [None] * n
+        dist.all_gather_object(out, payload, group=group)
+        return out
+    if kind != "all_reduce":
+        raise ValueError(f"unknown collective {kind!r}")
+    if op not in _REDUCE_OPS:
+        raise ValueError(f"unknown reduction {op!r}: use one of {', '.join(_REDUCE_OPS)}")
+    if n <= 1:
+        return payload
+    target = collective_device(payload, device, group)
+    buf = payload if payload.device == target else payload.to(target)
+    dist.all_reduce(buf, op=getattr(dist.ReduceOp, _REDUCE_OPS[op]), group=group)
+    if op == "mean":
+        buf.div_(n)
+    if buf is not payload:
+        payload.copy_(buf)
+    return payload
+
+
+def all_reduce_(t: torch.Tensor, op: str = "mean", device=None, group=None) -> torch.Tensor:
+    """Reduce ``t`` in place over the data-parallel workers (sum/mean/max/min) on the parameters'
+    device (``device``, or see :func:`collective_device`); no-op when not distributed."""
+    return _collective("all_reduce", t, op=op, device=device, group=group)
+
+
+def all_reduce_mean_(t: torch.Tensor, group=None, device=None) -> torch.Tensor:
     """Average ``t`` in place over the data-parallel workers (no-op when not distributed)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1:
-        dist.all_reduce(t, group=group)
-        t.div_(dist.get_world_size(group))
-    return t
+    return all_reduce_(t, "mean", device=device, group=group)
+
+
+def all_gather_objects(obj, group=None) -> list:
+    """Every worker's ``obj`` (picklable), in rank order; ``[obj]`` when not distributed."""
+    return _collective("all_gather_object", obj, group=group)
 
 
 @contextlib.contextmanager
@@ -156,7 +214,7 @@ def select_named_params(named_params: Iterable[Tuple[str, torch.Tensor]], patter
     chosen = [(n, p) for n, p in params if regex.search(n)]
     if not chosen:
         names = ", ".join(n for n, _ in params[:8])
-        raise ValueError(f"no trainable parameter name matches {pattern!r} (names look like: {names}, ...); "
+        raise UserError(f"no trainable parameter name matches {pattern!r} (names look like: {names}, ...); "
                          "fix the regular expression")
     return chosen
 
@@ -289,12 +347,12 @@ def check_replicas(checksums: Sequence[float], rel_tol: float, what: str) -> flo
 
     State a task keeps beside fairseq's model (a second model, a scorer, EMAs) must stay identical on
     every rank; a spread above ``rel_tol * (1 + max |checksum|)`` raises, naming ``what``."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
+    if world_size() <= 1:
         return 0.0
     s = torch.tensor(list(checksums), dtype=torch.float64)
     hi, lo = s.clone(), -s.clone()
-    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
-    dist.all_reduce(lo, op=dist.ReduceOp.MAX)
+    all_reduce_(hi, "max")
+    all_reduce_(lo, "max")
     spread = float((hi + lo).max())
     if spread > rel_tol * (1.0 + float(s.abs().max())):
         raise RuntimeError(f"{what} diverged across workers (checksum spread {spread}); "

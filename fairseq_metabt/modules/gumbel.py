@@ -16,21 +16,25 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from fairseq_metabt.errors import UserError
+
 
 def _uniform_like(t: torch.Tensor, generator: Optional[torch.Generator], eps: float) -> torch.Tensor:
+    """Uniform(eps, 1 - eps) of ``t``'s shape in at least fp32: in fp16/bf16 (autocast logits) values near 1
+    round to 1 and the noise built from them to inf, so callers cast only the finished noise."""
     u = torch.rand(t.shape, dtype=torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype,
                    device=t.device, generator=generator)
-    return u.clamp_(eps, 1.0 - eps).to(t.dtype)
+    return u.clamp_(eps, 1.0 - eps)
 
 
 def gumbel_noise(like: torch.Tensor, scale: float = 1.0, generator: Optional[torch.Generator] = None,
                  eps: float = 1e-10) -> torch.Tensor:
     """i.i.d. Gumbel(0, ``scale``) noise of ``like``'s shape, dtype and device."""
     if scale < 0:
-        raise ValueError(f"Gumbel scale must be >= 0, got {scale}")
+        raise UserError(f"Gumbel scale must be >= 0, got {scale}")
     if scale == 0:
         return torch.zeros_like(like)
-    return -scale * torch.log(-torch.log(_uniform_like(like, generator, eps)))
+    return (-scale * torch.log(-torch.log(_uniform_like(like, generator, eps)))).to(like.dtype)
 
 
 def straight_through_gumbel_softmax(
@@ -47,7 +51,7 @@ def straight_through_gumbel_softmax(
     ``G ~ Gumbel(0, beta)`` (``beta = 0``: greedy).
     """
     if tau <= 0:
-        raise ValueError(f"STGS temperature tau must be > 0, got {tau}")
+        raise UserError(f"STGS temperature tau must be > 0, got {tau}")
     perturbed = logits + gumbel_noise(logits, beta, generator)
     soft = F.softmax(perturbed.float() / tau, dim=dim).to(logits.dtype)
     index = perturbed.argmax(dim=dim, keepdim=True)
@@ -67,9 +71,9 @@ def gumbel_sigmoid(
     the value is the 0/1 gate and the gradient that of the relaxed sample.
     """
     if tau <= 0:
-        raise ValueError(f"Gumbel-sigmoid temperature tau must be > 0, got {tau}")
+        raise UserError(f"Gumbel-sigmoid temperature tau must be > 0, got {tau}")
     u = _uniform_like(logits, generator, 1e-6)
-    soft = torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / tau)
+    soft = torch.sigmoid((logits + (torch.log(u) - torch.log1p(-u)).to(logits.dtype)) / tau)
     if not hard:
         return soft
     return (soft > 0.5).to(soft.dtype) - soft.detach() + soft

@@ -15,6 +15,8 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from fairseq_metabt.errors import UserError
+
 _LAYER_KEY = re.compile(r"^(encoder|decoder)\.layers\.(\d+)\.(.*)$")
 
 # options that only the latent-depth model understands
@@ -70,14 +72,16 @@ def prune_checkpoint(path: str, lang: str, out_path: str, data: Optional[str] = 
     """
     from fairseq import checkpoint_utils, tasks
 
-    state = checkpoint_utils.load_checkpoint_to_cpu(path)
+    from fairseq_metabt.checkpoints import load
+
+    state = load(path, "CHECKPOINT")
     cfg = state["cfg"]
     if data is not None:
         cfg.task.data = data
     task = tasks.setup_task(cfg.task)
     model = task.build_model(cfg.model, from_checkpoint=True) if _is_latent(cfg.model) else None
     if model is None:
-        raise ValueError(f"{path} is not a latent_depth_transformer checkpoint")
+        raise UserError(f"{path} is not a latent_depth_transformer checkpoint")
     model.load_state_dict(state["model"], strict=True, model_cfg=cfg.model)
     model.eval()
     args, new_state, kept = prune_latent_model(model, lang)

@@ -29,6 +29,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from fairseq_metabt.errors import UserError
 from fairseq_metabt.modules.gumbel import gumbel_sigmoid
 
 _EPS = 1e-6
@@ -44,7 +45,7 @@ class LatentLayerGates(nn.Module):
     def __init__(self, num_langs: int, num_layers: int, init_logit: float = 1.0) -> None:
         super().__init__()
         if num_langs < 1 or num_layers < 1:
-            raise ValueError(f"latent gates need >= 1 language and layer, got {num_langs} and {num_layers}")
+            raise UserError(f"latent gates need >= 1 language and layer, got {num_langs} and {num_layers}")
         self.logits = nn.Parameter(torch.full((num_langs, num_layers), float(init_logit)))
 
     @property
@@ -72,11 +73,11 @@ class LatentLayerGates(nn.Module):
             return (q > 0.5).to(q.dtype)
         if mode == "topk":
             if k is None or not 1 <= k <= q.numel():
-                raise ValueError(f"top-K layer selection needs 1 <= K <= {q.numel()}, got K={k}")
+                raise UserError(f"top-K layer selection needs 1 <= K <= {q.numel()}, got K={k}")
             # stable sort: ties go to the lower layer, so selection is reproducible
             order = torch.sort(-q, stable=True).indices[:k]
             return torch.zeros_like(q).index_fill_(0, order, 1.0)
-        raise ValueError(f"unknown layer selection mode {mode!r} (choose threshold or topk)")
+        raise UserError(f"unknown layer selection mode {mode!r} (choose threshold or topk)")
 
 
 def bernoulli_kl(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -118,7 +119,7 @@ def annealed_lk_weight(num_updates: int, weight: float, anneal_updates: int) -> 
     """L_K weight ``lambda``: 0 while beta anneals, then linear from 0 to ``weight`` over the next
     ``anneal_updates`` updates (fairseq's ``examples/latent_depth`` schedule); ``anneal_updates = 0``: constant."""
     if weight < 0:
-        raise ValueError(f"L_K weight must be >= 0, got {weight}")
+        raise UserError(f"L_K weight must be >= 0, got {weight}")
     if anneal_updates <= 0:
         return float(weight)
     return float(weight) * min(1.0, max(0, num_updates - anneal_updates) / anneal_updates)
@@ -132,7 +133,7 @@ def selection_mode(args, side: str) -> str:
 def annealed_beta(num_updates: int, weight: float, anneal_updates: int) -> float:
     """KL weight ``beta``: linear from 0 to ``weight`` over ``anneal_updates`` updates; never negative."""
     if weight < 0:
-        raise ValueError(f"KL weight must be >= 0, got {weight}")
+        raise UserError(f"KL weight must be >= 0, got {weight}")
     if anneal_updates <= 0:
         return float(weight)
     return float(weight) * min(1.0, max(0, num_updates) / anneal_updates)
@@ -141,5 +142,5 @@ def annealed_beta(num_updates: int, weight: float, anneal_updates: int) -> float
 def annealed_tau(num_updates: int, tau: float, tau_min: float, rate: float) -> float:
     """Gumbel-sigmoid temperature ``max(tau_min, tau * exp(-rate * t))`` (``rate = 0``: constant)."""
     if tau <= 0 or tau_min <= 0:
-        raise ValueError(f"latent temperature must be > 0, got tau={tau}, tau_min={tau_min}")
+        raise UserError(f"latent temperature must be > 0, got tau={tau}, tau_min={tau_min}")
     return max(tau_min, tau * math.exp(-rate * max(0, num_updates)))

@@ -6,9 +6,12 @@ the scorer (Wang et al. 2020, Eq. 6).
 """
 from __future__ import annotations
 
+import math
 from typing import Dict
 
 import torch
+
+from fairseq_metabt.errors import UserError
 
 
 class MovingAverageBaseline:
@@ -20,7 +23,7 @@ class MovingAverageBaseline:
 
     def __init__(self, decay: float = 0.9):
         if not 0.0 <= decay < 1.0:
-            raise ValueError(f"baseline decay must be in [0, 1), got {decay}")
+            raise UserError(f"baseline decay must be in [0, 1), got {decay}")
         self.decay = decay
         self.value = 0.0
         self.initialized = False
@@ -29,11 +32,15 @@ class MovingAverageBaseline:
         """``r - b`` with the baseline *before* this step's update (an unbiased estimate)."""
         return reward - (self.value if self.initialized else reward.detach().mean())
 
-    def update(self, mean_reward: float) -> None:
+    def update(self, mean_reward: float) -> bool:
+        """Move ``b`` towards ``mean_reward``; a non-finite reward is ignored (False) and never enters ``b``."""
+        if not math.isfinite(float(mean_reward)):
+            return False
         if not self.initialized:
             self.value, self.initialized = float(mean_reward), True
         else:
             self.value = self.decay * self.value + (1.0 - self.decay) * float(mean_reward)
+        return True
 
     def state_dict(self) -> Dict[str, float]:
         return {"value": self.value, "initialized": self.initialized, "decay": self.decay}

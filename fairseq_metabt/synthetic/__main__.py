@@ -6,9 +6,8 @@ import os
 import sys
 from typing import List, Optional
 
-from fairseq_metabt.synthetic.corpus import (
-    OutputExistsError, SyntheticError, generate_corpus, parse_sizes,
-)
+from fairseq_metabt.errors import cli
+from fairseq_metabt.synthetic.corpus import generate_corpus, parse_sizes
 from fairseq_metabt.synthetic.presets import PRESETS
 
 
@@ -42,15 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run the CLI; returns the exit status (2 for a usage error)."""
+    """Run the CLI; returns 0, or exits with status 2 and one line on stderr for a bad input."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        manifest = generate_corpus(args.preset, args.out, args.seed, parse_sizes(args.sizes),
-                                   multiway=args.multiway, force=args.force)
-    except (SyntheticError, OutputExistsError) as e:
-        parser.error(str(e))  # exits with status 2
+    manifest = generate_corpus(args.preset, args.out, args.seed, parse_sizes(args.sizes),
+                               multiway=args.multiway, force=args.force)
     total = sum(manifest["sizes"].values())
     print(f"wrote {len(manifest['files'])} files ({total} lines) of preset {args.preset!r}, seed {args.seed}, "
           f"to {args.out} (see {os.path.join(args.out, 'manifest.json')})")

@@ -1,13 +1,13 @@
 """Build a synthetic corpus in memory and write it in the project's raw layout."""
 from __future__ import annotations
 
-import json
 import os
 import random
-import shutil
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
+from fairseq_metabt import fileio
+from fairseq_metabt.errors import UserError
 from fairseq_metabt.synthetic.grammar import DOMAINS, N_LEMMAS, POS_OF, Domain
 from fairseq_metabt.synthetic.languages import (
     DESIGNS, MAX_LEN, MIN_LEN, Language, build_languages, flipped_parameters,
@@ -20,12 +20,12 @@ META_DIR = "meta"
 _OUTPUT_PREFIXES = ("train.", "valid.", "test.", "mono.")
 
 
-class SyntheticError(ValueError):
+class SyntheticError(UserError):
     """A bad preset, size or option; the message says what is accepted."""
 
 
-class OutputExistsError(FileExistsError):
-    """The output directory already holds a corpus and ``force`` was not given."""
+class OutputExistsError(UserError, FileExistsError):
+    """The output directory holds files and ``force`` was not given, or holds files the generator did not write."""
 
 
 @dataclass
@@ -336,7 +336,7 @@ def build_corpus(
 
 
 def existing_outputs(out_dir: Union[str, os.PathLike]) -> List[str]:
-    """Entries of ``out_dir`` that a previous run could have written (sorted)."""
+    """Entries of ``out_dir`` that look like a corpus (sorted)."""
     if not os.path.isdir(out_dir):
         return []
     return sorted(
@@ -346,7 +346,7 @@ def existing_outputs(out_dir: Union[str, os.PathLike]) -> List[str]:
 
 
 def _write_lines(path: str, lines: List[str]) -> None:
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
+    with fileio.open_text(path, "w") as f:
         f.write("\n".join(lines))
         f.write("\n")
 
@@ -362,31 +362,20 @@ def generate_corpus(
 ) -> dict:
     """Generate a corpus and write it to ``out_dir`` in the raw layout; return the manifest.
 
-    Refuses (:class:`OutputExistsError`) when ``out_dir`` already holds a
-    manifest or raw-layout files, unless ``force``, in which case those earlier
-    outputs (and only those) are removed first so no stale file survives.
-    ``manifest.json`` is written last: its presence marks a complete corpus.
+    Refuses (:class:`OutputExistsError`) when ``out_dir`` is not empty, unless
+    ``force``, in which case the files the generator recorded as written there
+    before (and only those) are removed first, so no stale file survives and no
+    file of the user's is lost.  ``manifest.json`` is written last
+    (atomically): its presence marks a complete corpus.
     """
     out_dir = os.fspath(out_dir)
     _check_arguments(preset, seed, sizes, multiway)  # argument errors take precedence over --force
-    old = existing_outputs(out_dir)
-    if old and not force:
-        shown = ", ".join(old[:4]) + (", ..." if len(old) > 4 else "")
-        raise OutputExistsError(
-            f"{out_dir} already contains corpus files ({shown}); refusing to overwrite them. "
-            "Use --force (force=True) to replace them, or choose another --out directory."
-        )
     corpus = build_corpus(preset, seed, sizes, multiway)
-    for name in old:
-        path = os.path.join(out_dir, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        else:
-            os.remove(path)
+    names = list(corpus.files) + list(corpus.aux)
+    fileio.OutputRecord(out_dir, f"python -m {GENERATOR}").prepare(names + ["manifest.json"], force,
+                                                                    OutputExistsError)
     os.makedirs(os.path.join(out_dir, META_DIR), exist_ok=True)
     for name, lines in list(corpus.files.items()) + list(corpus.aux.items()):
         _write_lines(os.path.join(out_dir, name), lines)
-    with open(os.path.join(out_dir, "manifest.json"), "w", encoding="utf-8", newline="\n") as f:
-        json.dump(corpus.manifest, f, indent=2)
-        f.write("\n")
+    fileio.write_json(os.path.join(out_dir, "manifest.json"), corpus.manifest)
     return corpus.manifest

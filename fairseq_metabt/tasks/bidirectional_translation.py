@@ -22,6 +22,7 @@ from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from fairseq_metabt.data.bidirectional import load_bidirectional_pair, reverse_tag_map, target_tag_prefix
 from fairseq_metabt.data.tagging import lang_tag, missing_tags
+from fairseq_metabt.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +47,14 @@ class BidirectionalTranslationTask(TranslationTask):
         task = super().setup_task(cfg, **kwargs)
         src, tgt = cfg.source_lang, cfg.target_lang
         if task.src_dict.symbols != task.tgt_dict.symbols:
-            raise ValueError(
+            raise UserError(
                 f"bidirectional_translation needs one joint dictionary, but dict.{src}.txt and dict.{tgt}.txt "
                 "differ. Prepare the data with scripts/prepare_data.py (it writes one dict.txt and copies it "
                 "per language)."
             )
         missing = missing_tags(task.src_dict, (src, tgt))
         if missing:
-            raise ValueError(
+            raise UserError(
                 f"bidirectional_translation: the dictionary dict.{src}.txt lacks the language tag(s) "
                 f"{', '.join(missing)} of the pair {src}-{tgt}. Prepare the data with scripts/prepare_data.py "
                 "(it adds a tag __LANG__ for every language), or append a line '<tag> 1' per missing tag to "

@@ -43,9 +43,12 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask, load_langpair_dataset
 from omegaconf import II, open_dict
 
+from fairseq_metabt import fileio
 from fairseq_metabt.data.language_sampler import LanguageSampledDataset, marginal, seeded_generator
 from fairseq_metabt.data.tagging import lang_tag
+from fairseq_metabt.errors import UserError, UserFileError
 from fairseq_metabt.models.dual_transformer import unwrap
+from fairseq_metabt.modules import amp
 from fairseq_metabt.modules import gradients as G
 from fairseq_metabt.modules.dds_rewards import LanguageGradientEMA, adam_step_scale, language_reward
 from fairseq_metabt.modules.generation import eval_mode
@@ -181,12 +184,12 @@ def parse_lang_pairs(text: str) -> List[Tuple[str, str]]:
     for item in filter(None, (x.strip() for x in text.split(","))):
         src, sep, tgt = item.partition("-")
         if not sep or not src or not tgt or "-" in tgt or src == tgt:
-            raise ValueError(f"--lang-pairs entry {item!r}: write SRC-TGT with two different languages")
+            raise UserError(f"--lang-pairs entry {item!r}: write SRC-TGT with two different languages")
         pairs.append((src, tgt))
     if len(set(pairs)) != len(pairs):
-        raise ValueError(f"--lang-pairs lists a pair twice: {text}")
+        raise UserError(f"--lang-pairs lists a pair twice: {text}")
     if not pairs:
-        raise ValueError("--lang-pairs is empty: give the training pairs, e.g. lrl-tgt,hrl-tgt")
+        raise UserError("--lang-pairs is empty: give the training pairs, e.g. lrl-tgt,hrl-tgt")
     return pairs
 
 
@@ -196,7 +199,7 @@ def hub_of(pairs: List[Tuple[str, str]]) -> Tuple[str, bool]:
         return pairs[0][1], True
     if len({s for s, _ in pairs}) == 1:
         return pairs[0][0], False
-    raise ValueError("dds_translation needs pairs sharing one language: all into one target (many-to-one) or all "
+    raise UserError("dds_translation needs pairs sharing one language: all into one target (many-to-one) or all "
                      "from one source (one-to-many); got " + ",".join(f"{s}-{t}" for s, t in pairs))
 
 
@@ -206,28 +209,28 @@ def check_dds_config(cfg) -> None:
                         ("--dds-start-update", cfg.dds_start_update),
                         ("--dds-probe-tokens", cfg.dds_probe_tokens)):
         if value < 0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
+            raise UserError(f"{name} must be >= 0, got {value}")
     for name, value in (("--dds-update-interval (K)", cfg.dds_update_interval),
                         ("--dds-scorer-iters (E)", cfg.dds_scorer_iters),
                         ("--dds-scorer-batch (B)", cfg.dds_scorer_batch),
                         ("--dds-dev-max-tokens", cfg.dds_dev_max_tokens),
                         ("--dds-scorer-hidden", cfg.dds_scorer_hidden)):
         if value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value}")
+            raise UserError(f"{name} must be a positive integer, got {value}")
     for name, value in (("--dds-alpha1", cfg.dds_alpha1), ("--dds-alpha2", cfg.dds_alpha2)):
         if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {value}")
+            raise UserError(f"{name} must be in [0, 1], got {value}")
     for name, value in (("--dds-scorer-lr", cfg.dds_scorer_lr), ("--dds-temperature", cfg.dds_temperature),
                         ("--dds-tcs-temperature", cfg.dds_tcs_temperature)):
         if not value > 0:
-            raise ValueError(f"{name} must be > 0, got {value}")
+            raise UserError(f"{name} must be > 0, got {value}")
     if cfg.dds_grad_sketch_dim < 0:
-        raise ValueError(f"--dds-grad-sketch-dim must be >= 0 (0: no sketch), got {cfg.dds_grad_sketch_dim}")
+        raise UserError(f"--dds-grad-sketch-dim must be >= 0 (0: no sketch), got {cfg.dds_grad_sketch_dim}")
     if cfg.dds_grad_sketch_dim and cfg.dds_grad_source != "ema":
-        raise ValueError("--dds-grad-sketch-dim bounds the EMAs of --dds-grad-source ema; fresh gradients keep no "
+        raise UserError("--dds-grad-sketch-dim bounds the EMAs of --dds-grad-source ema; fresh gradients keep no "
                          "EMA (use --dds-grad-params to restrict them), so drop the sketch or choose ema")
     if cfg.dds_grad_sketch_dim and cfg.dds_reward == "adam":
-        raise ValueError("--dds-reward adam scales each coordinate by Adam's step size, which a count sketch mixes: "
+        raise UserError("--dds-reward adam scales each coordinate by Adam's step size, which a count sketch mixes: "
                          "drop --dds-grad-sketch-dim or choose --dds-reward cosine")
 
 
@@ -253,7 +256,7 @@ class DDSTranslationTask(TranslationTask):
             return pairs[0]
         src, _, tgt = cfg.dds_dev_lang_pair.partition("-")
         if (src, tgt) not in pairs:
-            raise ValueError(f"--dds-dev-lang-pair {cfg.dds_dev_lang_pair} is not among --lang-pairs "
+            raise UserError(f"--dds-dev-lang-pair {cfg.dds_dev_lang_pair} is not among --lang-pairs "
                              f"{cfg.lang_pairs}: D_dev must be one of the training pairs (the low-resource one)")
         return src, tgt
 
@@ -267,7 +270,7 @@ class DDSTranslationTask(TranslationTask):
         if not self.hub_is_target:
             missing = [lang_tag(x) for x in self.langs if lang_tag(x) not in src_dict.indices]
             if missing:
-                raise ValueError(f"one-to-many training tags the source with the target language, but the dictionary "
+                raise UserError(f"one-to-many training tags the source with the target language, but the dictionary "
                                  f"lacks {', '.join(missing)}; prepare the data with scripts/prepare_data.py")
         n = max(len(self.langs), 1)
         self.scorer = LanguageScorer(n, cfg.dds_scorer_hidden, seed=cfg.seed)
@@ -295,7 +298,7 @@ class DDSTranslationTask(TranslationTask):
         self._shares: Optional[G.GradientShares] = None
         self._pending: Optional[Dict] = None
         self._dev = None
-        self._model = None  # set during a scorer update only
+        self._model = self._optimizer = None  # set during a scorer update only
 
     @property
     def updates_scorer(self) -> bool:
@@ -306,7 +309,7 @@ class DDSTranslationTask(TranslationTask):
         data_path = utils.split_paths(self.cfg.data)[0]
         found = [os.path.join(data_path, f"{split}.{a}-{b}.{src}.idx") for a, b in ((src, tgt), (tgt, src))]
         if not any(os.path.exists(f) for f in found):
-            raise FileNotFoundError(
+            raise UserFileError(
                 f"language pair {src}-{tgt} has no {split} data: neither {found[0]} nor {found[1]} exists. "
                 f"Add {split}.{src}-{tgt}.* to the raw corpus and run scripts/prepare_data.py, or drop the pair.")
         return load_langpair_dataset(
@@ -338,7 +341,7 @@ class DDSTranslationTask(TranslationTask):
         for (src, tgt), lang in zip(self.pairs, self.langs):
             ds = self._pair_dataset(split, src, tgt)
             if len(ds) == 0:
-                raise ValueError(f"language {lang} has no {split} data ({split}.{src}-{tgt} is empty): add "
+                raise UserError(f"language {lang} has no {split} data ({split}.{src}-{tgt} is empty): add "
                                  "sentences or remove the pair from --lang-pairs")
             parts.append(ds)
         prefix = None if self.hub_is_target else [self.src_dict.index(lang_tag(x)) for x in self.langs]
@@ -430,6 +433,7 @@ class DDSTranslationTask(TranslationTask):
         return total
 
     # ---- Alg. 2 lines 4–7 -----------------------------------------------------------------------
+    @amp.amp_train_step
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         if "dds_slots" not in sample:
             return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
@@ -438,11 +442,12 @@ class DDSTranslationTask(TranslationTask):
         theta = self._gradient_space(model)
         self._criterion = criterion
         n = len(self.langs)
-        # fairseq clears .grad before every update (also the retry after an overflow, which keeps update_num)
-        new_update = not any(p.grad is not None for p in theta)
-        if new_update or self._pending is None or self._pending["update"] != update_num:
+        # fairseq clears .grad when an update (or its retry after an overflow or OOM) starts: nothing left behind
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if self._pending is None or self._pending["update"] != update_num or amp.starts_update(trainable):
             self._pending = {"update": update_num, "micro": 0, "nsentences": 0.0,
-                             "ntokens": torch.zeros(n, dtype=torch.float64, device=theta[0].device)}
+                             "ntokens": torch.zeros(n, dtype=torch.float64, device=theta[0].device),
+                             "usage": torch.zeros(n, dtype=torch.float64)}
             if self._shares is not None:
                 self._shares.reset()
         pending = self._pending
@@ -473,8 +478,8 @@ class DDSTranslationTask(TranslationTask):
                 # this language's share of the gradient: the real training gradient, no extra backward pass
                 self._shares.capture(lang, scale)
                 pending["ntokens"][lang] += float(batch["ntokens"])
-            if not ignore_grad:
-                self.usage[lang] += float(batch["nsentences"])
+            if not ignore_grad:  # usage counted in optimizer_step, once the update is taken
+                pending["usage"][lang] += float(batch["nsentences"])
                 pending["nsentences"] += float(batch["nsentences"])
                 batch_tokens += int(batch["ntokens"])
                 group_tokens = max(group_tokens, int(batch["ntokens"]))
@@ -492,12 +497,16 @@ class DDSTranslationTask(TranslationTask):
             optimizer.step()
             return
         pending, self._pending = self._pending, None
+        if amp.update_skipped(optimizer):  # --amp overflow: fairseq retries the batch or drops it
+            optimizer.step()  # the scaler skips the step and lowers its scale; no EMA, usage or scorer step
+            return
+        self.usage += pending["usage"]
         if self.ema is not None:
             # Alg. 2 line 7 on the workers' all-reduced per-language gradient sums, at theta_{t-1}
             grads, ntok = self._shares.shares, pending["ntokens"]
             G.all_reduce_mean_(grads)
             G.all_reduce_mean_(ntok)
-            if not self.ema.update(grads, ntok, update_num):  # fp16/AMP overflow: keep it out of the EMAs
+            if not self.ema.update(grads, ntok, update_num):  # a non-finite share never enters an EMA
                 self.nonfinite_updates += 1
         optimizer.step()  # theta_{t-1} -> theta_t
         self.last_update = update_num + 1
@@ -525,16 +534,19 @@ class DDSTranslationTask(TranslationTask):
             batches = data_utils.batch_by_size(ds.ordered_indices(), ds.num_tokens,
                                                max_tokens=self.cfg.dds_dev_max_tokens)
             if not batches:
-                raise ValueError(f"--dds-dev-subset {self.cfg.dds_dev_subset} of {src}-{tgt} has no usable example")
+                raise UserError(f"--dds-dev-subset {self.cfg.dds_dev_subset} of {src}-{tgt} has no usable example")
             self._dev = (ds, batches)
         return self._dev
 
     def _mean_gradient(self, batches: List[Dict]) -> torch.Tensor:
         """``grad`` of the training criterion's loss per ``sample_size`` (per token) over ``batches`` on this
         worker, pooled over all workers (sums and sizes all-reduced), in ``--dds-grad-mode``; the
-        criterion and model are fairseq's own, so this is the training objective."""
+        criterion and model are fairseq's own, so this is the training objective, and under ``--amp`` it
+        runs in autocast with fairseq's loss scale, as the training step does."""
         inner = unwrap(self._model)
         theta = self._theta
+        optimizer = self._optimizer
+        scale = G.loss_scale(optimizer)
         total = torch.zeros(sum(p.numel() for p in theta), device=theta[0].device)
         size = torch.zeros(1, dtype=torch.float64, device=theta[0].device)
         mode = eval_mode(inner) if self.cfg.dds_grad_mode == "eval" else contextlib.nullcontext()
@@ -542,9 +554,10 @@ class DDSTranslationTask(TranslationTask):
             for batch in batches:
                 if theta[0].is_cuda:
                     batch = utils.move_to_cuda(batch)
-                loss, sample_size, _ = self._criterion(inner, batch)
-                grads = torch.autograd.grad(loss, theta, allow_unused=True)
-                total.add_(G.flatten(grads, theta))
+                with amp.autocast(optimizer, theta):
+                    loss, sample_size, _ = self._criterion(inner, batch)
+                grads = torch.autograd.grad(loss * scale if scale != 1.0 else loss, theta, allow_unused=True)
+                total.add_(G.flatten(grads, theta), alpha=1.0 / scale)
                 size += float(sample_size)
         G.all_reduce_mean_(total)
         G.all_reduce_mean_(size)
@@ -580,12 +593,12 @@ class DDSTranslationTask(TranslationTask):
     def _scorer_step(self, model, update_num: int, optimizer) -> None:
         learn = self.updates_scorer and self.last_update >= self.cfg.dds_start_update
         if learn:
-            self._model = model
+            self._model, self._optimizer = model, optimizer
             # dropout in train mode draws from torch's generator: seed it by the update (resume, workers)
             with utils.set_torch_seed(int(seeded_generator(self.cfg.seed, update_num, _rank(), 41).initial_seed()
                                           % 2**31)):
                 self._compute_rewards(update_num, optimizer)
-            self._model = None
+            self._model = self._optimizer = None
             objective = "centered" if self.cfg.dds_reward_centering else self.cfg.dds_scorer_objective
             ds = self.train_data
             for it in range(self.cfg.dds_scorer_iters):
@@ -658,15 +671,8 @@ class DDSTranslationTask(TranslationTask):
         return out
 
     def _write_log(self, recs: List[Dict]) -> None:
-        """Atomically: a temporary file beside the log, then a rename over it."""
-        path = self.log_path()
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in recs)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        """Atomically (a temporary file beside the log, then a rename over it): a crash never tears it."""
+        fileio.write_text(self.log_path(), "".join(json.dumps(r) + "\n" for r in recs))
 
     def _append_log(self, update: int, usage: torch.Tensor, learned: bool = True) -> None:
         if _rank() != 0:
@@ -729,7 +735,7 @@ class DDSTranslationTask(TranslationTask):
         if not state:
             return
         if list(state["langs"]) != list(self.langs):
-            raise ValueError(f"the checkpoint was trained with languages {state['langs']}, this run has {self.langs}: "
+            raise UserError(f"the checkpoint was trained with languages {state['langs']}, this run has {self.langs}: "
                              "resume with the same --lang-pairs (or start a new --save-dir)")
         self.scorer.load_state_dict(state["scorer"])
         self.scorer_optimizer.load_state_dict(state["scorer_optimizer"])

@@ -42,7 +42,9 @@ from fairseq.logging import metrics
 from fairseq.tasks import register_task
 from fairseq.tasks.multilingual_translation import MultilingualTranslationTask
 
+from fairseq_metabt.errors import UserError
 from fairseq_metabt.models.latent_depth_transformer import LatentDepthTransformerModel
+from fairseq_metabt.modules import amp
 
 
 def latent_languages(lang_pairs: List[str], side: str = "auto") -> Tuple[str, List[str]]:
@@ -53,9 +55,9 @@ def latent_languages(lang_pairs: List[str], side: str = "auto") -> Tuple[str, Li
     """
     pairs = [p.split("-") for p in lang_pairs]
     if any(len(p) != 2 or not all(p) for p in pairs):
-        raise ValueError(f"--lang-pairs must be SRC-TGT,..., got {','.join(lang_pairs)}")
+        raise UserError(f"--lang-pairs must be SRC-TGT,..., got {','.join(lang_pairs)}")
     if len(set(map(tuple, pairs))) != len(pairs):
-        raise ValueError(f"--lang-pairs lists a pair twice: {','.join(lang_pairs)}")
+        raise UserError(f"--lang-pairs lists a pair twice: {','.join(lang_pairs)}")
     srcs, tgts = sorted({s for s, _ in pairs}), sorted({t for _, t in pairs})
     if side == "auto":
         if len(pairs) == 1:  # one shared row of logits, named after the pair
@@ -65,13 +67,13 @@ def latent_languages(lang_pairs: List[str], side: str = "auto") -> Tuple[str, Li
         elif len(srcs) == 1:
             side = "target"
         else:
-            raise ValueError("many-to-many --lang-pairs: choose the language that owns the latent layers "
+            raise UserError("many-to-many --lang-pairs: choose the language that owns the latent layers "
                              "with --latent-lang-side source|target")
     if side == "source":
         return side, srcs
     if side == "target":
         return side, tgts
-    raise ValueError(f"--latent-lang-side must be auto, source or target, got {side!r}")
+    raise UserError(f"--latent-lang-side must be auto, source or target, got {side!r}")
 
 
 def check_gate_lr(args) -> None:
@@ -80,10 +82,10 @@ def check_gate_lr(args) -> None:
     if gate_lr is None:
         return
     if gate_lr <= 0:
-        raise ValueError(f"--latent-gate-lr must be > 0, got {gate_lr} (leave it unset to share the model's "
+        raise UserError(f"--latent-gate-lr must be > 0, got {gate_lr} (leave it unset to share the model's "
                          "optimizer)")
     if (getattr(args, "fp16", False) or getattr(args, "bf16", False)) and not getattr(args, "amp", False):
-        raise ValueError("--latent-gate-lr needs fp32 parameters: use --amp instead of --fp16/--bf16 "
+        raise UserError("--latent-gate-lr needs fp32 parameters: use --amp instead of --fp16/--bf16 "
                          "(fairseq's FP16 optimizer keeps its own flat copy of every parameter)")
 
 
@@ -109,10 +111,10 @@ class LatentDepthTranslationTask(MultilingualTranslationTask):
     def __init__(self, args, dicts, training):
         super().__init__(args, dicts, training)
         if args.latent_inner_steps < 1:
-            raise ValueError(f"--latent-inner-steps must be >= 1, got {args.latent_inner_steps}")
+            raise UserError(f"--latent-inner-steps must be >= 1, got {args.latent_inner_steps}")
         self.latent_side, self.latent_lang_list = latent_languages(args.lang_pairs, args.latent_lang_side)
         if self.latent_side == "target" and not args.decoder_langtok:
-            raise ValueError("one-to-many latent depth needs --decoder-langtok: the shared decoder must be "
+            raise UserError("one-to-many latent depth needs --decoder-langtok: the shared decoder must be "
                              "told the target language")
         check_gate_lr(args)
         self.reset_gate_state()
@@ -134,19 +136,19 @@ class LatentDepthTranslationTask(MultilingualTranslationTask):
         model = fairseq_models.build_model(args, self, from_checkpoint)
         pruned = getattr(args, "latent_pruned_lang", None) is not None  # scripts/prune_latent_depth.py
         if not isinstance(model, LatentDepthTransformerModel) and not pruned:
-            raise ValueError(f"latent_depth_translation needs a latent_depth_transformer architecture, "
+            raise UserError(f"latent_depth_translation needs a latent_depth_transformer architecture, "
                              f"got --arch {arch}")
         if pruned and not self.training:
             src, tgt = self.lang_pairs[0].split("-")
             side = getattr(args, "latent_side", "bilingual")
             lang = {"source": src, "target": tgt}.get(side, args.latent_pruned_lang)
             if lang != args.latent_pruned_lang:
-                raise ValueError(f"this checkpoint is the pruned sub-network of {args.latent_pruned_lang}; "
+                raise UserError(f"this checkpoint is the pruned sub-network of {args.latent_pruned_lang}; "
                                  f"it cannot translate {src}-{tgt}")
         trained = [p for p in str(args.latent_lang_pairs).split(",") if p]
         for pair in self.lang_pairs:
             if pair not in trained:
-                raise ValueError(f"language pair {pair} is not in this latent-depth model; "
+                raise UserError(f"language pair {pair} is not in this latent-depth model; "
                                  f"it was trained on {', '.join(trained)}")
         return model
 
@@ -173,6 +175,7 @@ class LatentDepthTranslationTask(MultilingualTranslationTask):
     def _pairs_in(self, sample) -> List[str]:
         return [p for p in self.lang_pairs if sample.get(p) is not None and len(sample[p]) != 0]
 
+    @amp.amp_train_step
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         """One inner step: one batch per language pair (Alg. 2, lines 5–8), one backward pass each."""
         model.train()
@@ -208,6 +211,9 @@ class LatentDepthTranslationTask(MultilingualTranslationTask):
         """Step Theta always, q_phi only on the last inner step (grad None → the optimizer skips it);
         with ``--latent-gate-lr``, q_phi by its own constant-rate Adam."""
         phi = [p for n, p in self._unwrap(model).named_parameters() if n.endswith("_latent.logits")]
+        if amp.update_skipped(optimizer):  # --amp overflow: fairseq skips the step and retries the update
+            optimizer.step()
+            return
         phi_step = self.is_phi_step(update_num)
         grads = [p.grad for p in phi]
         if phi and any(g is not None for g in grads):

@@ -52,11 +52,14 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask, load_langpair_dataset
 from omegaconf import II
 
+from fairseq_metabt.checkpoints import initialise_directions
 from fairseq_metabt.data.batches import pair_batch, reversed_batch, source_input, strip_padding
 from fairseq_metabt.data.mono import load_mono_dataset, mono_prefix
 from fairseq_metabt.data.on_top import BitextWithMonoDataset, pseudo_loss_scale
 from fairseq_metabt.data.tagging import lang_tag, missing_tags
+from fairseq_metabt.errors import UserError, UserFileError
 from fairseq_metabt.models.dual_transformer import DualTransformerModel, unwrap
+from fairseq_metabt.modules import amp
 from fairseq_metabt.modules import gradients as G
 from fairseq_metabt.modules.generation import (
     GenerationSettings, InStepGenerator, eval_mode, sampling_log_probs, sequence_log_probs,
@@ -75,6 +78,8 @@ SENTENCE_METHOD_CHOICES = ChoiceEnum(["taylor", "double_backward"])
 @dataclass
 class MetaBacktranslationConfig(TranslationConfig):
     seed: int = II("common.seed")
+    fp16: bool = II("common.fp16")
+    bf16: bool = II("common.bf16")
     ddp_backend: str = II("distributed_training.ddp_backend")
     distributed_world_size: int = II("distributed_training.distributed_world_size")
     mono_data: Optional[str] = field(
@@ -179,6 +184,8 @@ class MetaBacktranslationTask(TranslationTask):
         self._check_config(cfg)
         self.baseline = MovingAverageBaseline(cfg.meta_baseline_decay)
         self.backward_optimizer: Optional[torch.optim.Optimizer] = None
+        self._psi_scaler: Optional[torch.amp.GradScaler] = None  # psi's loss scale under --amp on CUDA
+        self._psi_scaler_state: Optional[Dict] = None  # from a checkpoint, until the scaler is built
         self._generator: Optional[InStepGenerator] = None
         # state of the update in progress, rebuilt from nothing at its first micro-batch
         self._pending: List[Dict] = []  # per micro-batch: pseudo batch, g share, log-probs
@@ -204,18 +211,21 @@ class MetaBacktranslationTask(TranslationTask):
     @staticmethod
     def _check_config(cfg: MetaBacktranslationConfig) -> None:
         GenerationSettings(cfg.bt_generation, cfg.bt_beam, cfg.bt_temperature)  # validates
+        if not cfg.freeze_backward:
+            amp.refuse_half_precision(cfg, "meta_backtranslation", "the backward model has its own fp32 optimizer, "
+                                      "and fairseq would cast it to half precision (or pass --freeze-backward)")
         if not 0.0 <= cfg.meta_baseline_decay < 1.0:
-            raise ValueError(f"--meta-baseline-decay must be in [0, 1), got {cfg.meta_baseline_decay}")
+            raise UserError(f"--meta-baseline-decay must be in [0, 1), got {cfg.meta_baseline_decay}")
         for name in ("pseudo_weight", "meta_weight", "backward_mle_weight", "backward_lr", "backward_clip_norm"):
             if getattr(cfg, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+                raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
         if cfg.pseudo_weight == 0 and cfg.meta_weight > 0 and not cfg.freeze_backward:
-            raise ValueError("--pseudo-weight 0 leaves the forward model untouched by the pseudo pairs, so the meta "
+            raise UserError("--pseudo-weight 0 leaves the forward model untouched by the pseudo pairs, so the meta "
                              "reward is meaningless: use --pseudo-weight > 0, or --meta-weight 0 / --freeze-backward")
         if cfg.meta_taylor_eps <= 0:
-            raise ValueError(f"--meta-taylor-eps must be > 0, got {cfg.meta_taylor_eps}")
+            raise UserError(f"--meta-taylor-eps must be > 0, got {cfg.meta_taylor_eps}")
         if cfg.meta_dev_max_tokens < 1:
-            raise ValueError(f"--meta-dev-max-tokens must be >= 1, got {cfg.meta_dev_max_tokens}")
+            raise UserError(f"--meta-dev-max-tokens must be >= 1, got {cfg.meta_dev_max_tokens}")
 
     def _check_ddp_backend(self) -> None:
         """Refuse DDP backends that cannot work, before training starts.
@@ -229,7 +239,7 @@ class MetaBacktranslationTask(TranslationTask):
         except Exception:  # a config outside fairseq-train (no distributed_training to read): nothing to check
             return
         if backend == "fully_sharded" or (world > 1 and backend not in ("legacy_ddp", "no_c10d")):
-            raise ValueError(f"meta_backtranslation needs --ddp-backend legacy_ddp (got --ddp-backend {backend} "
+            raise UserError(f"meta_backtranslation needs --ddp-backend legacy_ddp (got --ddp-backend {backend} "
                              f"with {world} worker(s)); scripts/train_ddp.sh passes it")
 
     # ---- data -----------------------------------------------------------------------------
@@ -252,7 +262,7 @@ class MetaBacktranslationTask(TranslationTask):
             self._bitext_offsets = np.cumsum([len(d) for d in parts])
             missing = missing_tags(self.src_dict, self._bitext_langs)
             if missing:
-                raise ValueError(f"--related-lang-pairs: the backward model reads language tags, but the dictionary "
+                raise UserError(f"--related-lang-pairs: the backward model reads language tags, but the dictionary "
                                  f"lacks {missing}; prepare the data with scripts/prepare_data.py (it adds a tag "
                                  "for every language of the raw directory)")
         targets = []
@@ -260,7 +270,7 @@ class MetaBacktranslationTask(TranslationTask):
             targets.append(self._load_mono())
         if self.cfg.mono_sources in ("related", "both"):
             if not related:
-                raise ValueError("--mono-sources related/both takes targets from the related pairs' bitext: "
+                raise UserError("--mono-sources related/both takes targets from the related pairs' bitext: "
                                  "pass --related-lang-pairs too")
             targets += [d.tgt for d in related]
         mono = targets[0] if len(targets) == 1 else ConcatDataset(targets)
@@ -280,11 +290,11 @@ class MetaBacktranslationTask(TranslationTask):
         for pair in filter(None, (self.cfg.related_lang_pairs or "").split(",")):
             src, _, tgt = pair.strip().partition("-")
             if tgt != self.cfg.target_lang or not src or src == self.cfg.source_lang:
-                raise ValueError(f"--related-lang-pairs {pair!r}: each pair must be S'-{self.cfg.target_lang} with a "
+                raise UserError(f"--related-lang-pairs {pair!r}: each pair must be S'-{self.cfg.target_lang} with a "
                                  f"source other than {self.cfg.source_lang}")
             prefix = os.path.join(data_path, f"{split}.{src}-{tgt}.{src}")
             if not os.path.exists(prefix + ".idx"):
-                raise FileNotFoundError(f"--related-lang-pairs {pair}: {prefix}.bin/.idx not found; prepare the "
+                raise UserFileError(f"--related-lang-pairs {pair}: {prefix}.bin/.idx not found; prepare the "
                                         f"{split}.{src}-{tgt}.* files with scripts/prepare_data.py")
             out.append(load_langpair_dataset(
                 data_path, split, src, self.src_dict, tgt, self.tgt_dict, combine=False,
@@ -301,7 +311,7 @@ class MetaBacktranslationTask(TranslationTask):
         src, tgt = self.cfg.source_lang, self.cfg.target_lang
         prefix = os.path.join(data_path, f"{split}.{src}-{tgt}.{src}")
         if not os.path.exists(prefix + ".idx"):
-            raise FileNotFoundError(
+            raise UserFileError(
                 f"--meta-dev-subset {split}: {prefix}.bin/.idx not found. The meta reward needs a dev set "
                 f"of {src}-{tgt}; prepare one (valid.{src}-{tgt}.*) or choose another split."
             )
@@ -316,7 +326,7 @@ class MetaBacktranslationTask(TranslationTask):
         batches = data_utils.batch_by_size(ds.ordered_indices(), ds.num_tokens,
                                            max_tokens=self.cfg.meta_dev_max_tokens)
         if not batches:
-            raise ValueError(f"--meta-dev-subset {split} has no usable examples")
+            raise UserError(f"--meta-dev-subset {split} has no usable examples")
         return batches
 
     def dev_batch(self, update_num: int) -> Dict:
@@ -333,19 +343,19 @@ class MetaBacktranslationTask(TranslationTask):
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
         if not isinstance(model, DualTransformerModel):
-            raise ValueError(
+            raise UserError(
                 "meta_backtranslation needs a forward and a backward model: use --arch dual_transformer_tiny, "
                 f"dual_transformer_small or dual_transformer_base (got {type(model).__name__})"
             )
         if not from_checkpoint:
             self._check_ddp_backend()
-        initialise_directions(model, self.cfg.forward_init, self.cfg.backward_init, from_checkpoint)
+        initialise_directions(model, self, self.cfg.forward_init, self.cfg.backward_init, from_checkpoint)
         # psi is trained by this task's own optimizer, never by fairseq's: keeping its parameters
         # out of requires_grad excludes them from fairseq's optimizer, gradient clipping and all-reduce.
         psi = list(model.backward_model.parameters())
         for p in psi:
             p.requires_grad_(False)
-        betas = tuple(float(b) for b in self.cfg.backward_adam_betas.strip("()").split(","))
+        betas = parse_betas(self.cfg.backward_adam_betas, "--backward-adam-betas")
         self.backward_optimizer = torch.optim.Adam(psi, lr=self.cfg.backward_lr, betas=betas)
         self._generator = None
         return model
@@ -372,6 +382,14 @@ class MetaBacktranslationTask(TranslationTask):
     @staticmethod
     def _theta(dual: DualTransformerModel) -> List[torch.Tensor]:
         return [p for p in dual.parameters() if p.requires_grad]
+
+    def _scaler(self, optimizer, dual: DualTransformerModel) -> torch.amp.GradScaler:
+        """psi's loss scaler: its losses come from fp16 autocast under --amp on CUDA, like theta's."""
+        if self._psi_scaler is None:
+            self._psi_scaler = amp.grad_scaler(optimizer, dual.backward_model)
+            if self._psi_scaler_state and self._psi_scaler.is_enabled():
+                self._psi_scaler.load_state_dict(self._psi_scaler_state)
+        return self._psi_scaler
 
     # ---- psi's inputs (tagged in the multilingual setting) -----------------------------------
     def _psi_sources(self, rows: List[torch.Tensor], langs: List[str]) -> List[torch.Tensor]:
@@ -411,12 +429,13 @@ class MetaBacktranslationTask(TranslationTask):
         for p in dual.backward_model.parameters():
             p.grad = None
 
+    @amp.amp_train_step
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         dual = unwrap(model)
         model.train()
         model.set_num_updates(update_num)
         theta = self._theta(dual)
-        if all(p.grad is None for p in theta) or update_num != self._pending_update:
+        if amp.starts_update(theta) or update_num != self._pending_update:
             self._start_update(dual, update_num)
         self._criterion = criterion
         bitext, mono = sample["bitext"], sample["mono"]
@@ -482,7 +501,7 @@ class MetaBacktranslationTask(TranslationTask):
             rev = utils.move_to_cuda(rev) if cuda else rev
             with self._psi_trainable(dual):
                 mle, _, _ = criterion(dual.backward_model, rev)
-                mle.backward()
+                self._scaler(optimizer, dual).scale(mle).backward()
             self._psi_mle_tokens += float(rev["ntokens"])
             log["bwd_mle_loss"], log["bwd_ntokens"] = float(mle.detach()), float(rev["ntokens"])
         self._pending.append(pending)
@@ -497,16 +516,14 @@ class MetaBacktranslationTask(TranslationTask):
     # ---- steps 2-5: update theta, dev gradient, reward, update psi ----------------------------
     def optimizer_step(self, optimizer, model, update_num):
         dual = unwrap(model)
+        if self.cfg.freeze_backward or amp.update_skipped(optimizer):
+            optimizer.step()  # under --amp overflow: the scaler skips theta's step and lowers its scale
+            self._start_update(dual, None)  # fairseq retries the batch or drops it: no reward, no psi step
+            return
         pending = [p for p in self._pending if p.get("g") is not None]
         mle_tokens = self._psi_mle_tokens
         self._pending, self._pending_update, self._psi_mle_tokens = [], None, 0.0
         theta = self._theta(dual)
-        if self.cfg.freeze_backward:
-            optimizer.step()
-            return
-        if isinstance(optimizer, _HALF_OPTIMIZERS):
-            raise ValueError("meta_backtranslation updates the backward model in fp32: use --amp instead of "
-                             "--fp16/--bf16, or --freeze-backward")
         psi = list(dual.backward_model.parameters())
         # psi's MLE gradient as a per-token mean over the update's reversed bitext (all micro-batches)
         if mle_tokens > 0:
@@ -516,7 +533,7 @@ class MetaBacktranslationTask(TranslationTask):
                         p.grad.mul_(self.cfg.backward_mle_weight / mle_tokens)
         if not self.meta_active:  # BT + MLE: psi by MLE only
             optimizer.step()
-            self._step_backward(psi)
+            self._step_backward(psi, self._scaler(optimizer, dual))
             self.meta_steps += 1
             self._check_replicas(theta, psi)
             return
@@ -565,7 +582,7 @@ class MetaBacktranslationTask(TranslationTask):
                     loss = loss + policy_gradient_loss(p["logp"], a.to(p["logp"].device))
                 # mean over this worker's sentences; _step_backward averages over workers
                 loss = loss * (self.cfg.meta_weight / max(n_local, 1))
-                loss.backward()
+                self._scaler(optimizer, dual).scale(loss).backward()
                 meta_loss = float(loss.detach())
         metrics.log_scalar("reward_skipped", float(skipped), weight=1, round=3)
         if not skipped:
@@ -573,7 +590,7 @@ class MetaBacktranslationTask(TranslationTask):
         else:
             logger.warning("update %d: no usable meta reward (empty pseudo batch, zero-norm or non-finite "
                            "gradient); the backward model gets only its MLE gradient", update_num)
-        self._step_backward(psi)
+        self._step_backward(psi, self._scaler(optimizer, dual))
         self.meta_steps += 1
 
         if not skipped:
@@ -674,20 +691,28 @@ class MetaBacktranslationTask(TranslationTask):
             r = r / norm
         return r, bool(torch.isfinite(r).all())
 
-    def _step_backward(self, psi: List[torch.Tensor]) -> None:
-        """All-reduce psi's gradient, clip it, take the backward model's optimizer step, clear it."""
+    def _step_backward(self, psi: List[torch.Tensor], scaler: torch.amp.GradScaler) -> None:
+        """All-reduce psi's gradient, unscale and clip it, take the backward model's optimizer step, clear it.
+
+        A non-finite gradient (after the all-reduce, so on every worker alike) skips the step and, with a
+        loss scaler, lowers psi's loss scale, as fairseq's AMP does for theta."""
         grads = G.flat_grad(psi)
-        G.all_reduce_mean_(grads)
+        G.all_reduce_mean_(grads, device=psi[0].device)
+        for p, gr in zip(psi, G.unflatten_like(grads, psi)):
+            p.grad = gr.clone()
+        if scaler.is_enabled():
+            scaler.scale(grads.new_zeros(()))  # starts the scaler if no psi loss went through it yet
+            scaler.unscale_(self.backward_optimizer)
         if not torch.isfinite(grads).all():
             logger.warning("non-finite backward-model gradient: skipping its update")
             metrics.log_scalar("bwd_nonfinite", 1.0, weight=1, round=3)
         else:
-            for p, gr in zip(psi, G.unflatten_like(grads, psi)):
-                p.grad = gr.clone()
             if self.cfg.backward_clip_norm > 0:
                 norm = torch.nn.utils.clip_grad_norm_(psi, self.cfg.backward_clip_norm)
                 metrics.log_scalar("bwd_gnorm", float(norm), weight=1, round=3)
-            self.backward_optimizer.step()
+            scaler.step(self.backward_optimizer)  # a plain step when the scaler is disabled
+        if scaler.is_enabled():
+            scaler.update()
         for p in psi:
             p.grad = None
 
@@ -697,6 +722,7 @@ class MetaBacktranslationTask(TranslationTask):
             "backward_optimizer": self.backward_optimizer.state_dict() if self.backward_optimizer else None,
             "baseline": self.baseline.state_dict(),
             "meta_steps": self.meta_steps,
+            "psi_scaler": self._psi_scaler.state_dict() if self._psi_scaler is not None else None,
         }}
 
     def set_checkpoint_dict(self, state: Dict) -> None:
@@ -704,6 +730,9 @@ class MetaBacktranslationTask(TranslationTask):
             self.backward_optimizer.load_state_dict(state["backward_optimizer"])
         self.baseline.load_state_dict(state["baseline"])
         self.meta_steps = int(state.get("meta_steps", 0))
+        self._psi_scaler_state = state.get("psi_scaler")
+        if self._psi_scaler is not None and self._psi_scaler_state and self._psi_scaler.is_enabled():
+            self._psi_scaler.load_state_dict(self._psi_scaler_state)
 
     # ---- metrics ---------------------------------------------------------------------------
     def reduce_metrics(self, logging_outputs, criterion):
@@ -729,18 +758,15 @@ class MetaBacktranslationTask(TranslationTask):
             metrics.log_scalar("pseudo_empty", total("mbt_pseudo_empty"), 1, round=1)
 
 
-def initialise_directions(model: DualTransformerModel, forward_init: Optional[str], backward_init: Optional[str],
-                          from_checkpoint: bool = False) -> None:
-    """Load --forward-init / --backward-init (plain transformer checkpoints) into a new dual model."""
-    from fairseq import checkpoint_utils
-
-    for direction, path in (("forward", forward_init), ("backward", backward_init)):
-        if path and not from_checkpoint:
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"--{direction}-init {path} does not exist")
-            state = checkpoint_utils.load_checkpoint_to_cpu(path)["model"]
-            model.load_direction_state_dict(direction, state)
-            logger.info("initialised the %s model from %s", direction, path)
+def parse_betas(text: str, flag: str) -> tuple:
+    """Adam's (beta1, beta2) from a flag value such as "(0.9, 0.98)"."""
+    try:
+        betas = tuple(float(b) for b in text.strip().strip("()").split(","))
+    except ValueError:
+        betas = ()
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise UserError(f"{flag} {text!r} is not two numbers in [0, 1)", f'write it like {flag} "(0.9, 0.98)"')
+    return betas
 
 
 def _adam_preconditioner(optimizer, theta: List[torch.Tensor]) -> torch.Tensor:
@@ -752,7 +778,7 @@ def _adam_preconditioner(optimizer, theta: List[torch.Tensor]) -> torch.Tensor:
     for p in theta:
         state = torch_opt.state.get(p, {})
         if "exp_avg_sq" not in state:
-            raise ValueError("--meta-reward-precondition needs Adam's second moments on the model parameters "
+            raise UserError("--meta-reward-precondition needs Adam's second moments on the model parameters "
                              "(--optimizer adam, fp32 or --amp); they were not found")
         group = next(gr for gr in torch_opt.param_groups if any(q is p for q in gr["params"]))
         beta2, eps = group["betas"][1], group["eps"]
@@ -761,11 +787,3 @@ def _adam_preconditioner(optimizer, theta: List[torch.Tensor]) -> torch.Tensor:
         parts.append((1.0 / (v_hat.sqrt() + eps)).reshape(-1))
     return torch.cat(parts)
 
-
-def _half_optimizer_types():
-    from fairseq.optim import FP16Optimizer, MemoryEfficientFP16Optimizer
-
-    return FP16Optimizer, MemoryEfficientFP16Optimizer
-
-
-_HALF_OPTIMIZERS = _half_optimizer_types()

@@ -44,14 +44,16 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import EVAL_BLEU_ORDER, TranslationConfig, TranslationTask
 from omegaconf import II
 
+from fairseq_metabt.checkpoints import initialise_directions
 from fairseq_metabt.data.batches import reversed_batch, strip_padding
 from fairseq_metabt.data.mono import generated_pairs, load_mono_dataset, mono_pair_dataset, mono_prefix
 from fairseq_metabt.data.on_top import BitextWithMonoDataset, pseudo_loss_scale
+from fairseq_metabt.errors import UserError
 from fairseq_metabt.models.dual_transformer import DualTransformerModel, unwrap
+from fairseq_metabt.modules import amp
+from fairseq_metabt.modules import gradients as G
 from fairseq_metabt.modules.generation import GenerationSettings, InStepGenerator
-from fairseq_metabt.tasks.meta_backtranslation import (
-    _HALF_OPTIMIZERS, MetaBacktranslationTask, initialise_directions,
-)
+from fairseq_metabt.tasks.meta_backtranslation import MetaBacktranslationTask
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +66,8 @@ PHASES = ("mle", "wake", "sleep")
 class WakeSleepConfig(TranslationConfig):
     seed: int = II("common.seed")
     max_update: int = II("optimization.max_update")
+    fp16: bool = II("common.fp16")
+    bf16: bool = II("common.bf16")
     mono_source_data: Optional[str] = field(
         default=None,
         metadata={"help": "prefix of the binarised source monotext M_S, drawn from in the sleep phase "
@@ -164,24 +168,26 @@ class WakeSleepTranslationTask(TranslationTask):
 
     @staticmethod
     def _check_config(cfg: WakeSleepConfig) -> None:
+        amp.refuse_half_precision(cfg, "wake_sleep_translation", "it freezes one direction per phase, which "
+                                  "fairseq's half-precision optimizers (flat fp32 copies of all parameters) cannot")
         for name in ("wake_updates", "sleep_updates"):
             if getattr(cfg, name) < 1:
-                raise ValueError(
+                raise UserError(
                     f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}: each iteration needs a "
                     "wake and a sleep phase (for back-translation alone, use --ws-iterations 1)")
         if cfg.ws_mle_updates < 0:
-            raise ValueError(f"--ws-mle-updates must be >= 0, got {cfg.ws_mle_updates}")
+            raise UserError(f"--ws-mle-updates must be >= 0, got {cfg.ws_mle_updates}")
         if cfg.ws_gen_max_tokens < 1:
-            raise ValueError(f"--ws-gen-max-tokens must be >= 1, got {cfg.ws_gen_max_tokens}")
+            raise UserError(f"--ws-gen-max-tokens must be >= 1, got {cfg.ws_gen_max_tokens}")
         if cfg.ws_pseudo_weight < 0:
-            raise ValueError(f"--ws-pseudo-weight must be >= 0, got {cfg.ws_pseudo_weight}")
+            raise UserError(f"--ws-pseudo-weight must be >= 0, got {cfg.ws_pseudo_weight}")
         if cfg.ws_iterations is not None:
             if cfg.ws_iterations < 1:
-                raise ValueError(f"--ws-iterations must be >= 1, got {cfg.ws_iterations} (iteration 0, MLE, is "
+                raise UserError(f"--ws-iterations must be >= 1, got {cfg.ws_iterations} (iteration 0, MLE, is "
                                  "--ws-mle-updates)")
             total = cfg.ws_mle_updates + cfg.ws_iterations * (cfg.wake_updates + cfg.sleep_updates)
             if cfg.max_update != total:
-                raise ValueError(
+                raise UserError(
                     f"--ws-iterations {cfg.ws_iterations} with --ws-mle-updates {cfg.ws_mle_updates}, --wake-updates "
                     f"{cfg.wake_updates} and --sleep-updates {cfg.sleep_updates} takes {total} updates: set "
                     f"--max-update {total} (got {cfg.max_update})")
@@ -213,11 +219,11 @@ class WakeSleepTranslationTask(TranslationTask):
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
         if not isinstance(model, DualTransformerModel):
-            raise ValueError(
+            raise UserError(
                 "wake_sleep_translation needs a forward and a backward model: use --arch dual_transformer_tiny, "
                 f"dual_transformer_small or dual_transformer_base (got {type(model).__name__})"
             )
-        initialise_directions(model, self.cfg.forward_init, self.cfg.backward_init, from_checkpoint)
+        initialise_directions(model, self, self.cfg.forward_init, self.cfg.backward_init, from_checkpoint)
         self._generators = {}
         return model
 
@@ -294,6 +300,7 @@ class WakeSleepTranslationTask(TranslationTask):
                     local / max(elapsed, 1e-9), sum(lengths) / max(len(lengths), 1))
 
     # ---- one update ------------------------------------------------------------------------------
+    @amp.amp_train_step
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         dual = unwrap(model)
         phase = self.phase(update_num)
@@ -369,10 +376,10 @@ class WakeSleepTranslationTask(TranslationTask):
                     f" (resumed at update {phase.start + phase.position + 1})" if phase.position else "")
 
     def optimizer_step(self, optimizer, model, update_num):
-        if isinstance(optimizer, _HALF_OPTIMIZERS):
-            raise ValueError("wake_sleep_translation freezes one direction per phase, which fairseq's --fp16/--bf16 "
-                             "optimizers (flat fp32 copies of all parameters) cannot: use --amp or fp32")
+        skipped = amp.update_skipped(optimizer)  # --amp overflow: fairseq retries or drops the update
         optimizer.step()
+        if skipped:
+            return
         self.progress["updates_done"] = update_num + 1
         dual = unwrap(model)
         params = self.direction_parameters(dual)
@@ -419,7 +426,7 @@ class WakeSleepTranslationTask(TranslationTask):
         schedule = [c.ws_mle_updates, c.wake_updates, c.sleep_updates]
         if list(state.get("schedule", schedule)) != schedule:
             mle, wake, sleep = state["schedule"]
-            raise ValueError(
+            raise UserError(
                 f"the checkpoint was trained with --ws-mle-updates {mle} --wake-updates {wake} --sleep-updates "
                 f"{sleep}; resume with the same schedule (or start a new --save-dir)")
         for key in ("phase", "iteration", "phase_start", "updates_done", "switches"):
@@ -474,6 +481,5 @@ def _backward_bleu(meters) -> float:
 
 def _all_gather_rows(rows: Dict[int, torch.Tensor]) -> Dict[int, torch.Tensor]:
     """Union of every worker's generated rows (each worker generated a shard of the monotext)."""
-    parts: List[Optional[Dict[int, List[int]]]] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(parts, {i: r.tolist() for i, r in rows.items()})
+    parts = G.all_gather_objects({i: r.tolist() for i, r in rows.items()})
     return {int(i): torch.tensor(r, dtype=torch.long) for part in parts for i, r in part.items()}
