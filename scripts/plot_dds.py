@@ -24,8 +24,16 @@ def read_log(path: str) -> List[dict]:
     if not os.path.exists(path):
         raise UserError(f"{path} not found", "train with --task dds_translation (it writes the log every "
                         "--dds-update-interval updates) or pass --log")
+    records, torn = [], 0
     with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:  # a line torn by a killed run (logs of older versions)
+                    torn += 1
+    if torn:
+        sys.stderr.write(f"plot_dds: skipped {torn} unreadable line(s) of {path}\n")
     if not records:
         raise UserError(f"{path} is empty", "train for at least --dds-update-interval updates")
     return records

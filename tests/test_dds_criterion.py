@@ -10,6 +10,7 @@ from conftest import USER_DIR, assert_same_weights, fairseq, run
 from fairseq_metabt.criterions.dds_weighted_cross_entropy import DDSWeightedCrossEntropyCriterion
 from fairseq_metabt.modules import gradients as G
 from fairseq_metabt.modules.generation import sequence_log_probs
+from fairseq_metabt.modules.scorer import ExampleScorer
 from tiny_models import random_batch, tiny_dictionary, tiny_transformer
 
 
@@ -60,7 +61,8 @@ def test_taylor_rewards_match_per_example_gradients():
     d_vec, rewards = crit.last_dev_gradient, crit.last_rewards
     assert rewards is not None and rewards.shape == (4,)
 
-    # brute force: d . grad l_i(theta_{t-1}) for each example with its own backward pass
+    # brute force: d . grad l_i(theta_{t-1}) for each example with its own backward pass, l_i the summed
+    # per-example loss that the training step weights (label smoothing 0 here: the summed NLL)
     saved = [p.detach().clone() for p in theta]
     with torch.no_grad():
         for p, s in zip(theta, shadow):
@@ -68,8 +70,7 @@ def test_taylor_rewards_match_per_example_gradients():
     model.eval()
     brute = []
     for i in range(4):
-        ntok = batch["target"][i].ne(d.pad()).sum().double()
-        nll = -sequence_log_probs(model, batch, d.pad())[i] / ntok
+        nll = -sequence_log_probs(model, batch, d.pad())[i]
         grads = torch.autograd.grad(nll, theta, allow_unused=True)
         brute.append(float(torch.dot(G.flatten(grads, theta).double(), d_vec.double())))
     with torch.no_grad():
@@ -78,6 +79,36 @@ def test_taylor_rewards_match_per_example_gradients():
     assert np.allclose(rewards.numpy(), brute, rtol=2e-2, atol=1e-4), (rewards, brute)
     assert any(not torch.equal(a, b) for a, b in zip(psi_before, crit.scorer.parameters())), "psi was updated"
     assert all(not p.requires_grad for p in crit.scorer.parameters()), "psi stays out of fairseq's optimizer"
+
+
+def test_scorer_step_uses_each_micro_batch_softmax():
+    """Lines 9–10 with two micro-batches: log p_i is the softmax over the micro-batch that weighted example i
+    in training (not one softmax over both): psi's step (plain SGD, lr 1) is minus the hand-computed gradient."""
+    torch.manual_seed(0)
+    d = tiny_dictionary()
+    model = tiny_transformer(d, seed=3).double()
+    crit = _criterion(_task(d))
+    crit.scorer_optimizer = torch.optim.SGD(crit.scorer.parameters(), lr=1.0)
+    theta = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    crit(model, random_batch(d, n=3, seed=5))[0].backward()  # fairseq's backward: the update has begun
+    crit(model, random_batch(d, n=5, seed=7))  # a second micro-batch of the same update
+    features = [f.clone() for f in crit._previous["features"]]
+    with torch.no_grad():
+        for p in theta:
+            p.add_(torch.randn_like(p) * 1e-2)
+    psi = [p.detach().clone() for p in crit.scorer.parameters()]
+    crit(model, random_batch(d, n=4, seed=6))
+    rewards = crit.last_rewards
+    assert rewards.shape == (8,)
+    ref = ExampleScorer(5, 32, seed=1)
+    with torch.no_grad():
+        for q, p0 in zip(ref.parameters(), psi):
+            q.copy_(p0)
+    logp = torch.cat([ref.log_weights(f) for f in features])
+    (-(rewards.float() * logp).sum() / 8).backward()
+    for q, p0, p1 in zip(ref.parameters(), psi, crit.scorer.parameters()):
+        assert torch.allclose(p1.detach() - p0, -q.grad, atol=1e-7, rtol=1e-4)
 
 
 def criterion_train_args(bin_dir, save_dir, max_update):

@@ -11,10 +11,14 @@ next training call, the criterion
 
 * takes the dev gradient ``d = grad J(theta_t, D_dev)`` on one dev batch (line 7),
 * computes ``r_i = d . grad l_i(theta_{t-1})`` for the previous batch by the
-  Taylor trick (Eq. 7, ``modules/gradients.per_example_dot_taylor``) with a
-  shadow copy of theta_{t-1} (line 8; two forwards in eval mode),
+  Taylor trick (Eq. 7, ``modules/gradients.per_example_dot_taylor``) as a
+  central difference around a shadow copy of theta_{t-1} (line 8; two forwards
+  in eval mode), ``l_i`` being the very per-example loss that line 5 weights
+  (label-smoothed, summed over the example's tokens),
 * and updates psi by REINFORCE, ``psi += lr (1/B) sum_i r_i grad log p_i``
-  (lines 9–10), with its own Adam; psi is not among fairseq's parameters.
+  (lines 9–10), with ``p_i`` the softmax over the same micro-batch that
+  weighted example i in training, with its own Adam; psi is not among
+  fairseq's parameters.
 
 So the order of Alg. 1 is kept; only lines 7–10 run at the beginning of the
 next step's call instead of the end of this one.
@@ -130,9 +134,12 @@ class DDSWeightedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
         pick = int(torch.randint(len(batches), (1,), generator=seeded_generator(self.seed, self.scorer_updates, rank)))
         return ds.collater([ds[int(i)] for i in batches[pick]])
 
-    def _mean_nll(self, model, batch) -> torch.Tensor:
-        ntok = batch["target"].ne(self.padding_idx).sum(1).clamp_min(1).float()
-        return -sequence_log_probs(model, batch, self.padding_idx) / ntok
+    def _example_losses(self, model, batch) -> torch.Tensor:
+        """``l_i``: each example's label-smoothed loss summed over its tokens, as weighted in line 5."""
+        net_output = model(**batch["net_input"])
+        lprobs, target = self.get_lprobs_and_target(model, net_output, batch)
+        tok_loss, _ = label_smoothed_nll_loss(lprobs, target, self.eps, ignore_index=self.padding_idx, reduce=False)
+        return tok_loss.view(batch["target"].size(0), -1).sum(1)
 
     def _update_scorer(self, model, theta: List[torch.Tensor]) -> Dict[str, float]:
         prev, self._previous = self._previous, None
@@ -146,18 +153,21 @@ class DDSWeightedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
         G.all_reduce_mean_(d)
         if not bool(torch.isfinite(d).all()) or float(d.norm()) == 0.0:
             return {}
-        # line 8 at the shadow theta_{t-1}: r_i = d . grad l_i(theta_{t-1}) by Eq. 7 (two eval forwards)
+        # line 8 at the shadow theta_{t-1}: r_i = d . grad l_i(theta_{t-1}) by Eq. 7, a central difference
+        # (two eval forwards) of the same per-example loss line 5 weights
         back = [s - p.detach() for s, p in zip(prev["shadow"], theta)]
         with G.shifted_params(theta, back, 1.0), eval_mode(inner):
-            rewards = torch.cat([G.per_example_dot_taylor(lambda b=b: self._mean_nll(inner, b), theta, d,
-                                                          eps=self.taylor_eps) for b in prev["batches"]]).detach()
-        features = torch.cat(prev["features"])
+            per_batch = [G.per_example_dot_taylor(lambda b=b: self._example_losses(inner, b), theta, d,
+                                                  eps=self.taylor_eps, central=True).detach()
+                         for b in prev["batches"]]
+        rewards = torch.cat(per_batch)
         self.last_dev_gradient, self.last_rewards = d, rewards  # kept for inspection
-        # lines 9–10: psi <- psi + lr (1/B) sum_i r_i grad log p_i
+        # lines 9–10: psi <- psi + lr (1/B) sum_i r_i grad log p_i, each p_i the softmax over the micro-batch
+        # that weighted example i in training
         for p in self.scorer.parameters():
             p.requires_grad_(True)
         try:
-            logp = self.scorer.log_weights(features)
+            logp = torch.cat([self.scorer.log_weights(f) for f in prev["features"]])
             loss = policy_gradient_loss(logp, rewards) / len(rewards)
             self.scorer_optimizer.zero_grad()
             loss.backward()

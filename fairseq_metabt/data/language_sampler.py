@@ -179,6 +179,19 @@ class LanguageSampledDataset(FairseqDataset):
         slots = torch.randint(0, len(self), (count,), generator=generator).numpy()
         return self.availability(slots)
 
+    def language_batch_slots(self, lang: int, target_tokens: int, generator: torch.Generator) -> np.ndarray:
+        """Slots for a fresh batch of language ``lang`` alone (the DDS reward probe): targets available
+        in ``lang`` drawn uniformly without replacement until their target tokens reach ``target_tokens``
+        (at least one).  The size depends on ``target_tokens`` only, never on how often ``p`` picks
+        ``lang``, so every language's gradient averages the same amount of data."""
+        have = np.flatnonzero(self.index.avail[:, lang])
+        if not len(have):
+            raise ValueError(f"language {self.langs[lang]} has no training target")
+        order = have[torch.randperm(len(have), generator=generator).numpy()]
+        tgt = self.pairs[lang].tgt_sizes[self.index.table[order, lang]]
+        count = int(np.searchsorted(np.cumsum(tgt), max(int(target_tokens), 1))) + 1
+        return order[:min(count, len(order))]
+
     def language_sizes(self) -> List[int]:
         return [len(p) for p in self.pairs]
 

@@ -145,12 +145,16 @@ def shifted_params(params: Sequence[torch.Tensor], direction: Sequence[torch.Ten
 
 
 def per_example_dot_taylor(loss_fn: LossFn, params: Sequence[torch.Tensor], direction: torch.Tensor,
-                           eps: float = 1e-3, base_losses: Optional[torch.Tensor] = None) -> torch.Tensor:
+                           eps: float = 1e-3, base_losses: Optional[torch.Tensor] = None,
+                           central: bool = False) -> torch.Tensor:
     """``g_i · d`` for every example by the first-order Taylor trick (DDS Eq. 7).
 
     ``(l_i(theta + e d) - l_i(theta)) / e`` with ``e = eps / ||d||``, so the
-    step has length ``eps`` whatever the scale of ``d``.  ``loss_fn`` must be
-    deterministic (eval mode), return per-example losses and read ``params``.
+    step has length ``eps`` whatever the scale of ``d``; ``central=True`` takes
+    ``(l_i(theta + e d) - l_i(theta - e d)) / 2e`` instead (error O(e^2) rather
+    than O(e), for the same two forwards; ``base_losses`` is then unused).
+    ``loss_fn`` must be deterministic (eval mode), return per-example losses and
+    read ``params``.
     """
     norm = float(direction.norm())
     if norm == 0.0 or not torch.isfinite(direction).all():
@@ -158,10 +162,14 @@ def per_example_dot_taylor(loss_fn: LossFn, params: Sequence[torch.Tensor], dire
     step = eps / norm
     d_parts = unflatten_like(direction, params)
     with torch.no_grad():
-        base = loss_fn().float() if base_losses is None else base_losses.float()
+        if central:
+            with shifted_params(params, d_parts, -step):
+                base = loss_fn().float()
+        else:
+            base = loss_fn().float() if base_losses is None else base_losses.float()
         with shifted_params(params, d_parts, step):
             shifted = loss_fn().float()
-    return (shifted - base) / step
+    return (shifted - base) / (2 * step if central else step)
 
 
 def _math_attention():
@@ -229,7 +237,8 @@ class CountSketch:
             raise ValueError(f"sketch dimension must be >= 1, got {dim_out}")
         g = torch.Generator().manual_seed(int(seed))
         self.dim_in, self.dim_out = int(dim_in), int(dim_out)
-        self.bucket = torch.randint(0, dim_out, (dim_in,), generator=g).to(device)
+        # int32 buckets (index_add_ takes them): half the memory of int64 for the O(d) hash
+        self.bucket = torch.randint(0, dim_out, (dim_in,), generator=g, dtype=torch.int32).to(device)
         self.sign = (torch.randint(0, 2, (dim_in,), generator=g, dtype=torch.int8) * 2 - 1).to(device)
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
@@ -237,6 +246,9 @@ class CountSketch:
             raise ValueError(f"sketch expects {self.dim_in} elements, got {v.numel()}")
         out = torch.zeros(self.dim_out, device=v.device, dtype=torch.float32)
         return out.index_add_(0, self.bucket.to(v.device), v.float() * self.sign.to(v.device, torch.float32))
+
+    def nbytes(self) -> int:
+        return self.bucket.numel() * self.bucket.element_size() + self.sign.numel() * self.sign.element_size()
 
     def add_slice_(self, out: torch.Tensor, v: torch.Tensor, offset: int, alpha: float = 1.0) -> torch.Tensor:
         """``out += alpha * S(x)`` where ``x`` is zero except ``v`` at coordinates ``offset:offset+len(v)``."""
@@ -251,8 +263,9 @@ class GradientShares:
 
     Call :meth:`mark` before a group's backward pass and :meth:`capture` after it: the group's share,
     ``grad_after - grad_before``, is added to row ``group`` of :attr:`shares` (projected by ``sketch``
-    when given).  Per-parameter in-place arithmetic, no flattened copies: one extra fp32 copy of the
-    parameters' size plus ``groups x dim`` for the shares (DDS: one row per language).
+    when given).  Per-parameter in-place arithmetic, no flattened copies: ``groups x dim`` for the shares
+    plus the mark, one fp32 copy of the parameters' size (of the sketch's size with a sketch: the sketch
+    is linear, so ``S(after) - S(before)`` is the share's sketch).
     """
 
     def __init__(self, params: Sequence[torch.Tensor], groups: int, sketch: Optional[CountSketch] = None):
@@ -260,17 +273,34 @@ class GradientShares:
         total = sum(p.numel() for p in self.params)
         device = self.params[0].device if self.params else None
         self.shares = torch.zeros(groups, sketch.dim_out if sketch is not None else total, device=device)
-        self._before = [torch.zeros(p.numel(), device=p.device) for p in self.params]
+        if sketch is None:
+            self._before = [torch.zeros(p.numel(), device=p.device) for p in self.params]
+        else:
+            self._before = [torch.zeros(sketch.dim_out, device=device)]
         self._offsets = [0]
         for p in self.params:
             self._offsets.append(self._offsets[-1] + p.numel())
 
+    def nbytes(self) -> int:
+        """Bytes held: the shares and the mark (the sketch's hash is counted by the sketch)."""
+        return sum(t.numel() * t.element_size() for t in [self.shares, *self._before])
+
     def reset(self) -> None:
         self.shares.zero_()
+
+    def _sketched_grad(self) -> torch.Tensor:
+        out = torch.zeros(self.sketch.dim_out, device=self.shares.device)
+        for i, p in enumerate(self.params):
+            if p.grad is not None:
+                self.sketch.add_slice_(out, p.grad.reshape(-1), self._offsets[i])
+        return out
 
     @torch.no_grad()
     def mark(self) -> None:
         """Remember the current ``.grad`` (the state before the next group's backward pass)."""
+        if self.sketch is not None:
+            self._before[0].copy_(self._sketched_grad())
+            return
         for p, before in zip(self.params, self._before):
             if p.grad is None:
                 before.zero_()
@@ -281,15 +311,17 @@ class GradientShares:
     def capture(self, group: int, scale: float = 1.0) -> None:
         """Add ``(grad - grad_at_mark) / scale`` to row ``group`` and move the mark to the current ``.grad``."""
         row = self.shares[group]
+        if self.sketch is not None:
+            now = self._sketched_grad()
+            row.add_(now, alpha=1.0 / scale).sub_(self._before[0], alpha=1.0 / scale)
+            self._before[0].copy_(now)
+            return
         for i, (p, before) in enumerate(zip(self.params, self._before)):
             if p.grad is None:
                 continue
             g = p.grad.reshape(-1)
             lo, hi = self._offsets[i], self._offsets[i + 1]
-            if self.sketch is None:
-                row[lo:hi].add_(g, alpha=1.0 / scale).sub_(before, alpha=1.0 / scale)
-            else:
-                self.sketch.add_slice_(row, g.float() - before, lo, alpha=1.0 / scale)
+            row[lo:hi].add_(g, alpha=1.0 / scale).sub_(before, alpha=1.0 / scale)
             before.copy_(g)
 
 

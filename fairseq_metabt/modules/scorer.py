@@ -7,6 +7,9 @@
   distribution over languages.
 * :func:`language_reinforce_loss` — Alg. 2 line 11: the scorer's loss whose
   gradient is ``-(1/B) sum_j sum_i r_i grad log p(S_i | y_j; psi)``.
+* :func:`language_objective_loss` — the same with a choice of objective: Alg. 2 as
+  written, rewards centred within each availability set, or the exact expected
+  reward ``sum_i p(S_i | y) r_i`` (no sampled languages).
 * :class:`ExampleScorer` — Alg. 1: a small MLP over per-example features whose
   softmax over the batch weights the examples.
 """
@@ -83,6 +86,54 @@ def language_reinforce_loss(scorer: LanguageScorer, avail: torch.Tensor, rewards
     logp = scorer.log_probs(avail)
     advantages = rewards.to(logp).expand_as(logp)[avail]
     return policy_gradient_loss(logp[avail], advantages) / avail.shape[0]
+
+
+OBJECTIVES = ("alg2", "centered", "exact")
+
+
+def language_objective_loss(scorer: LanguageScorer, avail: torch.Tensor, rewards: torch.Tensor,
+                            valid: Optional[torch.Tensor] = None, objective: str = "alg2",
+                            weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The scorer's loss (minus its objective) over targets ``avail`` (B, n) weighted by ``weights`` (B,)
+    (default ``1/B``: B targets drawn uniformly, Alg. 2 line 10).  Only ``valid`` rewards (n,) count.
+
+    * ``alg2``: ``-sum_j w_j sum_{i in A_j, valid} r_i log p(i | y_j)`` (Alg. 2 line 11).  Its gradient
+      sums ``r_i grad log p_i`` over *all* available languages, so a reward shared by all of them pushes
+      every set towards uniform (``sum_i grad log p_i``), and p drifts towards ``p ∝ r``.
+    * ``centered``: the same with ``r_i - mean_{k in A_j, valid} r_k`` in each target's set: a reward
+      common to the set gives no gradient, so equal rewards keep the prior.
+    * ``exact``: ``-sum_j w_j sum_{i in A_j} p(i | y_j) r_i``, the expected reward itself, whose gradient
+      is ``sum_i p_i (r_i - sum_k p_k r_k) grad z_i`` (shift-invariant, no sampled language).  An invalid
+      language's reward is replaced by the p-weighted mean of the valid ones in its set (no push).
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown scorer objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
+    avail = avail.bool()
+    logp = scorer.log_probs(avail)
+    r = rewards.to(logp).expand_as(logp)
+    ok = avail & (torch.ones_like(avail) if valid is None else valid.bool().to(avail.device).expand_as(avail))
+    n_rows = avail.shape[0]
+    w = torch.full((n_rows,), 1.0 / n_rows, dtype=logp.dtype) if weights is None else weights.to(logp)
+    if objective == "alg2":
+        adv = torch.where(ok, r, torch.zeros_like(r))
+        return -(w[:, None] * adv.detach() * torch.where(avail, logp, torch.zeros_like(logp))).sum()
+    # a per-set reference subtracted first makes equal rewards give exactly 0 (not rounding noise, which
+    # the scorer's Adam would blow up to full-size steps); a constant per set changes neither objective
+    ref = torch.where(ok, r, torch.full_like(r, float("-inf"))).max(-1, keepdim=True).values
+    ref = torch.where(torch.isfinite(ref), ref, torch.zeros_like(ref)).detach()
+    r = torch.where(ok, r - ref, torch.zeros_like(r))
+    if objective == "centered":
+        count = ok.sum(-1, keepdim=True).clamp_min(1).to(r)
+        adv = torch.where(ok, r - r.sum(-1, keepdim=True) / count, torch.zeros_like(r))
+        return -(w[:, None] * adv.detach() * torch.where(avail, logp, torch.zeros_like(logp))).sum()
+    p = logp.exp()
+    with torch.no_grad():
+        pv = torch.where(ok, p, torch.zeros_like(p))
+        fill = (pv * r).sum(-1, keepdim=True) / pv.sum(-1, keepdim=True).clamp_min(1e-30)
+        r_eff = torch.where(ok, r, fill.expand_as(r))
+        r_eff = torch.where(avail, r_eff, torch.zeros_like(r_eff))
+    # + the references as a constant (sum_i p_i = 1): the value is the expected reward, the gradient unchanged
+    return -(w[:, None] * p * r_eff).sum() - (w * ref.squeeze(-1) * ok.any(-1).to(w)).sum()
 
 
 class ExampleScorer(nn.Module):

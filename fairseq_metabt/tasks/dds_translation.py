@@ -6,16 +6,17 @@ Task ``dds_translation`` reads top to bottom against Alg. 2 (``docs/methods/dds.
   hub language; an epoch visits the distinct hub sentences ("targets") uniformly,
   and the language of each is drawn from ``p(S_i | y; psi)``
   (``data/language_sampler.py``), in ``train_step``, with the current psi.
-* training (lines 5–7): each micro-batch is split by language and every group
-  is backpropagated once into fairseq's gradient (no extra backward pass); the
-  group's share of the gradient, summed over micro-batches and all-reduced over
-  workers, updates ``grad[S_i] <- alpha1 grad[S_i] + alpha2 g_i`` in
-  ``optimizer_step``.  EMAs are fp32 buffers owned by the task, over all
-  trainable parameters, a subset (``--dds-grad-params``) or a fixed count
-  sketch (``--dds-grad-sketch-dim``).
-* scorer (lines 9–13): every K updates, the dev gradient of the
-  ``--dds-dev-lang-pair`` at theta_t, rewards ``r_i = cos(grad[S_i], grad[S])``
-  (or dot), and E REINFORCE steps of Adam on B uniformly drawn targets.
+* training (line 5): each micro-batch is split by language and every group is
+  backpropagated into fairseq's gradient.
+* rewards (lines 7–8), every K updates (or K sentences): the dev gradient of
+  the training criterion over the ``--dds-dev-lang-pair``'s dev set at
+  theta_t, and by default each language's gradient on a fresh batch of the
+  training batch's size (MultiDDS; ``--dds-grad-source ema``: token-matched
+  EMAs of each group's share of the training gradient, ``modules/dds_rewards.py``);
+  ``r_i`` = cosine, dot, or cosine after Adam's step scale (A.1).
+* scorer (lines 9–13), from ``--dds-start-update`` on: E Adam steps of the
+  objective ``--dds-scorer-objective`` (Alg. 2 as written, centred within each
+  availability set, or the exact expected reward) on B uniformly drawn targets.
 * priors: ``--dds-init uniform|datasize|temperature|tcs`` and
   ``--dds-update-scorer false`` give the baselines through the same code.
 
@@ -28,7 +29,6 @@ and every worker makes the same scorer decisions.
 import contextlib
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
@@ -50,12 +50,17 @@ from fairseq_metabt.errors import UserError, UserFileError
 from fairseq_metabt.models.dual_transformer import unwrap
 from fairseq_metabt.modules import amp
 from fairseq_metabt.modules import gradients as G
-from fairseq_metabt.modules.generation import eval_mode, sequence_log_probs
-from fairseq_metabt.modules.scorer import LanguageScorer, language_reinforce_loss
+from fairseq_metabt.modules.dds_rewards import LanguageGradientEMA, adam_step_scale, language_reward
+from fairseq_metabt.modules.generation import eval_mode
+from fairseq_metabt.modules.scorer import LanguageScorer, language_objective_loss
 
 logger = logging.getLogger(__name__)
 
-REWARD_CHOICES = ChoiceEnum(["cosine", "dot"])
+REWARD_CHOICES = ChoiceEnum(["cosine", "dot", "adam"])
+OBJECTIVE_CHOICES = ChoiceEnum(["alg2", "centered", "exact"])
+GRAD_SOURCE_CHOICES = ChoiceEnum(["fresh", "ema"])
+GRAD_MODE_CHOICES = ChoiceEnum(["train", "eval"])
+UNIT_CHOICES = ChoiceEnum(["updates", "sentences"])
 INIT_CHOICES = ChoiceEnum(["uniform", "datasize", "temperature", "tcs"])
 BOOL_CHOICES = ChoiceEnum(["true", "false"])
 SAMPLING_CHOICES = ChoiceEnum(["auto", "target", "language"])
@@ -76,19 +81,65 @@ class DDSTranslationConfig(TranslationConfig):
     )
     dds_dev_subset: str = field(default="valid", metadata={"help": "split of the dev pair used as D_dev"})
     dds_dev_max_tokens: int = field(default=2048, metadata={"help": "tokens per dev batch for the dev gradient"})
-    dds_update_interval: int = field(
-        default=50, metadata={"help": "K: updates of the NMT model between two scorer updates (Alg. 2)"}
+    dds_dev_max_batches: int = field(
+        default=0, metadata={"help": "bound on the dev batches averaged into grad J(theta_t, D_dev) at each scorer "
+                                     "update (a seeded random subset when the dev set has more); 0: the whole dev set"}
     )
-    dds_scorer_iters: int = field(default=1, metadata={"help": "E: REINFORCE steps of the scorer every K updates"})
+    dds_update_interval: int = field(
+        default=50, metadata={"help": "K: updates (or sentences, see --dds-update-unit) between two scorer updates"}
+    )
+    dds_update_unit: UNIT_CHOICES = field(
+        default="updates", metadata={"help": "unit of K: updates, or training sentences over all workers (the "
+                                             "authors' DataSelection code counts sentences)"}
+    )
+    dds_start_update: int = field(
+        default=0, metadata={"help": "no scorer update before this update (learning-rate warm-up, when gradient "
+                                     "directions carry little information)"}
+    )
+    dds_scorer_iters: int = field(
+        default=100, metadata={"help": "E: Adam steps of the scorer at each scorer update (authors' scripts: 100)"}
+    )
     dds_scorer_batch: int = field(
-        default=64, metadata={"help": "B: targets sampled uniformly for each scorer step (Alg. 2 line 10)"}
+        default=160, metadata={"help": "B: targets sampled uniformly for each scorer step (Alg. 2 line 10; "
+                                       "authors' scripts: 160)"}
     )
     dds_scorer_lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of the scorer (A.2: 1e-4)"})
-    dds_scorer_hidden: int = field(default=64, metadata={"help": "hidden units of the scorer's 2-layer perceptron"})
-    dds_alpha1: float = field(default=0.9, metadata={"help": "alpha1: decay of the per-language gradient EMA"})
-    dds_alpha2: float = field(default=0.1, metadata={"help": "alpha2: weight of the new gradient in the EMA"})
+    dds_scorer_hidden: int = field(
+        default=32, metadata={"help": "hidden units of the scorer's 2-layer perceptron (authors' scripts: 32)"}
+    )
+    dds_scorer_objective: OBJECTIVE_CHOICES = field(
+        default="alg2",
+        metadata={"help": "alg2: Alg. 2 line 11 as written; centered: rewards minus their mean within each "
+                          "target's availability set (a shared reward keeps the prior); exact: the expected reward "
+                          "sum_i p(S_i|y) r_i over all targets' availability patterns (no sampling)"},
+    )
+    dds_grad_source: GRAD_SOURCE_CHOICES = field(
+        default="fresh",
+        metadata={"help": "fresh: at each scorer update, every language's gradient on a fresh batch of the training "
+                          "batch's size (MultiDDS; n extra backward passes every K); ema: token-matched EMAs of the "
+                          "training gradient's per-language shares (Alg. 2 line 7; stale languages get no reward)"},
+    )
+    dds_grad_mode: GRAD_MODE_CHOICES = field(
+        default="train",
+        metadata={"help": "mode of the probe and dev gradients: train (dropout, the training criterion, as the "
+                          "training gradient) or eval (no dropout; still the training criterion)"},
+    )
+    dds_probe_tokens: int = field(
+        default=0, metadata={"help": "target tokens of each language's fresh batch; 0: those of the last training "
+                                     "batch on this worker"}
+    )
+    dds_alpha1: float = field(
+        default=0.9, metadata={"help": "alpha1: decay of the per-language gradient EMA (per update at uniform "
+                                       "sampling; counted in tokens)"}
+    )
+    dds_alpha2: float = field(
+        default=0.1, metadata={"help": "alpha2: weight of the new gradient in the EMA (cancels in the token-matched "
+                                       "EMA's mean; kept for the interface)"}
+    )
     dds_reward: REWARD_CHOICES = field(
-        default="cosine", metadata={"help": "reward: cosine (paper) or dot product of grad[S_i] and the dev gradient"}
+        default="cosine",
+        metadata={"help": "reward: cosine (the paper's implementation), dot (Eq. 13), or adam (cosine after Adam's "
+                          "per-coordinate step scale, appendix Eq. 17)"}
     )
     dds_init: INIT_CHOICES = field(
         default="uniform",
@@ -106,8 +157,7 @@ class DDSTranslationConfig(TranslationConfig):
     )
     dds_reward_centering: bool = field(
         default=False,
-        metadata={"help": "subtract the mean reward over the languages trained on before the scorer update (a "
-                          "baseline; Alg. 2 has none, and with all-positive cosines its update drifts to uniform)"},
+        metadata={"help": "same as --dds-scorer-objective centered (rewards centred within each availability set)"},
     )
     dds_grad_params: Optional[str] = field(
         default=None, metadata={"help": "regular expression: keep EMAs only for the parameters whose name matches"}
@@ -127,14 +177,6 @@ class DDSTranslationConfig(TranslationConfig):
 
 def _rank() -> int:
     return distributed_utils.get_data_parallel_rank() if distributed_utils.get_data_parallel_world_size() > 1 else 0
-
-
-def centered(rewards: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
-    """Rewards minus their mean over the languages that have one (``seen``); the others stay 0."""
-    out = torch.zeros_like(rewards)
-    if bool(seen.any()):
-        out[seen] = rewards[seen] - rewards[seen].mean()
-    return out
 
 
 def parse_lang_pairs(text: str) -> List[Tuple[str, str]]:
@@ -163,6 +205,11 @@ def hub_of(pairs: List[Tuple[str, str]]) -> Tuple[str, bool]:
 
 def check_dds_config(cfg) -> None:
     """One clear error per bad setting."""
+    for name, value in (("--dds-dev-max-batches", cfg.dds_dev_max_batches),
+                        ("--dds-start-update", cfg.dds_start_update),
+                        ("--dds-probe-tokens", cfg.dds_probe_tokens)):
+        if value < 0:
+            raise UserError(f"{name} must be >= 0, got {value}")
     for name, value in (("--dds-update-interval (K)", cfg.dds_update_interval),
                         ("--dds-scorer-iters (E)", cfg.dds_scorer_iters),
                         ("--dds-scorer-batch (B)", cfg.dds_scorer_batch),
@@ -179,6 +226,12 @@ def check_dds_config(cfg) -> None:
             raise UserError(f"{name} must be > 0, got {value}")
     if cfg.dds_grad_sketch_dim < 0:
         raise UserError(f"--dds-grad-sketch-dim must be >= 0 (0: no sketch), got {cfg.dds_grad_sketch_dim}")
+    if cfg.dds_grad_sketch_dim and cfg.dds_grad_source != "ema":
+        raise UserError("--dds-grad-sketch-dim bounds the EMAs of --dds-grad-source ema; fresh gradients keep no "
+                         "EMA (use --dds-grad-params to restrict them), so drop the sketch or choose ema")
+    if cfg.dds_grad_sketch_dim and cfg.dds_reward == "adam":
+        raise UserError("--dds-reward adam scales each coordinate by Adam's step size, which a count sketch mixes: "
+                         "drop --dds-grad-sketch-dim or choose --dds-reward cosine")
 
 
 @register_task("dds_translation", dataclass=DDSTranslationConfig)
@@ -222,11 +275,21 @@ class DDSTranslationTask(TranslationTask):
         n = max(len(self.langs), 1)
         self.scorer = LanguageScorer(n, cfg.dds_scorer_hidden, seed=cfg.seed)
         self.scorer_optimizer = torch.optim.Adam(self.scorer.parameters(), lr=cfg.dds_scorer_lr)
-        self.ema: Optional[torch.Tensor] = None  # (n, D) fp32, built at the first update
-        self.ema_seen = torch.zeros(n, dtype=torch.bool)
+        self.ema: Optional[LanguageGradientEMA] = None  # --dds-grad-source ema, built at the first update
+        self._ema_state: Optional[Dict] = None  # restored before the EMA exists
         self.rewards = torch.zeros(n)
+        self.reward_valid = torch.zeros(n, dtype=torch.bool)  # which rewards the scorer may use
+        self.stale = torch.zeros(n, dtype=torch.bool)  # EMA path: no token since the previous scorer update
         self.scorer_updates = 0
         self.last_update = 0
+        self.last_scorer_update = 0  # update after which the scorer last ran
+        self.sentences_since = 0.0  # --dds-update-unit sentences: sentences since the last scorer update
+        self.nonfinite_updates = 0  # updates whose gradient shares were not finite (never folded in)
+        self._resumed = False  # a resumed run continues its log; a fresh one starts a new log
+        self._criterion = None
+        self._batch_tokens = 0  # target tokens of the last training micro-batch (the probe's size)
+        self._group_tokens = 0  # its largest language group: the probe runs in chunks no larger (memory)
+        self._scorer_bytes = 0  # transient buffers of the last scorer update (dev, probe, step scale)
         self.usage = torch.zeros(n, dtype=torch.float64)  # sentences per language since the last scorer step
         self.pattern_probs: Optional[torch.Tensor] = None
         self._prior_done = False
@@ -235,6 +298,7 @@ class DDSTranslationTask(TranslationTask):
         self._shares: Optional[G.GradientShares] = None
         self._pending: Optional[Dict] = None
         self._dev = None
+        self._model = self._optimizer = None  # set during a scorer update only
 
     @property
     def updates_scorer(self) -> bool:
@@ -337,28 +401,36 @@ class DDSTranslationTask(TranslationTask):
             return None
         return marginal(self.pattern_probs, ds.index.pattern_of)
 
-    # ---- gradient space for the EMAs -----------------------------------------------------------
+    # ---- gradient space --------------------------------------------------------------------------
     def _gradient_space(self, model) -> List[torch.Tensor]:
         if self._theta is None:
             named = G.select_named_params(unwrap(model).named_parameters(), self.cfg.dds_grad_params)
             self._theta = [p for _, p in named]
             d = sum(p.numel() for p in self._theta)
+            if not self.updates_scorer:  # a fixed distribution needs no gradients
+                return self._theta
+            if self.cfg.dds_grad_source == "fresh":
+                logger.info("dds: per-language gradients over %d parameters on a fresh batch per language every "
+                            "K (%s mode, %s reward)", d, self.cfg.dds_grad_mode, self.cfg.dds_reward)
+                return self._theta
             k = self.cfg.dds_grad_sketch_dim
             self._sketch = G.CountSketch(d, k, seed=self.cfg.seed, device=self._theta[0].device) if k else None
-            dim = k or d
-            if self.ema is not None:
-                self.ema = self.ema.to(self._theta[0].device)
-            if not self.updates_scorer:  # a fixed distribution needs no EMAs
-                return self._theta
-            if self.ema is None or self.ema.shape != (len(self.langs), dim):
-                if self.ema is not None:
-                    raise UserError(f"the checkpoint's gradient EMAs have shape {tuple(self.ema.shape)}, this run "
-                                     f"needs {(len(self.langs), dim)}: keep --dds-grad-params/--dds-grad-sketch-dim")
-                self.ema = torch.zeros(len(self.langs), dim, device=self._theta[0].device)
+            self.ema = LanguageGradientEMA(len(self.langs), k or d, self.cfg.dds_alpha1, device=self._theta[0].device)
+            if self._ema_state is not None:
+                self.ema.load_state_dict(self._ema_state)
+                self._ema_state = None
             self._shares = G.GradientShares(self._theta, len(self.langs), self._sketch)
-            logger.info("dds: gradient EMAs over %d parameters%s: %.2f MiB", d,
-                        f", sketched to {k}" if k else "", self.ema.numel() * 4 / 2**20)
+            logger.info("dds: gradient EMAs over %d parameters%s: %.2f MiB with the shares", d,
+                        f", sketched to {k}" if k else "", self.memory_bytes() / 2**20)
         return self._theta
+
+    def memory_bytes(self) -> int:
+        """Everything DDS keeps beside fairseq: EMAs, gradient shares and their mark, the sketch's hash,
+        and the transient dev/probe gradients of the last scorer update."""
+        total = self._scorer_bytes
+        for part in (self.ema, self._shares, self._sketch):
+            total += part.nbytes() if part is not None else 0
+        return total
 
     # ---- Alg. 2 lines 4–7 -----------------------------------------------------------------------
     @amp.amp_train_step
@@ -368,11 +440,12 @@ class DDSTranslationTask(TranslationTask):
         model.train()
         model.set_num_updates(update_num)
         theta = self._gradient_space(model)
+        self._criterion = criterion
         n = len(self.langs)
+        # fairseq clears .grad when an update (or its retry after an overflow or OOM) starts: nothing left behind
         trainable = [p for p in model.parameters() if p.requires_grad]
         if self._pending is None or self._pending["update"] != update_num or amp.starts_update(trainable):
-            # a new update (an update skipped or retried by fairseq, on overflow or OOM, leaves nothing behind)
-            self._pending = {"update": update_num, "micro": 0,
+            self._pending = {"update": update_num, "micro": 0, "nsentences": 0.0,
                              "ntokens": torch.zeros(n, dtype=torch.float64, device=theta[0].device),
                              "usage": torch.zeros(n, dtype=torch.float64)}
             if self._shares is not None:
@@ -390,6 +463,7 @@ class DDSTranslationTask(TranslationTask):
         if self._shares is not None:
             self._shares.mark()
         scale = G.loss_scale(optimizer)
+        batch_tokens, group_tokens = 0, 0
         for k, (lang, batch) in enumerate(batches.items()):
             if self._theta[0].is_cuda:
                 batch = utils.move_to_cuda(batch)
@@ -404,13 +478,18 @@ class DDSTranslationTask(TranslationTask):
                 # this language's share of the gradient: the real training gradient, no extra backward pass
                 self._shares.capture(lang, scale)
                 pending["ntokens"][lang] += float(batch["ntokens"])
-            if not ignore_grad:  # counted in optimizer_step, once the update is taken
+            if not ignore_grad:  # usage counted in optimizer_step, once the update is taken
                 pending["usage"][lang] += float(batch["nsentences"])
+                pending["nsentences"] += float(batch["nsentences"])
+                batch_tokens += int(batch["ntokens"])
+                group_tokens = max(group_tokens, int(batch["ntokens"]))
             agg_loss += float(loss.detach())
             agg_size += sample_size
             for key, v in log.items():
                 agg_log[key] = agg_log.get(key, 0) + v
             agg_log[f"dds_nsent_{self.langs[lang]}"] = 0 if ignore_grad else float(batch["nsentences"])
+        if batch_tokens:
+            self._batch_tokens, self._group_tokens = batch_tokens, group_tokens
         return agg_loss, agg_size, agg_log
 
     def optimizer_step(self, optimizer, model, update_num):
@@ -422,28 +501,31 @@ class DDSTranslationTask(TranslationTask):
             optimizer.step()  # the scaler skips the step and lowers its scale; no EMA, usage or scorer step
             return
         self.usage += pending["usage"]
-        if not self.updates_scorer:  # a fixed distribution (the baselines) needs no rewards
-            optimizer.step()
-            self.last_update = update_num + 1
-            if (update_num + 1) % self.cfg.dds_update_interval == 0:
-                self._scorer_step(model, update_num)
-            return
-        # Alg. 2 line 7 on the workers' all-reduced per-language gradients (mean per target token)
-        grads, ntok = self._shares.shares, pending["ntokens"]
-        G.all_reduce_mean_(grads)
-        G.all_reduce_mean_(ntok)
-        finite = torch.isfinite(grads).all(dim=1).tolist()  # a non-finite share never enters an EMA
-        for lang in range(len(self.langs)):
-            if ntok[lang] > 0 and finite[lang]:  # g_i: mean gradient per target token of language i
-                G.ema_update_(self.ema[lang], grads[lang], self.cfg.dds_alpha1,
-                              self.cfg.dds_alpha2 / float(ntok[lang]))
-                self.ema_seen[lang] = True
+        if self.ema is not None:
+            # Alg. 2 line 7 on the workers' all-reduced per-language gradient sums, at theta_{t-1}
+            grads, ntok = self._shares.shares, pending["ntokens"]
+            G.all_reduce_mean_(grads)
+            G.all_reduce_mean_(ntok)
+            if not self.ema.update(grads, ntok, update_num):  # a non-finite share never enters an EMA
+                self.nonfinite_updates += 1
         optimizer.step()  # theta_{t-1} -> theta_t
         self.last_update = update_num + 1
-        if (update_num + 1) % self.cfg.dds_update_interval == 0:
-            self._scorer_step(model, update_num)
+        if self._scorer_due(pending):
+            self._scorer_step(model, update_num, optimizer)
 
-    # ---- Alg. 2 lines 9–13 ----------------------------------------------------------------------
+    def _scorer_due(self, pending: Dict) -> bool:
+        """Every K updates, or every K training sentences over all workers (``--dds-update-unit``)."""
+        if self.cfg.dds_update_unit == "updates":
+            return self.last_update % self.cfg.dds_update_interval == 0
+        sent = torch.tensor([pending["nsentences"]], dtype=torch.float64, device=self._theta[0].device)
+        G.all_reduce_mean_(sent)
+        self.sentences_since += float(sent) * distributed_utils.get_data_parallel_world_size()
+        if self.sentences_since < self.cfg.dds_update_interval:
+            return False
+        self.sentences_since = 0.0
+        return True
+
+    # ---- Alg. 2 lines 8–13 ----------------------------------------------------------------------
     def _dev_batches(self):
         if self._dev is None:
             src, tgt = self.dev_pair
@@ -456,53 +538,114 @@ class DDSTranslationTask(TranslationTask):
             self._dev = (ds, batches)
         return self._dev
 
-    def dev_gradient(self, model, update_num: int) -> torch.Tensor:
-        """``grad_theta J(theta_t, D_dev)``, mean NLL per token of one dev batch per worker, all-reduced."""
+    def _mean_gradient(self, batches: List[Dict]) -> torch.Tensor:
+        """``grad`` of the training criterion's loss per ``sample_size`` (per token) over ``batches`` on this
+        worker, pooled over all workers (sums and sizes all-reduced), in ``--dds-grad-mode``; the
+        criterion and model are fairseq's own, so this is the training objective, and under ``--amp`` it
+        runs in autocast with fairseq's loss scale, as the training step does."""
+        inner = unwrap(self._model)
+        theta = self._theta
+        optimizer = self._optimizer
+        scale = G.loss_scale(optimizer)
+        total = torch.zeros(sum(p.numel() for p in theta), device=theta[0].device)
+        size = torch.zeros(1, dtype=torch.float64, device=theta[0].device)
+        mode = eval_mode(inner) if self.cfg.dds_grad_mode == "eval" else contextlib.nullcontext()
+        with mode:
+            for batch in batches:
+                if theta[0].is_cuda:
+                    batch = utils.move_to_cuda(batch)
+                with amp.autocast(optimizer, theta):
+                    loss, sample_size, _ = self._criterion(inner, batch)
+                grads = torch.autograd.grad(loss * scale if scale != 1.0 else loss, theta, allow_unused=True)
+                total.add_(G.flatten(grads, theta), alpha=1.0 / scale)
+                size += float(sample_size)
+        G.all_reduce_mean_(total)
+        G.all_reduce_mean_(size)
+        return total / float(size) if float(size) > 0 else total
+
+    def dev_gradient(self, update_num: int) -> torch.Tensor:
+        """``grad_theta J(theta_t, D_dev)``: the training criterion per token over the dev set (at most
+        ``--dds-dev-max-batches`` batches, a seeded subset), its batches shared out over the workers."""
         ds, batches = self._dev_batches()
-        pick = int(torch.randint(len(batches), (1,), generator=seeded_generator(self.cfg.seed, update_num, _rank(), 17)))
-        batch = ds.collater([ds[int(i)] for i in batches[pick]])
-        if self._theta[0].is_cuda:
-            batch = utils.move_to_cuda(batch)
-        inner = unwrap(model)
-        with eval_mode(inner):
-            nll = -sequence_log_probs(inner, batch, self.tgt_dict.pad()).sum() / max(float(batch["ntokens"]), 1.0)
-            grads = torch.autograd.grad(nll, self._theta, allow_unused=True)
-        flat = G.flatten(grads, self._theta)
-        return G.all_reduce_mean_(self._sketch(flat) if self._sketch is not None else flat)
+        order = list(range(len(batches)))
+        cap = self.cfg.dds_dev_max_batches
+        if cap and cap < len(batches):
+            perm = torch.randperm(len(batches), generator=seeded_generator(self.cfg.seed, update_num, 17))
+            order = sorted(perm[:cap].tolist())
+        world = distributed_utils.get_data_parallel_world_size()
+        mine = order[_rank()::world]
+        return self._mean_gradient([ds.collater([ds[int(i)] for i in batches[b]]) for b in mine])
 
-    def compute_rewards(self, dev: torch.Tensor) -> torch.Tensor:
-        """``r_i = sim(grad[S_i], grad[S])``; 0 for a language not trained on yet or a degenerate gradient."""
-        out = torch.zeros(len(self.langs))
-        for lang in range(len(self.langs)):
-            if self.ema_seen[lang]:
-                r, ok = G.similarity(self.ema[lang], dev, self.cfg.dds_reward)
-                out[lang] = float(r) if ok else 0.0
-        return out
+    def language_gradient(self, lang: int, update_num: int) -> torch.Tensor:
+        """Language ``lang``'s gradient on a fresh batch of the training batch's size (MultiDDS's probe):
+        every language averages the same number of target tokens, whatever p samples."""
+        ds = self.train_data
+        tokens = self.cfg.dds_probe_tokens or self._batch_tokens or self.cfg.dds_dev_max_tokens
+        gen = seeded_generator(self.cfg.seed, update_num, _rank(), 37, lang)
+        slots = ds.language_batch_slots(lang, tokens, gen)
+        # backpropagated in chunks of about a training step's language group: about the same peak memory
+        sizes = ds.pairs[lang].tgt_sizes[ds.index.table[slots, lang]]
+        chunk = max(self._group_tokens, int(sizes.max()))
+        cuts = np.flatnonzero(np.diff(np.cumsum(sizes) // chunk)) + 1
+        pieces = [part for part in np.split(slots, cuts) if len(part)]
+        return self._mean_gradient([ds.assemble(part, np.full(len(part), lang))[lang] for part in pieces])
 
-    def _scorer_step(self, model, update_num: int) -> None:
-        if self.updates_scorer:
-            self.rewards = self.compute_rewards(self.dev_gradient(model, update_num))
-            rewards = centered(self.rewards, self.ema_seen) if self.cfg.dds_reward_centering else self.rewards
+    def _scorer_step(self, model, update_num: int, optimizer) -> None:
+        learn = self.updates_scorer and self.last_update >= self.cfg.dds_start_update
+        if learn:
+            self._model, self._optimizer = model, optimizer
+            # dropout in train mode draws from torch's generator: seed it by the update (resume, workers)
+            with utils.set_torch_seed(int(seeded_generator(self.cfg.seed, update_num, _rank(), 41).initial_seed()
+                                          % 2**31)):
+                self._compute_rewards(update_num, optimizer)
+            self._model = self._optimizer = None
+            objective = "centered" if self.cfg.dds_reward_centering else self.cfg.dds_scorer_objective
+            ds = self.train_data
             for it in range(self.cfg.dds_scorer_iters):
-                gen = seeded_generator(self.cfg.seed, update_num, it, 29)
-                avail = self.train_data.sample_targets(self.cfg.dds_scorer_batch, gen)
-                loss = language_reinforce_loss(self.scorer, avail, rewards)
+                if objective == "exact":  # every availability pattern, weighted by its share of the targets
+                    avail = torch.from_numpy(ds.index.patterns)
+                    counts = np.bincount(ds.index.pattern_of, minlength=len(avail))
+                    weights = torch.from_numpy(counts / counts.sum())
+                else:
+                    gen = seeded_generator(self.cfg.seed, update_num, it, 29)
+                    avail, weights = ds.sample_targets(self.cfg.dds_scorer_batch, gen), None
+                loss = language_objective_loss(self.scorer, avail, self.rewards, self.reward_valid, objective, weights)
                 self.scorer_optimizer.zero_grad()
                 loss.backward()
                 self.scorer_optimizer.step()
         self.scorer_updates += 1
+        self.last_scorer_update = self.last_update
         self._refresh_table()
         usage = self.usage.clone()
         G.all_reduce_mean_(usage)
         self.usage.zero_()
         self._check_replicas()
-        self._append_log(update_num + 1, usage)
+        self._append_log(self.last_update, usage, learned=learn)
+
+    def _compute_rewards(self, update_num: int, optimizer) -> None:
+        """Alg. 2 line 8: ``r_i = sim(grad[S_i], grad J(theta_t, D_dev))`` for every language."""
+        n = len(self.langs)
+        dev = self.dev_gradient(update_num)
+        step_scale = adam_step_scale(optimizer, self._theta) if self.cfg.dds_reward == "adam" else None
+        self._scorer_bytes = (2 + (step_scale is not None)) * dev.numel() * 4
+        if self.ema is not None:
+            if self._sketch is not None:
+                dev = self._sketch(dev)
+            self.stale = self.ema.stale(self.last_scorer_update)
+            self.rewards, self.reward_valid = self.ema.rewards(dev, self.cfg.dds_reward, step_scale,
+                                                               stale_after=self.last_scorer_update)
+            return
+        rewards, valid = torch.zeros(n), torch.zeros(n, dtype=torch.bool)
+        for lang in range(n):
+            rewards[lang], valid[lang] = language_reward(self.language_gradient(lang, update_num), dev,
+                                                         self.cfg.dds_reward, step_scale)
+        self.rewards, self.reward_valid = rewards, valid
 
     def _check_replicas(self) -> None:
         """With several workers the scorer must be identical on every rank: compare checksums."""
         if distributed_utils.get_data_parallel_world_size() <= 1:
             return
-        sums = [G.checksum(self.scorer.parameters()), G.checksum([self.ema]) if self.ema is not None else 0.0]
+        sums = [G.checksum(self.scorer.parameters()), G.checksum([self.ema.sums]) if self.ema is not None else 0.0]
         diff = G.check_replicas(sums, 1e-4, "the DDS scorer or EMAs")
         metrics.log_scalar("dds_replica_diff", diff, weight=1, round=8)
 
@@ -510,7 +653,28 @@ class DDSTranslationTask(TranslationTask):
     def log_path(self) -> str:
         return self.cfg.dds_log_file or os.path.join(self.cfg.save_dir, LOG_NAME)
 
-    def _append_log(self, update: int, usage: torch.Tensor) -> None:
+    def _read_log(self) -> List[Dict]:
+        """The log's records; a torn line (a run killed while writing) is skipped, not fatal."""
+        path, out, torn = self.log_path(), [], 0
+        if not os.path.exists(path):
+            return out
+        with open(path) as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    torn += 1
+        if torn:
+            logger.warning("dds: skipped %d unreadable line(s) of %s", torn, path)
+        return out
+
+    def _write_log(self, recs: List[Dict]) -> None:
+        """Atomically (a temporary file beside the log, then a rename over it): a crash never tears it."""
+        fileio.write_text(self.log_path(), "".join(json.dumps(r) + "\n" for r in recs))
+
+    def _append_log(self, update: int, usage: torch.Tensor, learned: bool = True) -> None:
         if _rank() != 0:
             return
         dist = self.language_distribution()
@@ -518,20 +682,24 @@ class DDSTranslationTask(TranslationTask):
         record = {"update": update, "scorer_updates": self.scorer_updates, "langs": self.langs,
                   "dev_pair": "-".join(self.dev_pair), "p": [round(float(x), 6) for x in dist],
                   "reward": [round(float(x), 6) for x in self.rewards],
-                  "usage": [round(float(x) / total, 6) for x in usage]}
-        path = self.log_path()
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+                  "valid": [bool(x) for x in self.reward_valid], "stale": [bool(x) for x in self.stale],
+                  "learned": bool(learned), "usage": [round(float(x) / total, 6) for x in usage]}
+        if not self._resumed:  # a fresh run starts a fresh log; an old one is kept aside, not appended to
+            path = self.log_path()
+            if os.path.exists(path):
+                k = 0
+                while os.path.exists(f"{path}.prev{k}"):
+                    k += 1
+                os.replace(path, f"{path}.prev{k}")
+                logger.warning("dds: %s belongs to an earlier run; moved to %s.prev%d", path, path, k)
+            self._resumed = True
+        self._write_log(self._read_log() + [record])
 
     def _truncate_log(self, update: int) -> None:
         """On resume, drop records written after the checkpoint (they will be written again)."""
-        path = self.log_path()
-        if not os.path.exists(path) or _rank() != 0:
+        if _rank() != 0 or not os.path.exists(self.log_path()):
             return
-        with open(path) as f:
-            keep = [line for line in f if line.strip() and json.loads(line)["update"] <= update]
-        fileio.write_text(path, "".join(keep))  # atomic: a crash here must not lose the kept records
+        self._write_log([r for r in self._read_log() if int(r.get("update", 0)) <= update])
 
     def reduce_metrics(self, logging_outputs, criterion):
         super().reduce_metrics(logging_outputs, criterion)
@@ -546,17 +714,21 @@ class DDSTranslationTask(TranslationTask):
             if dist is not None:
                 metrics.log_scalar(f"dds_p_{lang}", float(dist[i]), weight=1, round=4)
             metrics.log_scalar(f"dds_r_{lang}", float(self.rewards[i]), weight=1, round=4)
-        if self.ema is not None:
-            metrics.log_scalar("dds_ema_mib", self.ema.numel() * 4 / 2**20, weight=1, round=3)
+        if self.updates_scorer:
+            metrics.log_scalar("dds_ema_mib", self.memory_bytes() / 2**20, weight=1, round=3)
+            metrics.log_scalar("dds_valid", float(self.reward_valid.sum()), weight=1, round=1)
+        if self.nonfinite_updates:
+            metrics.log_scalar("dds_nonfinite", float(self.nonfinite_updates), weight=1, round=1)
 
     # ---- state ----------------------------------------------------------------------------------
     def get_checkpoint_dict(self) -> Dict[str, dict]:
+        ema = self.ema.state_dict() if self.ema is not None else self._ema_state
         state = {"langs": list(self.langs), "scorer": self.scorer.state_dict(),
-                 "scorer_optimizer": self.scorer_optimizer.state_dict(),
-                 "ema": None if self.ema is None else self.ema.detach().cpu().clone(),
-                 "ema_seen": self.ema_seen.clone(), "rewards": self.rewards.clone(),
-                 "usage": self.usage.clone(), "scorer_updates": self.scorer_updates,
-                 "last_update": self.last_update}
+                 "scorer_optimizer": self.scorer_optimizer.state_dict(), "ema": ema,
+                 "rewards": self.rewards.clone(), "reward_valid": self.reward_valid.clone(),
+                 "stale": self.stale.clone(), "usage": self.usage.clone(), "scorer_updates": self.scorer_updates,
+                 "last_update": self.last_update, "last_scorer_update": self.last_scorer_update,
+                 "sentences_since": self.sentences_since, "nonfinite_updates": self.nonfinite_updates}
         return {self.__class__.__name__: state}
 
     def set_checkpoint_dict(self, state: Dict) -> None:
@@ -567,17 +739,25 @@ class DDSTranslationTask(TranslationTask):
                              "resume with the same --lang-pairs (or start a new --save-dir)")
         self.scorer.load_state_dict(state["scorer"])
         self.scorer_optimizer.load_state_dict(state["scorer_optimizer"])
-        if state["ema"] is not None:
-            if self.ema is not None and self.ema.shape != state["ema"].shape:
-                raise UserError(f"the checkpoint's gradient EMAs have shape {tuple(state['ema'].shape)}, this run "
-                                 f"{tuple(self.ema.shape)}: keep --dds-grad-params and --dds-grad-sketch-dim")
-            device = self.ema.device if self.ema is not None else "cpu"
-            self.ema = state["ema"].to(device).float().clone()
-        self.ema_seen = state["ema_seen"].clone().bool()
+        ema = state.get("ema")
+        if isinstance(ema, dict):
+            if self.ema is not None:
+                self.ema.load_state_dict(ema)
+            else:
+                self._ema_state = ema
+        elif ema is not None:
+            logger.warning("dds: the checkpoint holds per-update EMAs of an older version; the token-matched EMAs "
+                           "start afresh")
         self.rewards = state["rewards"].clone()
+        self.reward_valid = state.get("reward_valid", state.get("ema_seen", self.reward_valid)).clone().bool()
+        self.stale = state.get("stale", self.stale).clone().bool()
         self.usage = state["usage"].clone()
         self.scorer_updates = int(state["scorer_updates"])
         self.last_update = int(state["last_update"])
+        self.last_scorer_update = int(state.get("last_scorer_update", 0))
+        self.sentences_since = float(state.get("sentences_since", 0.0))
+        self.nonfinite_updates = int(state.get("nonfinite_updates", 0))
         self._prior_done = True
+        self._resumed = True
         self._refresh_table()
         self._truncate_log(self.last_update)

@@ -1,7 +1,7 @@
 """DDS vs uniform sampling: same task, model, data, batching by target and split by language; the baseline
-keeps the uniform p(S_i|y) fixed (--dds-update-scorer false), so the ratio is the price of DDS itself: the
-per-language gradient shares and EMAs every update, and every K updates the dev gradient, rewards and the
-scorer's REINFORCE steps."""
+keeps the uniform p(S_i|y) fixed (--dds-update-scorer false), so the ratio is the price of DDS itself: every
+K updates the dev gradient over the dev set, one fresh batch's gradient per language, the rewards and the
+scorer's E steps (with --dds-grad-source ema instead: the per-language gradient shares and EMAs every update)."""
 from benchmark import USER_DIR, BenchmarkMethod, common_args
 
 PAIRS = "lrl-tgt,hrl-tgt,unra-tgt,unrb-tgt,nsy-tgt"
