@@ -9,12 +9,14 @@ RECIPE_USAGE='DDS miniature: which source languages help the low-resource pair?
 
   bash examples/dds/run_miniature.sh [shared flags] [--interval 50] [--scorer-lr 1e-4]
        [--arch transformer_lowres_small] [--systems "uniform temperature related tcs dds tcs_dds"]
-       [--related-lang hrl] [--extra-train "fairseq-train args"]
+       [--related-lang hrl] [--objective centered|alg2|exact] [--extra-train "fairseq-train args"]
 
 --src is the low-resource source language whose SRC-TGT dev set DDS optimises; --related lists the other source
 languages (all translating into --tgt); --related-lang names the one the `related` system adds (default: the
 first of --related). Default data: the synthetic `multilingual` preset with --multiway (generated into
-WORK/raw/seed1). Extra systems: dds_centered, tcs_dds_centered (--dds-reward-centering). Old flags --lrl,
+WORK/raw/seed1). dds and tcs_dds update the scorer with --objective (default centered: rewards centred within
+each availability set; alg2 = Alg. 2 as written; exact), from update WARMUP on; extra systems dds_alg2,
+tcs_dds_alg2 use Alg. 2 as written. Old flags --lrl,
 --pivot, --langs are accepted as aliases. Results: WORK/results/summary.json, the table, and
 WORK/seedS/SYSTEM/dds_languages.png (copied to examples/dds/language_usage_{tcs_dds,dds}.png).
 Knobs (environment): WARMUP (300 updates), SIZES (synthetic sizes).'
@@ -23,12 +25,12 @@ PATIENCE=5; VALIDATE_EVERY=100; MAX_UPDATE=8000
 # shellcheck source=../../scripts/recipe_lib.sh
 source "$ROOT/scripts/recipe_lib.sh"
 recipe_parse "$@"
-K=50; SLR=1e-4; ARCH=transformer_lowres_small; EXTRA_TRAIN=""; REL=""
+K=50; SLR=1e-4; ARCH=transformer_lowres_small; EXTRA_TRAIN=""; REL=""; OBJECTIVE=centered
 SYSTEMS="uniform temperature related tcs dds tcs_dds"
 set -- "${RECIPE_ARGS[@]+"${RECIPE_ARGS[@]}"}"
 while [ $# -gt 0 ]; do
   case "$1" in
-    --interval) K="$2"; shift 2;; --scorer-lr) SLR="$2"; shift 2;; --arch) ARCH="$2"; shift 2;;
+    --interval) K="$2"; shift 2;; --objective) OBJECTIVE="$2"; shift 2;; --scorer-lr) SLR="$2"; shift 2;; --arch) ARCH="$2"; shift 2;;
     --systems) SYSTEMS="$2"; shift 2;; --extra-train) EXTRA_TRAIN="$2"; shift 2;; --related-lang) REL="$2"; shift 2;;
     --lrl) SRC="$2"; shift 2;; --pivot) TGT="$2"; shift 2;;
     --langs) read -r -a L <<< "$2"; SRC="${L[0]}"; RELATED="$(IFS=,; echo "${L[*]:1}")"; RELATED_LIST=("${L[@]:1}"); shift 2;;
@@ -44,6 +46,9 @@ recipe_corpus 1 multilingual \
 DATA="$WORK_DIR/bin"
 recipe_prepare "$RAW" "$DATA" --vocab-size 4000
 
+# the scorer learns after the warm-up (cosines carry no information while the lr ramps up), from fresh
+# per-language gradients against the whole dev set (the defaults of --dds-grad-source/--dds-reward)
+LEARN=(--dds-start-update "${WARMUP:-300}")
 ALL="$SRC-$TGT"; for l in "${RELATED_LIST[@]}"; do ALL="$ALL,$l-$TGT"; done
 COMMON=("$DATA" --user-dir "$USER_DIR" --task dds_translation --dds-dev-lang-pair "$SRC-$TGT"
         --arch "$ARCH" --optimizer adam --adam-betas "(0.9,0.98)" --lr 1e-3 --lr-scheduler inverse_sqrt
@@ -60,10 +65,10 @@ for seed in $SEEDS; do
       temperature) args=(--dds-init temperature --dds-temperature 5 --dds-update-scorer false);;
       related)     pairs="$SRC-$TGT,$REL-$TGT"; args=(--dds-init uniform --dds-update-scorer false);;
       tcs)         args=(--dds-init tcs --dds-update-scorer false);;
-      dds)         args=(--dds-init uniform);;
-      tcs_dds)     args=(--dds-init tcs);;
-      dds_centered)     args=(--dds-init uniform --dds-reward-centering);;  # extra, not in the paper
-      tcs_dds_centered) args=(--dds-init tcs --dds-reward-centering);;
+      dds)         args=(--dds-init uniform "${LEARN[@]}" --dds-scorer-objective "$OBJECTIVE");;
+      tcs_dds)     args=(--dds-init tcs "${LEARN[@]}" --dds-scorer-objective "$OBJECTIVE");;
+      dds_alg2)    args=(--dds-init uniform "${LEARN[@]}" --dds-scorer-objective alg2);;  # Alg. 2 as written
+      tcs_dds_alg2) args=(--dds-init tcs "${LEARN[@]}" --dds-scorer-objective alg2);;
       *) recipe_die "unknown system $sys (see --help)";;
     esac
     # shellcheck disable=SC2086
@@ -81,4 +86,4 @@ ALSO=(); if [[ " $SYSTEMS " == *" tcs_dds "* && " $SYSTEMS " == *" tcs "* ]]; th
 ev_compare --control uniform --systems $SYSTEMS --same-schedule $SYSTEMS "${ALSO[@]+"${ALSO[@]}"}" \
   --title "DDS, miniature: $SRC-$TGT test, sources $SRC,$RELATED" \
   --corpus "${RAW_DIR:-synthetic multilingual preset --multiway, corpus seed 1}" \
-  --command "bash examples/dds/run_miniature.sh --seeds \"$SEEDS\" --interval $K --scorer-lr $SLR --arch $ARCH${RAW_DIR:+ --raw-dir $RAW_DIR --src $SRC --tgt $TGT --related $RELATED}${EXTRA_TRAIN:+ --extra-train \"$EXTRA_TRAIN\"}"
+  --command "bash examples/dds/run_miniature.sh --seeds \"$SEEDS\" --objective $OBJECTIVE --interval $K --scorer-lr $SLR --arch $ARCH${RAW_DIR:+ --raw-dir $RAW_DIR --src $SRC --tgt $TGT --related $RELATED}${EXTRA_TRAIN:+ --extra-train \"$EXTRA_TRAIN\"}"
