@@ -119,10 +119,10 @@ def precondition(table: Dict[str, dict], system: str, reference: str) -> dict:
     delta = statistics.mean(a["bleu"][a["seeds"].index(s)] - b["bleu"][b["seeds"].index(s)] for s in seeds)
     p = a.get("p_vs_reference")
     holds = delta <= 0 or (p is not None and p >= ALPHA)
-    text = (f"continuing {reference} on its own data ({system}) no longer gains: Δ {delta:+.2f} BLEU, p = {_fmt_p(p)}"
+    text = (f"continuing {reference} on its own data ({system}) no longer gains: Δ {delta:+.2f} BLEU, {_p_phrase(p)}"
             if holds else
             f"NOT MET: continuing {reference} on its own data ({system}) still gains Δ {delta:+.2f} BLEU "
-            f"(p = {_fmt_p(p)}): {reference} had not converged, so gains over it measure training length")
+            f"({_p_phrase(p)}): {reference} had not converged, so gains over it measure training length")
     return {"system": system, "reference": reference, "delta": round(delta, 3), "p": p, "holds": holds, "text": text}
 
 
@@ -189,6 +189,12 @@ def _schedule_check(records: List[dict], systems: Sequence[str]) -> dict:
             "schedule": first.schedule if first else None, "protocol": first.protocol if first else None}
 
 
+def _p_phrase(p: Optional[float]) -> str:
+    """"p < 0.001" / "p = 0.123" / "p –" for prose."""
+    text = _fmt_p(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
 def _fmt_p(p: Optional[float]) -> str:
     if p is None or (isinstance(p, float) and math.isnan(p)):
         return "–"
@@ -235,7 +241,7 @@ def render_table(entry: dict) -> str:
     notes = [c["text"] for c in entry.get("preconditions", [])]
     for c in entry.get("also", []):
         d = "–" if c.get("delta") is None else f"{c['delta']:+.2f}"
-        notes.append(f"{c['system']} vs {c['control']} (paired by seed): ΔBLEU {d}, p = {_fmt_p(c.get('p'))}")
+        notes.append(f"{c['system']} vs {c['control']} (paired by seed): ΔBLEU {d}, {_p_phrase(c.get('p'))}")
     sched = entry.get("schedule")
     if sched and not sched.get("same", True):
         notes.append("NOT MET: fine-tuning schedules differ: " + "; ".join(sched["problems"]))
@@ -269,5 +275,5 @@ def render_results_md(results_dir: str, header: str = "") -> str:
         out.append(render_summary(s))
         if s.get("notes"):
             notes = s["notes"] if isinstance(s["notes"], list) else [s["notes"]]
-            out.append("\n".join(notes).strip() + "\n")
+            out.append("\n\n".join(n.strip() for n in notes) + "\n")
     return "\n".join(out)
