@@ -149,3 +149,18 @@ def task_train_args(task: str, bin_dir: str, save_dir: str, max_update: int, *ex
             "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "600", "--max-update", str(max_update),
             "--save-dir", save_dir, "--cpu", "--seed", "2", "--log-format", "simple", "--log-interval", "1",
             "--num-workers", "0", "--no-progress-bar", "--ddp-backend", "legacy_ddp", *extra]
+
+
+def central_differences(params, objective, eps: float = 1e-6):
+    """Brute-force gradient of ``objective()`` (a float) w.r.t. every element of ``params``, by central
+    differences; yields ``(param, flat index, numerical derivative)`` (parameters restored afterwards)."""
+    for p in params:
+        flat = p.data.view(-1)
+        for k in range(flat.numel()):
+            old = float(flat[k])
+            flat[k] = old + eps
+            up = objective()
+            flat[k] = old - eps
+            down = objective()
+            flat[k] = old
+            yield p, k, (up - down) / (2 * eps)

