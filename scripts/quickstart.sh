@@ -26,7 +26,7 @@ Results: WORK/results/summary.json (Δ and p against baseline_ft) and the printe
 Knobs (environment): ARCH (transformer_lowres_small), MAX_TOKENS (4096), SIZES (synthetic sizes), WARMUP (100,
 pre-training), FT_WARMUP (50, fine-tuning).'
 SRC=lrl; TGT=tgt; RELATED=""; SEEDS="1"; WORK_DIR="$ROOT/runs/quickstart"
-PATIENCE=4; VALIDATE_EVERY=50; MAX_UPDATE=6000
+PATIENCE=5; VALIDATE_EVERY=50; MAX_UPDATE=8000
 # shellcheck source=recipe_lib.sh
 source "$ROOT/scripts/recipe_lib.sh"
 recipe_parse "$@"
@@ -40,7 +40,8 @@ while [ $# -gt 0 ]; do
 done
 bash "$ROOT/scripts/setup_env.sh"
 PY="$ROOT/.venv/bin/python"; export PATH="$ROOT/.venv/bin:$PATH"
-ARCH="${ARCH:-transformer_lowres_small}"; MAX_TOKENS="${MAX_TOKENS:-4096}"
+ARCH="${ARCH:-transformer_lowres_tiny}"; MAX_TOKENS="${MAX_TOKENS:-2048}"; LR="${LR:-2e-3}"; WARMUP="${WARMUP:-100}"
+FT_MAX_TOKENS="${FT_MAX_TOKENS:-$MAX_TOKENS}"; FT_LR="${FT_LR:-5e-4}"; FT_WARMUP="${FT_WARMUP:-50}"
 SIZES="${SIZES:-train=2000,valid=300,test=1000,mono_tgt=20000,mono_lrl=500}"
 start=$(date +%s)
 has() { [[ " $SYSTEMS " == *" $1 "* ]]; }
@@ -51,31 +52,49 @@ recipe_prepare "$RAW" "$BIN"
 CPU="$(recipe_cpu_flag)"
 
 COMMON=("$BIN" --user-dir "$USER_DIR" --optimizer adam --adam-betas '(0.9, 0.98)' --clip-norm 1.0
-        --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --max-tokens "$MAX_TOKENS"
+        --criterion label_smoothed_cross_entropy --label-smoothing 0.1
         --log-interval 50 --log-format simple --num-workers 0 $CPU)
-PRETRAIN=(--lr 1e-3 --lr-scheduler inverse_sqrt --warmup-updates "${WARMUP:-100}")
-FINETUNE=(--lr 5e-4 --lr-scheduler inverse_sqrt --warmup-updates "${FT_WARMUP:-50}")
+PRETRAIN=(--max-tokens "$MAX_TOKENS" --lr "$LR" --lr-scheduler inverse_sqrt --warmup-updates "$WARMUP")
+FINETUNE=(--max-tokens "$FT_MAX_TOKENS" --lr "$FT_LR" --lr-scheduler inverse_sqrt --warmup-updates "$FT_WARMUP")
 BT=(-s "$SRC" -t "$TGT" --task meta_backtranslation --arch dual_transformer_"${ARCH#transformer_lowres_}"
     --bt-generation sample --backward-lr 1e-4 --meta-reward cosine)
 
+# one job = train one system to dev convergence, then score its best checkpoint at once
+train_eval() {  # SYSTEM SEED SAVE_DIR fairseq-train args...
+  local sys="$1" seed="$2" save="$3"; shift 3
+  ev_train "$save" "$@"
+  if [ "$sys" != backward ]; then ev_eval "$sys" "$seed" "$save" "$BIN" "$SRC" "$TGT"; fi
+}
+needs_backward() { has backward || has bt || has bt_mle || has metabt; }
+
+# stage 1, pre-training: both directions to dev convergence (JOBS of them at a time)
 for seed in $SEEDS; do
   run="$WORK_DIR/seed$seed"
-  # pre-training: both directions to dev convergence
-  ev_train "$run/baseline" "${COMMON[@]}" "${PRETRAIN[@]}" --seed "$seed" --task translation -s "$SRC" -t "$TGT" --arch "$ARCH"
-  if has backward || has bt || has bt_mle || has metabt; then
-    ev_train "$run/backward" "${COMMON[@]}" "${PRETRAIN[@]}" --seed "$seed" --task translation -s "$TGT" -t "$SRC" --arch "$ARCH"
-  fi
-  INIT=(--forward-init "$run/baseline/checkpoint_best.pt" --backward-init "$run/backward/checkpoint_best.pt")
-  # fine-tuning: one schedule and stopping rule for the control and every method
-  if has baseline_ft; then ev_train "$run/baseline_ft" "${COMMON[@]}" "${FINETUNE[@]}" --seed "$seed" --task translation \
-    -s "$SRC" -t "$TGT" --arch "$ARCH" --finetune-from-model "$run/baseline/checkpoint_best.pt"; fi
-  if has bt; then ev_train "$run/bt" "${COMMON[@]}" "${FINETUNE[@]}" --seed "$seed" "${BT[@]}" "${INIT[@]}" --freeze-backward; fi
-  if has bt_mle; then ev_train "$run/bt_mle" "${COMMON[@]}" "${FINETUNE[@]}" --seed "$seed" "${BT[@]}" "${INIT[@]}" --meta-weight 0; fi
-  if has metabt; then ev_train "$run/metabt" "${COMMON[@]}" "${FINETUNE[@]}" --seed "$seed" "${BT[@]}" "${INIT[@]}"; fi
-  for sys in baseline baseline_ft bt bt_mle metabt; do
-    if has "$sys"; then ev_eval "$sys" "$seed" "$run/$sys" "$BIN" "$SRC" "$TGT"; fi
+  ev_pool_run "seed$seed.baseline" train_eval baseline "$seed" "$run/baseline" "${COMMON[@]}" "${PRETRAIN[@]}" \
+    --seed "$seed" --task translation -s "$SRC" -t "$TGT" --arch "$ARCH"
+  if needs_backward; then ev_pool_run "seed$seed.backward" train_eval backward "$seed" "$run/backward" "${COMMON[@]}" \
+    "${PRETRAIN[@]}" --seed "$seed" --task translation -s "$TGT" -t "$SRC" --arch "$ARCH"; fi
+done
+ev_pool_wait
+
+# stage 2, fine-tuning from the stage-1 checkpoints: one schedule and stopping rule for the control and
+# every method (the slowest systems start first, so the lanes finish together)
+for sys in metabt bt_mle bt baseline_ft; do
+  has "$sys" || continue
+  for seed in $SEEDS; do
+    run="$WORK_DIR/seed$seed"
+    INIT=(--forward-init "$run/baseline/checkpoint_best.pt" --backward-init "$run/backward/checkpoint_best.pt")
+    case "$sys" in
+      baseline_ft) ARGS=(--task translation -s "$SRC" -t "$TGT" --arch "$ARCH"
+                         --finetune-from-model "$run/baseline/checkpoint_best.pt") ;;
+      bt) ARGS=("${BT[@]}" "${INIT[@]}" --freeze-backward) ;;
+      bt_mle) ARGS=("${BT[@]}" "${INIT[@]}" --meta-weight 0) ;;
+      metabt) ARGS=("${BT[@]}" "${INIT[@]}") ;;
+    esac
+    ev_pool_run "seed$seed.$sys" train_eval "$sys" "$seed" "$run/$sys" "${COMMON[@]}" "${FINETUNE[@]}" --seed "$seed" "${ARGS[@]}"
   done
 done
+ev_pool_wait
 
 ROWS=(); for sys in baseline baseline_ft bt bt_mle metabt; do has "$sys" && ROWS+=("$sys"); done
 ALSO=(); if has metabt && has bt_mle; then ALSO=(--also metabt:bt_mle); fi

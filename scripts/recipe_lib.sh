@@ -121,3 +121,33 @@ ev_compare() {
 recipe_cpu_flag() {
   if "$PY" -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then echo ""; else echo "--cpu"; fi
 }
+
+# Parallel lanes. Small models on CPU do not speed up with more threads per run, so a recipe runs
+# JOBS independent trainings at once (default: the number of cores), one thread each; dependencies
+# are explicit barriers (ev_pool_wait). Each job's output goes to WORK_DIR/logs/NAME.log and its
+# last lines are printed when it ends; a failed job fails the recipe at the next barrier.
+RECIPE_JOBS="${JOBS:-$(nproc 2>/dev/null || echo 1)}"
+[[ "$RECIPE_JOBS" =~ ^[1-9][0-9]*$ ]] || recipe_die "JOBS must be a positive integer, got '$RECIPE_JOBS'"
+EV_PIDS=(); EV_NAMES=()
+
+# ev_pool_run NAME command...: run a command (a shell function or program) as a background job.
+ev_pool_run() {
+  local name="$1"; shift
+  while [ "$(jobs -rp | wc -l)" -ge "$RECIPE_JOBS" ]; do sleep 1; done
+  mkdir -p "$WORK_DIR/logs"
+  local log="$WORK_DIR/logs/$name.log"
+  echo "--- start $name (log: $log)"
+  ( set +e; "$@" >"$log" 2>&1; rc=$?
+    if [ $rc -eq 0 ]; then echo "--- done $name: $(grep -F '[evidence]' "$log" | tail -n 2 | tr '\n' ' ')"
+    else echo "--- FAILED $name (exit $rc); last lines of $log:"; tail -n 15 "$log"; fi
+    exit $rc ) &
+  EV_PIDS+=("$!"); EV_NAMES+=("$name")
+}
+
+# ev_pool_wait: wait for every job started since the last barrier; die if one failed.
+ev_pool_wait() {
+  local i failed=()
+  for i in "${!EV_PIDS[@]}"; do wait "${EV_PIDS[$i]}" || failed+=("${EV_NAMES[$i]}"); done
+  EV_PIDS=(); EV_NAMES=()
+  [ ${#failed[@]} -eq 0 ] || recipe_die "failed: ${failed[*]} (their logs are in $WORK_DIR/logs/)"
+}
