@@ -16,4 +16,4 @@ from fairseq_metabt import errors as _errors  # noqa: E402
 
 _errors.install_excepthook()
 
-from fairseq_metabt import criterions, models, tasks  # noqa: E402,F401  (registration)
+from fairseq_metabt import criterions, lr_schedulers, models, tasks  # noqa: E402,F401  (registration)

@@ -17,14 +17,17 @@ Systems (all SRC->TGT except backward):
   baseline     plain fairseq `translation`, trained to dev convergence (early stopping)
   (backward    TGT->SRC, trained the same way: the back-translation model of bt, bt_mle and metabt;
                trained whenever one of them is listed, or when `backward` is)
-  then, each fine-tuned from baseline with ONE schedule and stopping rule (lr 5e-4, warm-up 50):
+  then, each fine-tuned from the baseline with ONE schedule and stopping rule (lr FT_LR, warm-up FT_WARMUP):
   baseline_ft  the baseline continued on the bitext alone: the control, and the convergence check
   bt           back-translation: pseudo-sources sampled by the frozen backward model (--freeze-backward)
   bt_mle       the same, with the backward model also trained by MLE on the bitext (--meta-weight 0)
   metabt       meta back-translation: the backward model trained by the meta reward + MLE
-Results: WORK/results/summary.json (Δ and p against baseline_ft) and the printed table.
-Knobs (environment): ARCH (transformer_lowres_small), MAX_TOKENS (4096), SIZES (synthetic sizes), WARMUP (100,
-pre-training), FT_WARMUP (50, fine-tuning).'
+Independent trainings run JOBS at a time (default: one per core, one thread each); each system is scored
+as soon as it has converged. Logs: WORK/logs/. Results: WORK/results/summary.json (Δ and p against
+baseline_ft) and the printed table.
+Knobs (environment): ARCH (transformer_lowres_tiny), MAX_TOKENS (2048), LR (2e-3), WARMUP (100) for
+pre-training; FT_MAX_TOKENS (MAX_TOKENS), FT_LR (5e-4), FT_WARMUP (50) for fine-tuning; SIZES (synthetic
+sizes); JOBS (cores).'
 SRC=lrl; TGT=tgt; RELATED=""; SEEDS="1"; WORK_DIR="$ROOT/runs/quickstart"
 PATIENCE=5; VALIDATE_EVERY=50; MAX_UPDATE=8000
 # shellcheck source=recipe_lib.sh
@@ -41,7 +44,8 @@ done
 bash "$ROOT/scripts/setup_env.sh"
 PY="$ROOT/.venv/bin/python"; export PATH="$ROOT/.venv/bin:$PATH"
 ARCH="${ARCH:-transformer_lowres_tiny}"; MAX_TOKENS="${MAX_TOKENS:-2048}"; LR="${LR:-2e-3}"; WARMUP="${WARMUP:-100}"
-FT_MAX_TOKENS="${FT_MAX_TOKENS:-$MAX_TOKENS}"; FT_LR="${FT_LR:-5e-4}"; FT_WARMUP="${FT_WARMUP:-50}"
+FT_MAX_TOKENS="${FT_MAX_TOKENS:-$MAX_TOKENS}"; FT_LR="${FT_LR:-2.5e-4}"; FT_WARMUP="${FT_WARMUP:-50}"
+LR_PATIENCE="${LR_PATIENCE:-2}"
 SIZES="${SIZES:-train=2000,valid=300,test=1000,mono_tgt=20000,mono_lrl=500}"
 start=$(date +%s)
 has() { [[ " $SYSTEMS " == *" $1 "* ]]; }
@@ -54,8 +58,11 @@ CPU="$(recipe_cpu_flag)"
 COMMON=("$BIN" --user-dir "$USER_DIR" --optimizer adam --adam-betas '(0.9, 0.98)' --clip-norm 1.0
         --criterion label_smoothed_cross_entropy --label-smoothing 0.1
         --log-interval 50 --log-format simple --num-workers 0 $CPU)
-PRETRAIN=(--max-tokens "$MAX_TOKENS" --lr "$LR" --lr-scheduler inverse_sqrt --warmup-updates "$WARMUP")
-FINETUNE=(--max-tokens "$FT_MAX_TOKENS" --lr "$FT_LR" --lr-scheduler inverse_sqrt --warmup-updates "$FT_WARMUP")
+# plateau_updates: the lr halves after every LR_PATIENCE validations without a new best, so each run anneals
+# before --patience stops it (fairseq_metabt/lr_schedulers/plateau_updates.py)
+PLATEAU=(--lr-scheduler plateau_updates --lr-shrink 0.5 --lr-patience "$LR_PATIENCE")
+PRETRAIN=(--max-tokens "$MAX_TOKENS" --lr "$LR" --warmup-updates "$WARMUP" "${PLATEAU[@]}")
+FINETUNE=(--max-tokens "$FT_MAX_TOKENS" --lr "$FT_LR" --warmup-updates "$FT_WARMUP" "${PLATEAU[@]}")
 BT=(-s "$SRC" -t "$TGT" --task meta_backtranslation --arch dual_transformer_"${ARCH#transformer_lowres_}"
     --bt-generation sample --backward-lr 1e-4 --meta-reward cosine)
 

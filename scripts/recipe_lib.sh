@@ -126,7 +126,8 @@ recipe_cpu_flag() {
 # JOBS independent trainings at once (default: the number of cores), one thread each; dependencies
 # are explicit barriers (ev_pool_wait). Each job's output goes to WORK_DIR/logs/NAME.log and its
 # last lines are printed when it ends; a failed job fails the recipe at the next barrier.
-RECIPE_JOBS="${JOBS:-$(nproc 2>/dev/null || echo 1)}"
+# (nproc honours OMP_NUM_THREADS, which this file sets to 1: count the cores without it)
+RECIPE_JOBS="${JOBS:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 1)}"
 [[ "$RECIPE_JOBS" =~ ^[1-9][0-9]*$ ]] || recipe_die "JOBS must be a positive integer, got '$RECIPE_JOBS'"
 EV_PIDS=(); EV_NAMES=()
 

@@ -56,27 +56,30 @@ COMMON=("$DATA" --user-dir "$USER_DIR" --task dds_translation --dds-dev-lang-pai
         --dds-update-interval "$K" --dds-scorer-lr "$SLR" $(recipe_cpu_flag) --num-workers 0
         --log-format simple --log-interval 100 --no-progress-bar --ddp-backend legacy_ddp)
 
-for seed in $SEEDS; do
-  for sys in $SYSTEMS; do
-    out="$WORK_DIR/seed$seed/$sys"
-    pairs="$ALL"; args=()
-    case "$sys" in
-      uniform)     args=(--dds-init uniform --dds-update-scorer false);;
-      temperature) args=(--dds-init temperature --dds-temperature 5 --dds-update-scorer false);;
-      related)     pairs="$SRC-$TGT,$REL-$TGT"; args=(--dds-init uniform --dds-update-scorer false);;
-      tcs)         args=(--dds-init tcs --dds-update-scorer false);;
-      dds)         args=(--dds-init uniform "${LEARN[@]}" --dds-scorer-objective "$OBJECTIVE");;
-      tcs_dds)     args=(--dds-init tcs "${LEARN[@]}" --dds-scorer-objective "$OBJECTIVE");;
-      dds_alg2)    args=(--dds-init uniform "${LEARN[@]}" --dds-scorer-objective alg2);;  # Alg. 2 as written
-      tcs_dds_alg2) args=(--dds-init tcs "${LEARN[@]}" --dds-scorer-objective alg2);;
-      *) recipe_die "unknown system $sys (see --help)";;
-    esac
-    # shellcheck disable=SC2086
-    ev_train "$out" "${COMMON[@]}" --lang-pairs "$pairs" "${args[@]}" --seed "$seed" $EXTRA_TRAIN
-    ev_eval "$sys" "$seed" "$out" "$DATA" "$SRC" "$TGT" --task dds_translation
-    if [ -f "$out/dds_log.jsonl" ]; then "$PY" "$ROOT/scripts/plot_dds.py" "$out" --title "$sys, seed $seed" >/dev/null; fi
-  done
+dds_system() {  # SYSTEM SEED: train to convergence, score, plot the language usage
+  local sys="$1" seed="$2" out="$WORK_DIR/seed$2/$1" pairs="$ALL" args=()
+  case "$sys" in
+    uniform)     args=(--dds-init uniform --dds-update-scorer false);;
+    temperature) args=(--dds-init temperature --dds-temperature 5 --dds-update-scorer false);;
+    related)     pairs="$SRC-$TGT,$REL-$TGT"; args=(--dds-init uniform --dds-update-scorer false);;
+    tcs)         args=(--dds-init tcs --dds-update-scorer false);;
+    dds)         args=(--dds-init uniform "${LEARN[@]}" --dds-scorer-objective "$OBJECTIVE");;
+    tcs_dds)     args=(--dds-init tcs "${LEARN[@]}" --dds-scorer-objective "$OBJECTIVE");;
+    dds_alg2)    args=(--dds-init uniform "${LEARN[@]}" --dds-scorer-objective alg2);;  # Alg. 2 as written
+    tcs_dds_alg2) args=(--dds-init tcs "${LEARN[@]}" --dds-scorer-objective alg2);;
+  esac
+  # shellcheck disable=SC2086
+  ev_train "$out" "${COMMON[@]}" --lang-pairs "$pairs" "${args[@]}" --seed "$seed" $EXTRA_TRAIN
+  ev_eval "$sys" "$seed" "$out" "$DATA" "$SRC" "$TGT" --task dds_translation
+  if [ -f "$out/dds_log.jsonl" ]; then "$PY" "$ROOT/scripts/plot_dds.py" "$out" --title "$sys, seed $seed" >/dev/null; fi
+}
+for sys in $SYSTEMS; do
+  case "$sys" in uniform|temperature|related|tcs|dds|tcs_dds|dds_alg2|tcs_dds_alg2) ;;
+    *) recipe_die "unknown system $sys (see --help)";; esac
 done
+# every (system, seed) is independent: JOBS of them at a time
+for seed in $SEEDS; do for sys in $SYSTEMS; do ev_pool_run "seed$seed.$sys" dds_system "$sys" "$seed"; done; done
+ev_pool_wait
 for sys in tcs_dds dds; do
   png="$WORK_DIR/seed$FIRST_SEED/$sys/dds_languages.png"
   if [ -f "$png" ] && [ -z "$RAW_DIR" ]; then cp "$png" "$ROOT/examples/dds/language_usage_$sys.png"; fi

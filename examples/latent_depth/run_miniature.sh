@@ -51,41 +51,44 @@ COMMON=(--optimizer adam --adam-betas "(0.9,0.98)" --lr 1.5e-3 --lr-scheduler in
         --label-smoothing 0.1 --max-tokens 2048 $(recipe_cpu_flag) --num-workers 0
         --log-format simple --log-interval 100 --no-progress-bar --ddp-backend legacy_ddp --decoder-langtok)
 SYSTEMS="static_shallow static_deep latent_deep"
-for dir in $DIRS; do
-  LP="$(pairs "$dir")"
-  for seed in $SEEDS; do
-    for sys in $SYSTEMS; do
-      out="$WORK_DIR/seed$seed/$dir/$sys"
-      case "$sys" in
-        static_shallow) args=(--task multilingual_translation --arch multilingual_transformer --share-encoders
-                              --share-decoders --criterion label_smoothed_cross_entropy $(sizes "$SHALLOW"));;
-        static_deep)    args=(--task multilingual_translation --arch multilingual_transformer --share-encoders
-                              --share-decoders --criterion label_smoothed_cross_entropy $(sizes "$DEEP"));;
-        latent_deep)    args=(--task latent_depth_translation --arch latent_depth_transformer $(sizes "$DEEP")
-                              --criterion latent_layers_loss --encoder-latent-layers --decoder-latent-layers
-                              --latent-kl-weight 0.1 --latent-kl-anneal-updates 1000 --latent-lk-weight 0.1
-                              --latent-soft-updates 400 --latent-gate-lr 0.01 --latent-inner-steps 2
-                              --latent-prior uniform $LATENT_EXTRA)
-                        # K layers selected per language on the language-specific side, threshold on the other
-                        if [ "$dir" = o2m ]; then args+=(--decoder-target-layers "$SHALLOW" --decoder-latent-select topk
-                                                         --encoder-latent-select threshold);
-                        else args+=(--encoder-target-layers "$SHALLOW" --encoder-latent-select topk
-                                    --decoder-latent-select threshold); fi;;
-      esac
-      # shellcheck disable=SC2086
-      ev_train "$out" "$DATA" --user-dir "$USER_DIR" --lang-pairs "$LP" "${args[@]}" "${COMMON[@]}" --seed "$seed" $EXTRA_TRAIN
-      task=multilingual_translation; [ "$sys" = latent_deep ] && task=latent_depth_translation
-      for l in $LANGS; do
-        if [ "$dir" = o2m ]; then s="$TGT"; t="$l"; else s="$l"; t="$TGT"; fi
-        ev_eval "$sys" "$seed" "$out" "$DATA" "$s" "$t" --task "$task" -- --lang-pairs "$LP" --decoder-langtok
-      done
-    done
-    [ -f "$WORK_DIR/heatmap.$dir.png" ] || "$PY" "$ROOT/scripts/plot_latent_layers.py" \
-      "$WORK_DIR/seed$seed/$dir/latent_deep/checkpoint_best.pt" --out "$WORK_DIR/heatmap.$dir.png" \
-      --json "$WORK_DIR/heatmap.$dir.json" --title "$dir, latent deep ($DEEP layers, K=$SHALLOW), seed $seed"
+latent_system() {  # DIRECTION SEED SYSTEM: train to convergence, score every pair of the direction
+  local dir="$1" seed="$2" sys="$3" LP out args task l s t
+  LP="$(pairs "$dir")"; out="$WORK_DIR/seed$seed/$dir/$sys"
+  case "$sys" in
+    static_shallow) args=(--task multilingual_translation --arch multilingual_transformer --share-encoders
+                          --share-decoders --criterion label_smoothed_cross_entropy $(sizes "$SHALLOW"));;
+    static_deep)    args=(--task multilingual_translation --arch multilingual_transformer --share-encoders
+                          --share-decoders --criterion label_smoothed_cross_entropy $(sizes "$DEEP"));;
+    latent_deep)    args=(--task latent_depth_translation --arch latent_depth_transformer $(sizes "$DEEP")
+                          --criterion latent_layers_loss --encoder-latent-layers --decoder-latent-layers
+                          --latent-kl-weight 0.1 --latent-kl-anneal-updates 1000 --latent-lk-weight 0.1
+                          --latent-soft-updates 400 --latent-gate-lr 0.01 --latent-inner-steps 2
+                          --latent-prior uniform $LATENT_EXTRA)
+                    # K layers selected per language on the language-specific side, threshold on the other
+                    if [ "$dir" = o2m ]; then args+=(--decoder-target-layers "$SHALLOW" --decoder-latent-select topk
+                                                     --encoder-latent-select threshold);
+                    else args+=(--encoder-target-layers "$SHALLOW" --encoder-latent-select topk
+                                --decoder-latent-select threshold); fi;;
+  esac
+  # shellcheck disable=SC2086
+  ev_train "$out" "$DATA" --user-dir "$USER_DIR" --lang-pairs "$LP" "${args[@]}" "${COMMON[@]}" --seed "$seed" $EXTRA_TRAIN
+  task=multilingual_translation; [ "$sys" = latent_deep ] && task=latent_depth_translation
+  for l in $LANGS; do
+    if [ "$dir" = o2m ]; then s="$TGT"; t="$l"; else s="$l"; t="$TGT"; fi
+    ev_eval "$sys" "$seed" "$out" "$DATA" "$s" "$t" --task "$task" -- --lang-pairs "$LP" --decoder-langtok
   done
+}
+# every (direction, seed, system) is independent: JOBS of them at a time, the deep ones first
+for dir in $DIRS; do for seed in $SEEDS; do for sys in latent_deep static_deep static_shallow; do
+  ev_pool_run "$dir.seed$seed.$sys" latent_system "$dir" "$seed" "$sys"
+done; done; done
+ev_pool_wait
+set -- $SEEDS
+for dir in $DIRS; do  # the layer-selection heatmap of the first seed's latent model
+  [ -f "$WORK_DIR/heatmap.$dir.png" ] || "$PY" "$ROOT/scripts/plot_latent_layers.py" \
+    "$WORK_DIR/seed$1/$dir/latent_deep/checkpoint_best.pt" --out "$WORK_DIR/heatmap.$dir.png" \
+    --json "$WORK_DIR/heatmap.$dir.json" --title "$dir, latent deep ($DEEP layers, K=$SHALLOW), seed $1"
 done
-# shellcheck disable=SC2086
 ev_compare --control static_deep --systems $SYSTEMS --also latent_deep:static_shallow --same-schedule $SYSTEMS \
   --title "Latent depth, miniature: static shallow ($SHALLOW) / static deep ($DEEP) / latent deep (K = $SHALLOW)" \
   --corpus "${RAW_DIR:-synthetic multilingual preset, corpus seed 1}" \

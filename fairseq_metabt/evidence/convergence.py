@@ -32,7 +32,8 @@ OWNED = ("--patience", "--validate-interval-updates", "--validate-interval", "--
          "--maximize-best-checkpoint-metric", "--keep-interval-updates", "--save-dir")
 # Options that make up a learning-rate schedule: they must agree between a method and its control.
 SCHEDULE = ("--lr", "--lr-scheduler", "--warmup-updates", "--warmup-init-lr", "--optimizer", "--adam-betas",
-            "--clip-norm", "--max-tokens", "--batch-size", "--update-freq", "--weight-decay")
+            "--clip-norm", "--max-tokens", "--batch-size", "--update-freq", "--weight-decay", "--lr-shrink",
+            "--lr-patience")
 
 
 class ProtocolError(UserError):
