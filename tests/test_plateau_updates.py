@@ -66,8 +66,6 @@ def test_refuses_impossible_settings(quickstart_bin, tmp_path):
     i = base.index("inverse_sqrt")
     args = base[:i] + ["plateau_updates"] + base[i + 1:]
     assert "--patience" in fails(args)  # no early stopping: nothing counts the stalls
-    out = fails(args + ["--patience", "2", "--lr-patience", "2"])
-    assert "--lr-patience 2 >= --patience 2" in out
     assert "--lr-shrink" in fails(args + ["--patience", "3", "--lr-shrink", "1.5"])
 
 

@@ -10,6 +10,7 @@ the learning rate stays at ``--lr`` and is multiplied by ``--lr-shrink`` after e
 run anneals before it stops, and continuing it at the same or a lower learning rate no longer gains:
 the convergence the evidence protocol's precondition asks for.
 """
+import logging
 import sys
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.optim.lr_scheduler import FairseqLRScheduler, register_lr_scheduler
 
 from fairseq_metabt.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -64,9 +67,10 @@ class PlateauUpdatesSchedule(FairseqLRScheduler):
         if cfg.patience is None or cfg.patience <= 0:
             raise UserError("--lr-scheduler plateau_updates counts validations without improvement as fairseq's "
                             "early stopping does: pass --patience P (> --lr-patience) and --validate-interval-updates")
-        if cfg.lr_patience >= cfg.patience:
-            raise UserError(f"--lr-patience {cfg.lr_patience} >= --patience {cfg.patience}: the run would stop "
-                            "before the learning rate is ever reduced (use --lr-patience < --patience)")
+        if cfg.lr_patience >= cfg.patience:  # legal (e.g. a smoke test with --patience 1), but say what it means
+            logger.warning("--lr-patience %d >= --patience %d: the run stops before the learning rate is ever "
+                           "reduced (use --lr-patience < --patience to anneal before stopping)",
+                           cfg.lr_patience, cfg.patience)
         self.peak = cfg.lr[0] if isinstance(cfg.lr, Collection) else cfg.lr
         self.init_lr = cfg.warmup_init_lr if cfg.warmup_init_lr >= 0 else (0.0 if cfg.warmup_updates > 0 else self.peak)
         self.shrinks = 0  # plateaus so far (saved in the checkpoint)
