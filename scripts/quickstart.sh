@@ -9,7 +9,7 @@ RECIPE_USAGE='Quickstart: does back-translation, and does meta back-translation,
   bash scripts/quickstart.sh [shared flags] [--systems "baseline baseline_ft bt bt_mle metabt"]
 
 Default corpus: the synthetic `domain` preset (corpus seed 1): 2,000 out-of-domain SRC-TGT training pairs,
-in-domain dev (300) and test (1,000) sets, and 20,000 in-domain TGT sentences of monolingual text -- the
+in-domain dev (300) and test (1,000) sets, and 4,000 in-domain TGT sentences of monolingual text -- the
 low-resource setting in which back-translation is expected to help. With --raw-dir, your corpus needs
 train/valid/test.SRC-TGT.* and mono.TGT (docs/data.md).
 
@@ -46,7 +46,7 @@ PY="$ROOT/.venv/bin/python"; export PATH="$ROOT/.venv/bin:$PATH"
 ARCH="${ARCH:-transformer_lowres_tiny}"; MAX_TOKENS="${MAX_TOKENS:-2048}"; LR="${LR:-2e-3}"; WARMUP="${WARMUP:-100}"
 FT_MAX_TOKENS="${FT_MAX_TOKENS:-$MAX_TOKENS}"; FT_LR="${FT_LR:-2.5e-4}"; FT_WARMUP="${FT_WARMUP:-50}"
 LR_PATIENCE="${LR_PATIENCE:-2}"
-SIZES="${SIZES:-train=2000,valid=300,test=1000,mono_tgt=20000,mono_lrl=500}"
+SIZES="${SIZES:-train=2000,valid=300,test=1000,mono_tgt=4000,mono_lrl=500}"
 start=$(date +%s)
 has() { [[ " $SYSTEMS " == *" $1 "* ]]; }
 
