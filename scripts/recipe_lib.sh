@@ -125,7 +125,8 @@ recipe_cpu_flag() {
 # Parallel lanes. Small models on CPU do not speed up with more threads per run, so a recipe runs
 # JOBS independent trainings at once (default: the number of cores), one thread each; dependencies
 # are explicit barriers (ev_pool_wait). Each job's output goes to WORK_DIR/logs/NAME.log and its
-# last lines are printed when it ends; a failed job fails the recipe at the next barrier.
+# last lines are printed when it ends (appended to, so a re-run keeps the earlier log); a failed job fails
+# the recipe at the next barrier.
 # (nproc honours OMP_NUM_THREADS, which this file sets to 1: count the cores without it)
 RECIPE_JOBS="${JOBS:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 1)}"
 [[ "$RECIPE_JOBS" =~ ^[1-9][0-9]*$ ]] || recipe_die "JOBS must be a positive integer, got '$RECIPE_JOBS'"
@@ -138,7 +139,7 @@ ev_pool_run() {
   mkdir -p "$WORK_DIR/logs"
   local log="$WORK_DIR/logs/$name.log"
   echo "--- start $name (log: $log)"
-  ( set +e; "$@" >"$log" 2>&1; rc=$?
+  ( set +e; "$@" >>"$log" 2>&1; rc=$?  # appended: a re-run (systems reused) keeps the earlier output
     if [ $rc -eq 0 ]; then echo "--- done $name: $(grep -F '[evidence]' "$log" | tail -n 2 | tr '\n' ' ')"
     else echo "--- FAILED $name (exit $rc); last lines of $log:"; tail -n 15 "$log"; fi
     exit $rc ) &
