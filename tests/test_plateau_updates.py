@@ -95,3 +95,93 @@ def test_fairseq_train_halves_lr_after_each_stalled_validation(quickstart_bin, t
     for u in sorted(logged):
         if u > 10:
             assert logged[u] == pytest.approx(expected[u], rel=1e-6), (u, valid, logged)
+
+
+@pytest.fixture
+def early_stopping_state():
+    """fairseq's early-stopping attributes and checkpoint_utils' best, restored after the test."""
+    import fairseq_cli.train as train
+    from fairseq import checkpoint_utils
+
+    saved = {(obj, k): getattr(obj, k) for obj in (train.should_stop_early, checkpoint_utils.save_checkpoint)
+             for k in ("best", "num_runs") if hasattr(obj, k)}
+    yield train.should_stop_early, checkpoint_utils.save_checkpoint
+    for obj in (train.should_stop_early, checkpoint_utils.save_checkpoint):
+        for k in ("best", "num_runs"):
+            if hasattr(obj, k):
+                delattr(obj, k)
+    for (obj, k), v in saved.items():
+        setattr(obj, k, v)
+
+
+def test_resume_restores_the_patience_count(early_stopping_state):
+    """fairseq keeps --patience's best and count in function attributes that no checkpoint holds; the
+    schedule saves them and gives them back, so a resumed run stops where an uninterrupted one would."""
+    stop_fn, save_fn = early_stopping_state
+    s = _schedule()
+    stop_fn.best, stop_fn.num_runs = 2.433, 4
+    state = s.state_dict()
+    del stop_fn.best, stop_fn.num_runs  # a fresh process
+    t = _schedule()
+    t.load_state_dict(state)
+    t.step_update(200)
+    assert (stop_fn.best, stop_fn.num_runs) == (2.433, 4)
+    # a dev score no better than the restored best is the 5th stall, not a new best
+    import fairseq_cli.train as train
+    from omegaconf import OmegaConf
+    cfg = OmegaConf.create({"checkpoint": {"patience": 5, "maximize_best_checkpoint_metric": False}})
+    assert train.should_stop_early(cfg, 2.434) is True
+
+
+def test_resume_of_an_older_checkpoint_waits_for_fairseqs_best(early_stopping_state):
+    """A checkpoint saved without the count: fairseq's own best (restored by checkpoint_utils only after the
+    trainer's first lr step) and the stall count the schedule last saw."""
+    stop_fn, save_fn = early_stopping_state
+    s = _schedule()
+    s._last_runs = 3
+    state = {k: v for k, v in s.state_dict().items() if not k.startswith("patience_")}
+    for k in ("best", "num_runs"):
+        if hasattr(stop_fn, k):
+            delattr(stop_fn, k)
+        if hasattr(save_fn, k):
+            delattr(save_fn, k)
+    t = _schedule()
+    t.load_state_dict(state)
+    t.step_update(200)  # inside trainer.load_checkpoint: fairseq's best not known yet
+    assert not hasattr(stop_fn, "best")
+    save_fn.best = 2.39
+    t.step_update(201)
+    assert (stop_fn.best, stop_fn.num_runs) == (2.39, 3)
+    stop_fn.best = 2.0  # a validation after the resume owns the count from then on
+    t.step_update(202)
+    assert stop_fn.best == 2.0
+
+
+def test_fairseq_train_resumed_run_stops_where_an_uninterrupted_one_does(quickstart_bin, tmp_path):
+    """Real fairseq-train: a run stopped by its update cap one validation before its patience ran out and
+    then resumed (fairseq's checkpoint_last.pt) stops at the same update as the uninterrupted run. Without the
+    restored count the resumed run would take its first dev score as a new best and run --patience more."""
+    def args(save, cap):
+        base = tiny_train_args(quickstart_bin, str(save), cap, "--patience", "3", "--lr-patience", "1",
+                               "--validate-interval-updates", "10", "--save-interval-updates", "10",
+                               "--validate-interval", "1000000", "--save-interval", "1000000",
+                               "--no-epoch-checkpoints", "--keep-interval-updates", "1")
+        i = base.index("inverse_sqrt")
+        out = base[:i] + ["plateau_updates"] + base[i + 1:]
+        out[out.index("--lr") + 1] = "3e-2"  # stalls early on the tiny corpus
+        return out
+
+    def valid(log):
+        return [(int(u), float(l)) for l, u in
+                re.findall(r"\| valid \| .*?\| loss ([0-9.]+) .*?\| num_updates (\d+)", log)]
+
+    whole = valid(run(args(tmp_path / "a", 400)).stdout)
+    stop = whole[-1][0]
+    assert stop < 400, f"the uninterrupted run never stopped early, so the test shows nothing: {whole}"
+    best = min(range(len(whole)), key=lambda i: whole[i][1])
+    assert len(whole) - 1 - best == 3, whole  # stopped by --patience 3
+    cap = stop - 10  # the cap ends the first part with 2 stalls counted
+    first = valid(run(args(tmp_path / "b", cap)).stdout)
+    assert first[-1][0] == cap
+    resumed = valid(run(args(tmp_path / "b", 400)).stdout)
+    assert resumed and resumed[-1][0] == stop, (whole, first, resumed)

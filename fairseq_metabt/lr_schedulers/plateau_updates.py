@@ -40,15 +40,22 @@ class PlateauUpdatesConfig(FairseqDataclass):
     patience: int = II("checkpoint.patience")
 
 
+def _early_stopping_fn():
+    """fairseq's ``should_stop_early`` (in ``fairseq_cli.train``, or ``__main__`` under ``python -m``)."""
+    for name in ("fairseq_cli.train", "__main__"):
+        fn = getattr(sys.modules.get(name), "should_stop_early", None)
+        if fn is not None:
+            return fn
+    return None
+
+
 def validations_without_improvement() -> Optional[int]:
     """fairseq's own count of validations since the last new best (kept for ``--patience``), or None.
 
-    ``should_stop_early`` lives in ``fairseq_cli.train`` (``__main__`` when run with ``python -m``) and
-    keeps the count as a function attribute once the first validation has run."""
-    for name in ("fairseq_cli.train", "__main__"):
-        fn = getattr(sys.modules.get(name), "should_stop_early", None)
-        if fn is not None and hasattr(fn, "num_runs"):
-            return int(fn.num_runs)
+    ``should_stop_early`` keeps the count as a function attribute once the first validation has run."""
+    fn = _early_stopping_fn()
+    if fn is not None and hasattr(fn, "num_runs"):
+        return int(fn.num_runs)
     return None
 
 
@@ -76,6 +83,7 @@ class PlateauUpdatesSchedule(FairseqLRScheduler):
         self.shrinks = 0  # plateaus so far (saved in the checkpoint)
         self._stall_shrinks = 0  # shrinks during the current run of validations without a new best
         self._last_runs = 0
+        self._restore_patience: Optional[Dict] = None  # fairseq's early-stopping state, from a checkpoint
         self.lr = self.init_lr
         self.optimizer.set_lr(self.lr)
 
@@ -86,6 +94,8 @@ class PlateauUpdatesSchedule(FairseqLRScheduler):
 
     def step_update(self, num_updates: int) -> float:
         """Called by the trainer after every update; validations happen between two calls."""
+        if self._restore_patience is not None:
+            self._resume_early_stopping()
         runs = validations_without_improvement()
         if runs is not None and num_updates >= self.cfg.warmup_updates:
             if runs < self._last_runs or runs == 0:  # a new best: a new stall starts from zero
@@ -102,12 +112,39 @@ class PlateauUpdatesSchedule(FairseqLRScheduler):
         super().step(epoch, val_loss)
         return self.optimizer.get_lr()
 
+    def _resume_early_stopping(self) -> None:
+        """Give fairseq's ``--patience`` count back to a resumed run.
+
+        fairseq keeps it in function attributes that no checkpoint holds, so a resumed run would take the
+        first dev score after the restart as its best and wait ``--patience`` validations from there: a
+        killed and resumed run would train longer than an uninterrupted one under the same protocol."""
+        state = self._restore_patience
+        fn = _early_stopping_fn()
+        if fn is None or hasattr(fn, "best"):  # not under fairseq-train, or it has already validated
+            self._restore_patience = None
+            return
+        best = state.get("patience_best")
+        if best is None:  # a checkpoint written before this state was saved: fairseq's own best, which
+            # checkpoint_utils restores only after the trainer's first lr step: try again at the next update
+            from fairseq import checkpoint_utils
+            best = getattr(checkpoint_utils.save_checkpoint, "best", None)
+            if best is None:
+                return
+        self._restore_patience = None
+        fn.best = best
+        runs = state.get("patience_runs")
+        fn.num_runs = int(self._last_runs if runs is None else runs)
+        logger.info("resumed early stopping: best %s, %d validation(s) without improvement", best, fn.num_runs)
+
     def state_dict(self) -> Dict:
+        fn = _early_stopping_fn()
         return {"best": self.best, "shrinks": self.shrinks, "stall_shrinks": self._stall_shrinks,
-                "last_runs": self._last_runs}
+                "last_runs": self._last_runs, "patience_best": getattr(fn, "best", None),
+                "patience_runs": getattr(fn, "num_runs", None)}
 
     def load_state_dict(self, state_dict: Dict) -> None:
         self.best = state_dict.get("best")
         self.shrinks = int(state_dict.get("shrinks", 0))
         self._stall_shrinks = int(state_dict.get("stall_shrinks", 0))
         self._last_runs = int(state_dict.get("last_runs", 0))
+        self._restore_patience = dict(state_dict)
