@@ -26,8 +26,10 @@
 # (docs/data.md) needs train/valid/test.SRC-TGT.* and mono.SRC, mono.TGT; set SRC/TGT to its codes.
 # Scale knobs (environment): ARCH (transformer_lowres_small), MLE_UPDATES (3000), ITER_UPDATES (1500, the most
 # updates per direction and iteration), VALID_EVERY (200 updates), PATIENCE (5 validations), MAX_TOKENS (4096),
-# LR (5e-4), WARMUP (400 updates, iteration 0), LR_ITER (2e-4, continued training), WARMUP_ITER (100 updates), BEAM (5, evaluation), GEN_MAX_TOKENS (8192), EVAL_SUBSETS
-# ("valid test"; empty: no evaluation), SIZES (synthetic --sizes).
+# LR (5e-4), WARMUP (400 updates, iteration 0), LR_ITER (2e-4, continued training), WARMUP_ITER (100 updates),
+# LR_SHRINK (0.5) and LR_PATIENCE (2): --lr-scheduler plateau_updates multiplies the lr by LR_SHRINK after every
+# LR_PATIENCE validations without a new best, so every stage anneals before PATIENCE stops it; BEAM (5, evaluation),
+# GEN_MAX_TOKENS (8192), EVAL_SUBSETS ("valid test"; empty: no evaluation), SIZES (synthetic --sizes).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"; [ -x "$PY" ] || PY=python
@@ -54,7 +56,7 @@ fi
 SRC="${SRC:-lrl}"; TGT="${TGT:-tgt}"; ARCH="${ARCH:-transformer_lowres_small}"
 MLE_UPDATES="${MLE_UPDATES:-3000}"; ITER_UPDATES="${ITER_UPDATES:-1500}"; VALID_EVERY="${VALID_EVERY:-200}"
 PATIENCE="${PATIENCE:-5}"; MAX_TOKENS="${MAX_TOKENS:-4096}"; LR="${LR:-5e-4}"; LR_ITER="${LR_ITER:-2e-4}"
-WARMUP="${WARMUP:-400}"; WARMUP_ITER="${WARMUP_ITER:-100}"
+WARMUP="${WARMUP:-400}"; WARMUP_ITER="${WARMUP_ITER:-100}"; LR_SHRINK="${LR_SHRINK:-0.5}"; LR_PATIENCE="${LR_PATIENCE:-2}"
 BEAM="${BEAM:-5}"; GEN_MAX_TOKENS="${GEN_MAX_TOKENS:-8192}"; EVAL_SUBSETS="${EVAL_SUBSETS-valid test}"
 DEVICE=(); "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' || DEVICE=(--cpu)
 mkdir -p "$OUT"
@@ -89,10 +91,11 @@ train() {
   local dir="$1" data="$2" s="$3" t="$4" max="$5" init="${6:-}"
   [ -f "$dir/done" ] && return 0
   mkdir -p "$dir"
-  local schedule=(--lr "$LR" --lr-scheduler inverse_sqrt --warmup-updates "$WARMUP")
+  local plateau=(--lr-scheduler plateau_updates --lr-shrink "$LR_SHRINK" --lr-patience "$LR_PATIENCE")
+  local schedule=(--lr "$LR" --warmup-updates "$WARMUP" "${plateau[@]}")
   # continued training: optimizer and schedule re-initialised; fairseq ignores --finetune-from-model
   # when $dir/checkpoint_last.pt exists, i.e. an interrupted stage resumes
-  [ -n "$init" ] && schedule=(--lr "$LR_ITER" --lr-scheduler inverse_sqrt --warmup-updates "$WARMUP_ITER"
+  [ -n "$init" ] && schedule=(--lr "$LR_ITER" --warmup-updates "$WARMUP_ITER" "${plateau[@]}"
                               --finetune-from-model "$init")
   echo "training $s->$t in $dir (log: $dir/train.log)"
   "$PY" -m fairseq_metabt.evidence train --save-dir "$dir" --patience "$PATIENCE" --validate-every "$VALID_EVERY" \

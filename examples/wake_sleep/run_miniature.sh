@@ -13,11 +13,14 @@ Default data: the synthetic `domain` corpus (out-of-domain bitext, in-domain dev
 both sides: the paper'"'"'s TED setting), corpus seed 1, SIZES (environment) default
 train=2000,valid=200,test=1000,mono_tgt=4000,mono_lrl=4000. With --raw-dir, the corpus needs
 train/valid/test.SRC-TGT.* and mono.SRC, mono.TGT. Each seed runs examples/wake_sleep/run.sh (knobs in the
-environment: ARCH, LR, WARMUP, LR_ITER, WARMUP_ITER, MAX_TOKENS, BEAM; miniature defaults transformer_lowres_tiny,
-lr 1e-3 / 5e-4). Systems iterI and controlI, one table per direction (SRC-TGT: forward, TGT-SRC: backward), Δ and
-p against control of the last iteration, and iterI vs controlI for every I. Results: WORK/results/summary.json.'
+environment: ARCH, LR, WARMUP, LR_ITER, WARMUP_ITER, LR_SHRINK, LR_PATIENCE, MAX_TOKENS, BEAM; miniature defaults
+transformer_lowres_tiny, 2048 tokens, lr 2e-3 with 100 warm-up updates for iteration 0, 2.5e-4 with 50 for every
+later stage, the lr halved after every 2 validations without a new best). Seeds run in parallel lanes (JOBS,
+default: the number of cores; logs in WORK/logs/seedS.log). Systems iterI and controlI, one table per direction
+(SRC-TGT: forward, TGT-SRC: backward), Δ and p against control of the last iteration, and iterI vs controlI for
+every I. Results: WORK/results/summary.json.'
 SRC=lrl; TGT=tgt; RELATED=""; SEEDS="1 2 3"; WORK_DIR="$ROOT/runs/wake_sleep_miniature"
-PATIENCE=5; VALIDATE_EVERY=200; MAX_UPDATE=10000
+PATIENCE=5; VALIDATE_EVERY=50; MAX_UPDATE=10000
 # shellcheck source=../../scripts/recipe_lib.sh
 source "$ROOT/scripts/recipe_lib.sh"
 recipe_parse "$@"
@@ -31,17 +34,20 @@ while [ $# -gt 0 ]; do
   esac
 done
 recipe_corpus 1 domain "${SIZES:-train=2000,valid=200,test=1000,mono_tgt=4000,mono_lrl=4000}"
+# the binarised corpus once, before the seeds' lanes start (run.sh reuses it)
+recipe_prepare "$RAW" "$WORK_DIR/bin"
 export SRC TGT PATIENCE VALID_EVERY="$VALIDATE_EVERY" MLE_UPDATES="$MAX_UPDATE" ITER_UPDATES="$MAX_UPDATE"
-export ARCH="${ARCH:-transformer_lowres_tiny}" LR="${LR:-1e-3}" WARMUP="${WARMUP:-200}" LR_ITER="${LR_ITER:-5e-4}"
+export ARCH="${ARCH:-transformer_lowres_tiny}" MAX_TOKENS="${MAX_TOKENS:-2048}" LR="${LR:-2e-3}" WARMUP="${WARMUP:-100}"
+export LR_ITER="${LR_ITER:-2.5e-4}" WARMUP_ITER="${WARMUP_ITER:-50}"
 for seed in $SEEDS; do
-  echo "=== seed $seed ==="
-  bash "$ROOT/examples/wake_sleep/run.sh" --raw-dir "$RAW" --out "$WORK_DIR" --seed "$seed" --iterations "$ITERATIONS" \
-    --control
+  ev_pool_run "seed$seed" bash "$ROOT/examples/wake_sleep/run.sh" --raw-dir "$RAW" --out "$WORK_DIR" --seed "$seed" \
+    --iterations "$ITERATIONS" --control
 done
+ev_pool_wait
 SYSTEMS=(iter0); ALSO=(); SAME=()
 for ((i = 1; i <= ITERATIONS; i++)); do SYSTEMS+=("iter$i" "control$i"); ALSO+=("iter$i:control$i"); SAME+=("iter$i" "control$i"); done
 ev_compare --control "control$ITERATIONS" --systems "${SYSTEMS[@]}" --also "${ALSO[@]}" --precondition control1:iter0 \
   --same-schedule "${SAME[@]}" \
   --title "Wake-sleep back-translation, miniature ($SRC->$TGT forward, $TGT->$SRC backward)" \
   --corpus "${RAW_DIR:-synthetic domain preset, corpus seed 1}" \
-  --command "ARCH=$ARCH LR=$LR WARMUP=$WARMUP LR_ITER=$LR_ITER bash examples/wake_sleep/run_miniature.sh --seeds \"$SEEDS\" --iterations $ITERATIONS${RAW_DIR:+ --raw-dir $RAW_DIR --src $SRC --tgt $TGT}"
+  --command "ARCH=$ARCH MAX_TOKENS=$MAX_TOKENS LR=$LR WARMUP=$WARMUP LR_ITER=$LR_ITER WARMUP_ITER=$WARMUP_ITER bash examples/wake_sleep/run_miniature.sh --seeds \"$SEEDS\" --iterations $ITERATIONS${RAW_DIR:+ --raw-dir $RAW_DIR --src $SRC --tgt $TGT}"

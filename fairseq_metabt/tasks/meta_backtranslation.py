@@ -472,11 +472,17 @@ class MetaBacktranslationTask(TranslationTask):
             log["pseudo_nll"] = float(nll_tok.detach().sum())
             log["pseudo_loss"], log["pseudo_ntokens"] = float(loss_p.detach()), float(pseudo["ntokens"])
             if scale > 0:
-                before = G.flat_grad(theta) if self.meta_active else None
+                # theta's gradient before this micro-batch: none at the first one (fairseq's zero_grad sets
+                # .grad to None), so the copy and the subtraction are only paid with --update-freq > 1
+                fresh = all(p.grad is None for p in theta)
+                before = G.flat_grad(theta) if self.meta_active and not fresh else None
                 optimizer.backward(loss_p * scale)
-                if before is not None:
+                if self.meta_active:
                     # g: this micro-batch's share of the accumulated gradient, unscaled (a sum over its tokens)
-                    g = (G.flat_grad(theta) - before) / scale / G.loss_scale(optimizer)
+                    g = G.flat_grad(theta)
+                    if before is not None:
+                        g.sub_(before)
+                    g.div_(scale * G.loss_scale(optimizer))
                     pending.update(pseudo=pseudo, g=g, ntokens=float(pseudo["ntokens"]))
                 total_loss = total_loss + scale * loss_p.detach()
             if self.meta_active:
@@ -697,9 +703,14 @@ class MetaBacktranslationTask(TranslationTask):
         A non-finite gradient (after the all-reduce, so on every worker alike) skips the step and, with a
         loss scaler, lowers psi's loss scale, as fairseq's AMP does for theta."""
         grads = G.flat_grad(psi)
-        G.all_reduce_mean_(grads, device=psi[0].device)
-        for p, gr in zip(psi, G.unflatten_like(grads, psi)):
-            p.grad = gr.clone()
+        if distributed_utils.get_data_parallel_world_size() > 1:  # one worker: .grad already holds the sum
+            G.all_reduce_mean_(grads, device=psi[0].device)
+            for p, gr in zip(psi, G.unflatten_like(grads, psi)):
+                p.grad = gr.clone()
+        else:  # a parameter without gradient steps on zeros, as after the all-reduce (Adam's moments move on)
+            for p in psi:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
         if scaler.is_enabled():
             scaler.scale(grads.new_zeros(()))  # starts the scaler if no psi loss went through it yet
             scaler.unscale_(self.backward_optimizer)
