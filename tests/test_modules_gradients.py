@@ -70,3 +70,18 @@ def test_flatten_roundtrip():
     assert all(torch.equal(x, y) for x, y in zip(params, back))
     with pytest.raises(ValueError):
         G.unflatten_like(torch.zeros(3), params)
+
+
+def test_average_grads_single_worker_fills_missing_and_keeps_the_rest():
+    """One worker: existing grads are left as they are (same tensors), a missing one becomes zeros, and the
+    returned vector is their concatenation (brute force)."""
+    import torch
+    from fairseq_metabt.modules import gradients as G
+
+    a, b = torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(4))
+    a.grad = torch.randn(3, 2)
+    kept = a.grad
+    flat = G.average_grads_([a, b])
+    assert a.grad is kept
+    assert torch.equal(b.grad, torch.zeros(4))
+    assert torch.equal(flat, torch.cat([kept.reshape(-1), torch.zeros(4)]))

@@ -123,6 +123,22 @@ def all_reduce_mean_(t: torch.Tensor, group=None, device=None) -> torch.Tensor:
     return all_reduce_(t, "mean", device=device, group=group)
 
 
+def average_grads_(params: Sequence[torch.Tensor], group=None) -> torch.Tensor:
+    """Average the ``.grad`` of ``params`` over the workers in place (a missing grad counts as zeros, so every
+    parameter steps, as on every worker alike); returns them as one fp32 vector. With one worker the
+    ``.grad`` tensors are already the result: only missing ones are filled, no copy back."""
+    grads = flat_grad(params)
+    if world_size(group) > 1:
+        all_reduce_(grads, "mean", device=params[0].device if params else None, group=group)
+        for p, g in zip(params, unflatten_like(grads, params)):
+            p.grad = g.clone()
+    else:
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+    return grads
+
+
 def all_gather_objects(obj, group=None) -> list:
     """Every worker's ``obj`` (picklable), in rank order; ``[obj]`` when not distributed."""
     return _collective("all_gather_object", obj, group=group)

@@ -702,15 +702,7 @@ class MetaBacktranslationTask(TranslationTask):
 
         A non-finite gradient (after the all-reduce, so on every worker alike) skips the step and, with a
         loss scaler, lowers psi's loss scale, as fairseq's AMP does for theta."""
-        grads = G.flat_grad(psi)
-        if distributed_utils.get_data_parallel_world_size() > 1:  # one worker: .grad already holds the sum
-            G.all_reduce_mean_(grads, device=psi[0].device)
-            for p, gr in zip(psi, G.unflatten_like(grads, psi)):
-                p.grad = gr.clone()
-        else:  # a parameter without gradient steps on zeros, as after the all-reduce (Adam's moments move on)
-            for p in psi:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
+        grads = G.average_grads_(psi)
         if scaler.is_enabled():
             scaler.scale(grads.new_zeros(()))  # starts the scaler if no psi loss went through it yet
             scaler.unscale_(self.backward_optimizer)
