@@ -19,13 +19,17 @@ each availability set; alg2 = Alg. 2 as written; exact), from update WARMUP on; 
 tcs_dds_alg2 use Alg. 2 as written. Old flags --lrl,
 --pivot, --langs are accepted as aliases. Results: WORK/results/summary.json, the table, and
 WORK/seedS/SYSTEM/dds_languages.png (copied to examples/dds/language_usage_{tcs_dds,dds}.png).
-Knobs (environment): WARMUP (300 updates), SIZES (synthetic sizes).'
+Every system trains at lr LR (2e-3) after WARMUP (200) updates and halves it after LR_PATIENCE (2) validations
+without a new best dev score (--lr-scheduler plateau_updates), so each run anneals before --patience stops it.
+The defaults (tiny model, validation every 50 updates) are bounded to fit a 2-core machine; a GPU run would use
+--arch transformer_lowres_small and the paper'"'"'s scorer settings (docs/methods/dds.md).
+Knobs (environment): LR, WARMUP, LR_PATIENCE, SIZES (synthetic sizes).'
 SRC=lrl; TGT=tgt; RELATED="hrl,unra,unrb,nsy"; SEEDS="1 2 3"; WORK_DIR="$ROOT/runs/dds_miniature"
-PATIENCE=5; VALIDATE_EVERY=100; MAX_UPDATE=8000
+PATIENCE=5; VALIDATE_EVERY=50; MAX_UPDATE=8000
 # shellcheck source=../../scripts/recipe_lib.sh
 source "$ROOT/scripts/recipe_lib.sh"
 recipe_parse "$@"
-K=50; SLR=1e-4; ARCH=transformer_lowres_small; EXTRA_TRAIN=""; REL=""; OBJECTIVE=centered
+K=50; SLR=1e-4; ARCH=transformer_lowres_tiny; EXTRA_TRAIN=""; REL=""; OBJECTIVE=centered
 SYSTEMS="uniform temperature related tcs dds tcs_dds"
 set -- "${RECIPE_ARGS[@]+"${RECIPE_ARGS[@]}"}"
 while [ $# -gt 0 ]; do
@@ -48,11 +52,12 @@ recipe_prepare "$RAW" "$DATA" --vocab-size 4000
 
 # the scorer learns after the warm-up (cosines carry no information while the lr ramps up), from fresh
 # per-language gradients against the whole dev set (the defaults of --dds-grad-source/--dds-reward)
-LEARN=(--dds-start-update "${WARMUP:-300}")
+LEARN=(--dds-start-update "${WARMUP:-200}")
 ALL="$SRC-$TGT"; for l in "${RELATED_LIST[@]}"; do ALL="$ALL,$l-$TGT"; done
 COMMON=("$DATA" --user-dir "$USER_DIR" --task dds_translation --dds-dev-lang-pair "$SRC-$TGT"
-        --arch "$ARCH" --optimizer adam --adam-betas "(0.9,0.98)" --lr 1e-3 --lr-scheduler inverse_sqrt
-        --warmup-updates "${WARMUP:-300}" --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --max-tokens 2048
+        --arch "$ARCH" --optimizer adam --adam-betas "(0.9,0.98)" --lr "${LR:-2e-3}"
+        --lr-scheduler plateau_updates --lr-shrink 0.5 --lr-patience "${LR_PATIENCE:-2}" --warmup-updates "${WARMUP:-200}"
+        --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --max-tokens 2048
         --dds-update-interval "$K" --dds-scorer-lr "$SLR" $(recipe_cpu_flag) --num-workers 0
         --log-format simple --log-interval 100 --no-progress-bar --ddp-backend legacy_ddp)
 
