@@ -9,23 +9,28 @@ RECIPE_USAGE='Latent-depth miniature: does a deep model with learned, per-langua
 
   bash examples/latent_depth/run_miniature.sh [shared flags] [--directions "o2m m2o"] [--shallow 2] [--deep 6]
        [--warmup 300] [--dim 128] [--sizes SYNTHETIC_SIZES] [--extra-train "fairseq-train args"]
-       [--latent-extra "args for the latent_deep system only"]
+       [--latent-extra "args for the latent_deep system only"] [--systems "static_shallow static_deep latent_deep"]
 
 Languages: --src and the --related languages are the many side, --tgt the pivot (o2m: TGT -> each, m2o: each ->
 TGT). Default data: the synthetic `multilingual` preset (generated into WORK/raw/seed1). Old flags --langs and
---pivot are accepted as aliases. Results: WORK/results/summary.json (one table per pair), WORK/heatmap.{o2m,m2o}.png.'
+--pivot are accepted as aliases. Results: WORK/results/summary.json (one table per pair), WORK/heatmap.{o2m,m2o}.png.
+latent_deep is scored twice: as trained (gates in eval mode) and as `latent_pruned`, the plain Transformer per
+language that keeps only the layers its gates select (scripts/prune_latent_depth.py), which must score the same.
+Every system trains at lr LR (1.5e-3) after --warmup updates and halves it after LR_PATIENCE (2) validations
+without a new best dev score (--lr-scheduler plateau_updates), so each run anneals before --patience stops it.
+Knobs (environment): LR, LR_PATIENCE.'
 SRC=lrl; TGT=tgt; RELATED="hrl"; SEEDS="1 2 3"; WORK_DIR="$ROOT/runs/latent_depth_miniature"
-PATIENCE=5; VALIDATE_EVERY=100; MAX_UPDATE=10000; METRIC=nll_loss
+PATIENCE=5; VALIDATE_EVERY=50; MAX_UPDATE=10000; METRIC=nll_loss
 # shellcheck source=../../scripts/recipe_lib.sh
 source "$ROOT/scripts/recipe_lib.sh"
 recipe_parse "$@"
-DIRS="o2m m2o"; SHALLOW=2; DEEP=6; WARMUP=300; DIM=128; SIZES=""; EXTRA_TRAIN=""; LATENT_EXTRA=""
+DIRS="o2m m2o"; SHALLOW=2; DEEP=6; WARMUP=200; SYSTEMS="static_shallow static_deep latent_deep"; DIM=128; SIZES=""; EXTRA_TRAIN=""; LATENT_EXTRA=""
 set -- "${RECIPE_ARGS[@]+"${RECIPE_ARGS[@]}"}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --directions) DIRS="$2"; shift 2;; --shallow) SHALLOW="$2"; shift 2;; --deep) DEEP="$2"; shift 2;;
     --warmup) WARMUP="$2"; shift 2;; --dim) DIM="$2"; shift 2;; --sizes) SIZES="$2"; shift 2;;
-    --extra-train) EXTRA_TRAIN="$2"; shift 2;; --latent-extra) LATENT_EXTRA="$2"; shift 2;;
+    --extra-train) EXTRA_TRAIN="$2"; shift 2;; --latent-extra) LATENT_EXTRA="$2"; shift 2;; --systems) SYSTEMS="$2"; shift 2;;
     --pivot) TGT="$2"; shift 2;;
     --langs) read -r -a L <<< "$2"; SRC="${L[0]}"; RELATED_LIST=("${L[@]:1}"); RELATED="$(IFS=,; echo "${L[*]:1}")"; shift 2;;
     *) recipe_unknown "$1";;
@@ -47,10 +52,10 @@ sizes() { echo --encoder-embed-dim "$DIM" --decoder-embed-dim "$DIM" --encoder-f
   --encoder-layers "$1" --decoder-layers "$1" --encoder-normalize-before --decoder-normalize-before \
   --share-decoder-input-output-embed --dropout 0.2; }
 
-COMMON=(--optimizer adam --adam-betas "(0.9,0.98)" --lr 1.5e-3 --lr-scheduler inverse_sqrt --warmup-updates "$WARMUP"
+COMMON=(--optimizer adam --adam-betas "(0.9,0.98)" --lr "${LR:-1.5e-3}" --lr-scheduler plateau_updates --lr-shrink 0.5
+        --lr-patience "${LR_PATIENCE:-2}" --warmup-updates "$WARMUP"
         --label-smoothing 0.1 --max-tokens 2048 $(recipe_cpu_flag) --num-workers 0
         --log-format simple --log-interval 100 --no-progress-bar --ddp-backend legacy_ddp --decoder-langtok)
-SYSTEMS="static_shallow static_deep latent_deep"
 latent_system() {  # DIRECTION SEED SYSTEM: train to convergence, score every pair of the direction
   local dir="$1" seed="$2" sys="$3" LP out args task l s t
   LP="$(pairs "$dir")"; out="$WORK_DIR/seed$seed/$dir/$sys"
@@ -77,19 +82,36 @@ latent_system() {  # DIRECTION SEED SYSTEM: train to convergence, score every pa
     if [ "$dir" = o2m ]; then s="$TGT"; t="$l"; else s="$l"; t="$TGT"; fi
     ev_eval "$sys" "$seed" "$out" "$DATA" "$s" "$t" --task "$task" -- --lang-pairs "$LP" --decoder-langtok
   done
+  [ "$sys" = latent_deep ] || return 0
+  # the pruned model: one plain Transformer per language with only the layers its gates select
+  "$PY" "$ROOT/scripts/prune_latent_depth.py" "$out/checkpoint_best.pt" --out-dir "$out/pruned" --data "$DATA" --force
+  for l in $LANGS; do
+    if [ "$dir" = o2m ]; then s="$TGT"; t="$l"; else s="$l"; t="$TGT"; fi
+    "$PY" -m fairseq_metabt.evidence evaluate "$DATA" --work-dir "$WORK_DIR" --system latent_pruned --seed "$seed" \
+      --save-dir "$out" --path "$out/pruned/checkpoint.$l.pt" -s "$s" -t "$t" --task "$task" -- --lang-pairs "$LP" --decoder-langtok
+  done
 }
+for sys in $SYSTEMS; do
+  case "$sys" in static_shallow|static_deep|latent_deep) ;; *) recipe_die "unknown system $sys (see --help)";; esac
+done
 # every (direction, seed, system) is independent: JOBS of them at a time, the deep ones first
 for dir in $DIRS; do for seed in $SEEDS; do for sys in latent_deep static_deep static_shallow; do
+  [[ " $SYSTEMS " == *" $sys "* ]] || continue
   ev_pool_run "$dir.seed$seed.$sys" latent_system "$dir" "$seed" "$sys"
 done; done; done
 ev_pool_wait
 set -- $SEEDS
 for dir in $DIRS; do  # the layer-selection heatmap of the first seed's latent model
+  [ -f "$WORK_DIR/seed$1/$dir/latent_deep/checkpoint_best.pt" ] || continue
   [ -f "$WORK_DIR/heatmap.$dir.png" ] || "$PY" "$ROOT/scripts/plot_latent_layers.py" \
     "$WORK_DIR/seed$1/$dir/latent_deep/checkpoint_best.pt" --out "$WORK_DIR/heatmap.$dir.png" \
     --json "$WORK_DIR/heatmap.$dir.json" --title "$dir, latent deep ($DEEP layers, K=$SHALLOW), seed $1"
 done
-ev_compare --control static_deep --systems $SYSTEMS --also latent_deep:static_shallow --same-schedule $SYSTEMS \
+CMP=$SYSTEMS; ALSO=()
+[[ " $SYSTEMS " == *" latent_deep "* ]] && CMP="$CMP latent_pruned"
+[[ " $SYSTEMS " == *" latent_deep "* && " $SYSTEMS " == *" static_shallow "* ]] && ALSO=(--also latent_deep:static_shallow)
+# shellcheck disable=SC2086
+ev_compare --control static_deep --systems $CMP "${ALSO[@]+"${ALSO[@]}"}" --same-schedule $SYSTEMS \
   --title "Latent depth, miniature: static shallow ($SHALLOW) / static deep ($DEEP) / latent deep (K = $SHALLOW)" \
   --corpus "${RAW_DIR:-synthetic multilingual preset, corpus seed 1}" \
   --command "bash examples/latent_depth/run_miniature.sh --seeds \"$SEEDS\" --directions \"$DIRS\" --shallow $SHALLOW --deep $DEEP --dim $DIM${RAW_DIR:+ --raw-dir $RAW_DIR --src $SRC --tgt $TGT --related $RELATED}"
