@@ -65,15 +65,17 @@ latent_system() {  # DIRECTION SEED SYSTEM: train to convergence, score every pa
     static_deep)    args=(--task multilingual_translation --arch multilingual_transformer --share-encoders
                           --share-decoders --criterion label_smoothed_cross_entropy $(sizes "$DEEP"));;
     latent_deep)    args=(--task latent_depth_translation --arch latent_depth_transformer $(sizes "$DEEP")
-                          --criterion latent_layers_loss --encoder-latent-layers --decoder-latent-layers
+                          --criterion latent_layers_loss
                           --latent-kl-weight 0.1 --latent-kl-anneal-updates 1000 --latent-lk-weight 0.1
                           --latent-soft-updates 400 --latent-gate-lr 0.01 --latent-inner-steps 2
                           --latent-prior uniform $LATENT_EXTRA)
-                    # K layers selected per language on the language-specific side, threshold on the other
-                    if [ "$dir" = o2m ]; then args+=(--decoder-target-layers "$SHALLOW" --decoder-latent-select topk
-                                                     --encoder-latent-select threshold);
-                    else args+=(--encoder-target-layers "$SHALLOW" --encoder-latent-select topk
-                                --decoder-latent-select threshold); fi;;
+                    # latent layers on the language-specific side only (the decoder for o2m, the encoder for
+                    # m2o, as in the paper's Tables 2/3), K of them selected per language; the shared side
+                    # stays static: gating it too drops its layers at random in training (q near 0.5)
+                    if [ "$dir" = o2m ]; then args+=(--decoder-latent-layers --decoder-target-layers "$SHALLOW"
+                                                     --decoder-latent-select topk);
+                    else args+=(--encoder-latent-layers --encoder-target-layers "$SHALLOW"
+                                --encoder-latent-select topk); fi;;
   esac
   # shellcheck disable=SC2086
   ev_train "$out" "$DATA" --user-dir "$USER_DIR" --lang-pairs "$LP" "${args[@]}" "${COMMON[@]}" --seed "$seed" $EXTRA_TRAIN
