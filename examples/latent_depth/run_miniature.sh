@@ -18,7 +18,7 @@ latent_deep is scored twice: as trained (gates in eval mode) and as `latent_prun
 language that keeps only the layers its gates select (scripts/prune_latent_depth.py), which must score the same.
 Every system trains at lr LR (1.5e-3) after --warmup updates and halves it after LR_PATIENCE (2) validations
 without a new best dev score (--lr-scheduler plateau_updates), so each run anneals before --patience stops it.
-Knobs (environment): LR, LR_PATIENCE.'
+Knobs (environment): LR, LR_PATIENCE, GATE_UPDATES (200: relaxed gates and the KL anneal, then L_K'"'"'s ramp).'
 SRC=lrl; TGT=tgt; RELATED="hrl"; SEEDS="1 2 3"; WORK_DIR="$ROOT/runs/latent_depth_miniature"
 PATIENCE=5; VALIDATE_EVERY=50; MAX_UPDATE=10000; METRIC=nll_loss
 # shellcheck source=../../scripts/recipe_lib.sh
@@ -56,6 +56,13 @@ COMMON=(--optimizer adam --adam-betas "(0.9,0.98)" --lr "${LR:-1.5e-3}" --lr-sch
         --lr-patience "${LR_PATIENCE:-2}" --warmup-updates "$WARMUP"
         --label-smoothing 0.1 --max-tokens 2048 $(recipe_cpu_flag) --num-workers 0
         --log-format simple --log-interval 100 --no-progress-bar --ddp-backend legacy_ddp --decoder-langtok)
+# The gates' schedule has to finish while the model is still learning: early stopping ends a run a few
+# hundred updates after its best dev score, and the dev score is that of the top-K network. So relaxed gates
+# and the KL anneal last GATE_UPDATES updates, L_K ramps up over the next GATE_UPDATES (lambda = 1), and the
+# gate logits move at lr 0.03: the utilisation reaches K early and the network trained is the one evaluated.
+# (With a 1000-update anneal and lambda = 0.1, L_K arrived after the dev score had peaked: the run stopped at
+# update 1300 with the decoder still using 3.5 of 4 layers in training and 2 in evaluation.)
+GATE_UPDATES="${GATE_UPDATES:-200}"
 latent_system() {  # DIRECTION SEED SYSTEM: train to convergence, score every pair of the direction
   local dir="$1" seed="$2" sys="$3" LP out args task l s t
   LP="$(pairs "$dir")"; out="$WORK_DIR/seed$seed/$dir/$sys"
@@ -66,8 +73,8 @@ latent_system() {  # DIRECTION SEED SYSTEM: train to convergence, score every pa
                           --share-decoders --criterion label_smoothed_cross_entropy $(sizes "$DEEP"));;
     latent_deep)    args=(--task latent_depth_translation --arch latent_depth_transformer $(sizes "$DEEP")
                           --criterion latent_layers_loss
-                          --latent-kl-weight 0.1 --latent-kl-anneal-updates 1000 --latent-lk-weight 0.1
-                          --latent-soft-updates 400 --latent-gate-lr 0.01 --latent-inner-steps 2
+                          --latent-kl-weight 0.1 --latent-kl-anneal-updates "$GATE_UPDATES" --latent-lk-weight 1
+                          --latent-soft-updates "$GATE_UPDATES" --latent-gate-lr 0.03 --latent-inner-steps 2
                           --latent-prior uniform $LATENT_EXTRA)
                     # latent layers on the language-specific side only (the decoder for o2m, the encoder for
                     # m2o, as in the paper's Tables 2/3), K of them selected per language; the shared side
