@@ -137,19 +137,26 @@ ev_pool_run() {
   local name="$1"; shift
   while [ "$(jobs -rp | wc -l)" -ge "$RECIPE_JOBS" ]; do sleep 1; done
   mkdir -p "$WORK_DIR/logs"
-  local log="$WORK_DIR/logs/$name.log"
+  local log="$WORK_DIR/logs/$name.log" rcfile="$WORK_DIR/logs/$name.rc"
+  rm -f "$rcfile"
   echo "--- start $name (log: $log)"
   ( set +e; "$@" >>"$log" 2>&1; rc=$?  # appended: a re-run (systems reused) keeps the earlier output
     if [ $rc -eq 0 ]; then echo "--- done $name: $(grep -F '[evidence]' "$log" | tail -n 2 | tr '\n' ' ')"
     else echo "--- FAILED $name (exit $rc); last lines of $log:"; tail -n 15 "$log"; fi
-    exit $rc ) &
+    echo "$rc" > "$rcfile"; exit $rc ) &
   EV_PIDS+=("$!"); EV_NAMES+=("$name")
 }
 
-# ev_pool_wait: wait for every job started since the last barrier; die if one failed.
+# ev_pool_wait: wait for every job started since the last barrier; die if one failed. Each job's exit
+# status is read from the file it wrote, not from `wait PID`: bash forgets the status of a finished
+# job whose pid the system has reused meanwhile ("pid N is not a child of this shell").
 ev_pool_wait() {
-  local i failed=()
-  for i in "${!EV_PIDS[@]}"; do wait "${EV_PIDS[$i]}" || failed+=("${EV_NAMES[$i]}"); done
+  local i rc failed=()
+  wait
+  for i in "${!EV_NAMES[@]}"; do
+    rc="$(cat "$WORK_DIR/logs/${EV_NAMES[$i]}.rc" 2>/dev/null || echo missing)"
+    [ "$rc" = 0 ] || failed+=("${EV_NAMES[$i]}")
+  done
   EV_PIDS=(); EV_NAMES=()
   [ ${#failed[@]} -eq 0 ] || recipe_die "failed: ${failed[*]} (their logs are in $WORK_DIR/logs/)"
 }
