@@ -130,7 +130,7 @@ recipe_cpu_flag() {
 # (nproc honours OMP_NUM_THREADS, which this file sets to 1: count the cores without it)
 RECIPE_JOBS="${JOBS:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 1)}"
 [[ "$RECIPE_JOBS" =~ ^[1-9][0-9]*$ ]] || recipe_die "JOBS must be a positive integer, got '$RECIPE_JOBS'"
-EV_PIDS=(); EV_NAMES=()
+EV_NAMES=()
 
 # ev_pool_run NAME command...: run a command (a shell function or program) as a background job.
 ev_pool_run() {
@@ -144,7 +144,7 @@ ev_pool_run() {
     if [ $rc -eq 0 ]; then echo "--- done $name: $(grep -F '[evidence]' "$log" | tail -n 2 | tr '\n' ' ')"
     else echo "--- FAILED $name (exit $rc); last lines of $log:"; tail -n 15 "$log"; fi
     echo "$rc" > "$rcfile"; exit $rc ) &
-  EV_PIDS+=("$!"); EV_NAMES+=("$name")
+  EV_NAMES+=("$name")
 }
 
 # ev_pool_wait: wait for every job started since the last barrier; die if one failed. Each job's exit
@@ -157,6 +157,6 @@ ev_pool_wait() {
     rc="$(cat "$WORK_DIR/logs/${EV_NAMES[$i]}.rc" 2>/dev/null || echo missing)"
     [ "$rc" = 0 ] || failed+=("${EV_NAMES[$i]}")
   done
-  EV_PIDS=(); EV_NAMES=()
+  EV_NAMES=()
   [ ${#failed[@]} -eq 0 ] || recipe_die "failed: ${failed[*]} (their logs are in $WORK_DIR/logs/)"
 }

@@ -87,15 +87,13 @@ latent_system() {  # DIRECTION SEED SYSTEM: train to convergence, score every pa
   # shellcheck disable=SC2086
   ev_train "$out" "$DATA" --user-dir "$USER_DIR" --lang-pairs "$LP" "${args[@]}" "${COMMON[@]}" --seed "$seed" $EXTRA_TRAIN
   task=multilingual_translation; [ "$sys" = latent_deep ] && task=latent_depth_translation
+  # the pruned model: one plain Transformer per language with only the layers its gates select
+  [ "$sys" = latent_deep ] && "$PY" "$ROOT/scripts/prune_latent_depth.py" "$out/checkpoint_best.pt" \
+    --out-dir "$out/pruned" --data "$DATA" --force
   for l in $LANGS; do
     if [ "$dir" = o2m ]; then s="$TGT"; t="$l"; else s="$l"; t="$TGT"; fi
     ev_eval "$sys" "$seed" "$out" "$DATA" "$s" "$t" --task "$task" -- --lang-pairs "$LP" --decoder-langtok
-  done
-  [ "$sys" = latent_deep ] || return 0
-  # the pruned model: one plain Transformer per language with only the layers its gates select
-  "$PY" "$ROOT/scripts/prune_latent_depth.py" "$out/checkpoint_best.pt" --out-dir "$out/pruned" --data "$DATA" --force
-  for l in $LANGS; do
-    if [ "$dir" = o2m ]; then s="$TGT"; t="$l"; else s="$l"; t="$TGT"; fi
+    [ "$sys" = latent_deep ] || continue
     "$PY" -m fairseq_metabt.evidence evaluate "$DATA" --work-dir "$WORK_DIR" --system latent_pruned --seed "$seed" \
       --save-dir "$out" --path "$out/pruned/checkpoint.$l.pt" -s "$s" -t "$t" --task "$task" -- --lang-pairs "$LP" --decoder-langtok
   done
