@@ -21,3 +21,12 @@ def test_baseline_benchmark_prints_ratio_last(quickstart_bin, tmp_path):
     counts = [re.search(r"num. shared model params: ([\d,]+)", open(tmp_path / f"baseline.{r}.log").read()).group(1)
               for r in ("baseline", "method")]
     assert counts[0] == counts[1]
+
+
+def test_sampling_benchmark_prints_both_samplers_and_the_ratio_last():
+    out = run([sys.executable, os.path.join(ROOT, "scripts", "benchmark_sampling.py"), "--vocab", "60",
+               "--batch", "8", "--repeats", "2"]).stdout
+    lines = [line for line in out.strip().splitlines() if line.strip()]
+    assert re.fullmatch(r"ratio=\d+\.\d+", lines[-1]), lines[-3:]
+    for name in ("fairseq", "plugin"):
+        assert re.match(rf"{name}\s+median\s+\d+\.\d+ ms per batch of 8", next(x for x in lines if x.startswith(name)))

@@ -44,29 +44,32 @@ def _task(**args) -> LatentDepthTranslationTask:
     return task
 
 
-def _train_toy(utilisation: str, updates: int = 300, soft_updates: int = 100):
+def _train_toy(utilisation: str, updates: int = 300, soft_updates: int = 100, deep_only: bool = False,
+               lk_form: str = "sampled", seed: int = 0):
     """Alg. 2 on two languages: ``shallow`` maps x -> x (every layer only hurts), ``deep`` maps x through a
     fixed 4-block residual network (every layer helps). Eq. 8 with the plugin's criterion terms and schedules,
-    K = 2 of 4, gates with their own Adam through the task's optimizer_step."""
-    torch.manual_seed(0)
+    K = 2 of 4, gates with their own Adam through the task's optimizer_step. ``deep_only``: one language, the
+    deep one, so every layer is equally useful and L_K alone has to decide which two to keep."""
+    torch.manual_seed(seed)
     teacher = _blocks()
     for p in teacher.parameters():
         p.data.mul_(1.5)
-    model = _GatedStack(2)
+    langs = (1,) if deep_only else (0, 1)
+    model = _GatedStack(len(langs))
     task = _task(latent_gate_lr=0.05)
     crit = LatentLayersLossCriterion(SimpleNamespace(target_dictionary=Dictionary()), False, 0.0,
                                      latent_kl_weight=0.1, latent_kl_anneal_updates=50, latent_lk_weight=0.1,
-                                     latent_lk_utilisation=utilisation)
+                                     latent_lk_utilisation=utilisation, latent_lk_form=lk_form)
     theta = torch.optim.Adam(model.parameters(), lr=1e-2)
     for update in range(updates):
-        for lang in (0, 1):  # shallow, deep: one batch each per update
+        for row, lang in enumerate(langs):  # shallow, deep: one batch each per update
             x = torch.randn(32, DIM)
             with torch.no_grad():
                 y = x
                 for block in teacher if lang == 1 else ():
                     y = y + block(y)
-            out = model(x, lang, update, soft_updates, tau=5.0)
-            kl, lk = crit.latent_terms({"lang": lang, "decoder": {"q_all": model.decoder_latent.probs(), "k": 2}})
+            out = model(x, row, update, soft_updates, tau=5.0)
+            kl, lk = crit.latent_terms({"lang": row, "decoder": {"q_all": model.decoder_latent.probs(), "k": 2}})
             beta, lam = crit.latent_weights(update)
             (((out - y) ** 2).mean() + beta * kl + lam * lk).backward()
         task.optimizer_step(SimpleNamespace(step=theta.step), model, update)
@@ -84,6 +87,19 @@ def test_two_languages_learn_different_depths():
     assert q[1].mean() - q[0].mean() > 0.4, q
     # the gates left the threshold (at init every q = 0.73)
     assert (q - 0.5).abs().max() > 0.45 and q[0].min() < 0.1 and q[1].max() > 0.9, q
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sampled_lk_decides_between_equally_useful_layers(seed):
+    """The miniature's failure mode (issue 12): every layer helps equally and K = 2 of 4. L_K of the expected
+    count leaves the gates spread around 0.5 (any spread meets K in expectation); the paper's L_K on sampled
+    gates, whose variance term discretises them, keeps two layers and drops two."""
+    sampled = _train_toy("aggregated", updates=400, deep_only=True, seed=seed).probs().detach()[0]
+    mean = _train_toy("aggregated", updates=400, deep_only=True, lk_form="mean", seed=seed).probs().detach()[0]
+    assert (mean - 0.5).abs().mean() < 0.15, mean
+    assert (sampled - 0.5).abs().mean() > 0.35, sampled
+    top, bottom = sampled.sort(descending=True).values.split(2)
+    assert top.min() > 0.85 and bottom.max() < 0.15, sampled
 
 
 def test_lk_per_language_forces_the_shallow_language_deeper():

@@ -206,7 +206,7 @@ def test_criterion_one_backward_kl_on_the_batch_language_lk_on_the_utilisation(u
     lam = 0.5
     crit = LatentLayersLossCriterion(SimpleNamespace(target_dictionary=d), False, 0.1, latent_kl_weight=1.0,
                                      latent_kl_anneal_updates=0, latent_prior="uniform", latent_lk_weight=lam,
-                                     latent_lk_utilisation=utilisation)
+                                     latent_lk_utilisation=utilisation, latent_lk_form="mean")
     src, lengths, prev = _batch()
     sample = {"net_input": {"src_tokens": src, "src_lengths": lengths, "prev_output_tokens": prev,
                             "latent_lang": 1},
@@ -239,25 +239,34 @@ def test_criterion_one_backward_kl_on_the_batch_language_lk_on_the_utilisation(u
     assert "q_dec_bb_3" in log and "q_enc_bb_0" in log
 
 
-def test_lk_on_aggregated_utilisation_equals_brute_force_expectation():
-    """L_K = (E[number of selected layers] - K)^2 with z drawn from the aggregated posterior: enumerate all 2^L
-    gate vectors per language, average over languages, and compare value and gradient with the criterion's."""
+def _brute_lk(q_all: torch.Tensor, k: int, sampled: bool) -> torch.Tensor:
+    """Enumerate every joint 0/1 gate configuration z of all languages (2^(N L) of them): E_z[(count(z) - K)^2]
+    (sampled) or (E_z[count(z)] - K)^2 (mean), count(z) = sum_l mean_n z_{n,l}."""
     import itertools
 
+    n_langs, layers = q_all.shape
+    e_count, e_square = 0.0, 0.0
+    for bits in itertools.product([0.0, 1.0], repeat=n_langs * layers):
+        z = torch.tensor(bits, dtype=q_all.dtype).view(n_langs, layers)
+        p = torch.prod(q_all ** z * (1 - q_all) ** (1 - z))
+        count = z.sum() / n_langs
+        e_count, e_square = e_count + p * count, e_square + p * (count - k) ** 2
+    return e_square if sampled else (e_count - k) ** 2
+
+
+@pytest.mark.parametrize("form", ["sampled", "mean"])
+def test_lk_equals_brute_force_expectation_over_sampled_gates(form):
+    """L_K on the utilisation aggregated over languages: value and gradient against an enumeration of all gate
+    configurations. ``sampled`` (default) is E_z[L_K(z)]: it has the variance term that discretises the gates;
+    ``mean`` is L_K of the expected count."""
     torch.manual_seed(0)
-    logits = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    logits = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
     k = 2
     crit = LatentLayersLossCriterion(SimpleNamespace(target_dictionary=_dictionary()), False, 0.0,
-                                     latent_lk_weight=1.0, latent_lk_utilisation="aggregated")
+                                     latent_lk_weight=1.0, latent_lk_utilisation="aggregated", latent_lk_form=form)
     q_all = torch.sigmoid(logits)
     ours = crit.latent_terms({"lang": 1, "decoder": {"q_all": q_all, "k": k}})[1]
-    expected_layers = 0.0
-    for n in range(3):
-        for z in itertools.product([0.0, 1.0], repeat=5):
-            z = torch.tensor(z, dtype=torch.float64)
-            p = torch.prod(q_all[n] ** z * (1 - q_all[n]) ** (1 - z))
-            expected_layers = expected_layers + p * z.sum() / 3
-    brute = (expected_layers - k) ** 2
+    brute = _brute_lk(q_all, k, form == "sampled")
     assert torch.allclose(ours, brute)
     g_ours, = torch.autograd.grad(ours, logits, retain_graph=True)
     g_brute, = torch.autograd.grad(brute, logits)
@@ -265,7 +274,22 @@ def test_lk_on_aggregated_utilisation_equals_brute_force_expectation():
     # per language instead: only the batch language's row, and its own count pushed to K
     crit.lk_utilisation = "language"
     per_lang = crit.latent_terms({"lang": 1, "decoder": {"q_all": q_all, "k": k}})[1]
-    assert torch.allclose(per_lang, (q_all[1].sum() - k) ** 2)
+    assert torch.allclose(per_lang, _brute_lk(q_all[1:2], k, form == "sampled"))
+
+
+def test_sampled_lk_separates_gates_that_share_the_expected_count():
+    """Three gates at q = 1/3 meet K = 1 in expectation: the mean form is flat there (zero gradient), the sampled
+    form moves the gates apart (the mean term then restores the count), away from the symmetric spread."""
+    logits = torch.logit(torch.tensor([[1 / 3 + 0.01, 1 / 3, 1 / 3 - 0.01]], dtype=torch.float64)).requires_grad_()
+    grads = {}
+    for form in ("sampled", "mean"):
+        crit = LatentLayersLossCriterion(SimpleNamespace(target_dictionary=_dictionary()), False, 0.0,
+                                         latent_lk_weight=1.0, latent_lk_form=form)
+        lk = crit.latent_terms({"lang": 0, "decoder": {"q_all": torch.sigmoid(logits), "k": 1}})[1]
+        grads[form], = torch.autograd.grad(lk, logits)
+    assert grads["mean"].abs().max() < 1e-12
+    descent = -grads["sampled"][0]
+    assert descent[0] > descent[1] > descent[2], descent  # the spread widens: the leader is held back least
 
 
 def test_lk_starts_after_the_kl_anneal():

@@ -46,12 +46,14 @@ from fairseq_metabt.modules.latent_layers import (
     annealed_lk_weight,
     kl_aggregated_prior,
     kl_uniform_prior,
+    expected_layer_count_loss,
     layer_count_loss,
     layer_utilisation,
 )
 
 LATENT_PRIOR_CHOICES = ChoiceEnum(["uniform", "aggregated"])
 LK_UTILISATION_CHOICES = ChoiceEnum(["aggregated", "language"])
+LK_FORM_CHOICES = ChoiceEnum(["sampled", "mean"])
 
 
 @dataclass
@@ -73,13 +75,19 @@ class LatentLayersLossConfig(LabelSmoothedCrossEntropyCriterionConfig):
         default="aggregated", metadata={"help": "utilisation u_l that L_K constrains: aggregated (mean over "
                                                 "languages, each language keeps its own depth) or language "
                                                 "(the batch language's q: every language forced to K)"})
+    latent_lk_form: LK_FORM_CHOICES = field(
+        default="sampled", metadata={"help": "sampled: L_K on the sampled 0/1 gates, in expectation "
+                                             "(sum_l u_l - K)^2 + Var(layer count), whose variance term "
+                                             "discretises the gates (the paper's L_K); mean: (sum_l u_l - K)^2 "
+                                             "on the gate probabilities only, which fixes the expected depth "
+                                             "but lets q spread evenly over layers"})
 
 
 @register_criterion("latent_layers_loss", dataclass=LatentLayersLossConfig)
 class LatentLayersLossCriterion(LabelSmoothedCrossEntropyCriterion):
     def __init__(self, task, sentence_avg, label_smoothing, latent_kl_weight=1.0, latent_kl_anneal_updates=0,
                  latent_prior="uniform", latent_lk_weight=0.0, latent_lk_utilisation="aggregated",
-                 ignore_prefix_size=0, report_accuracy=False):
+                 latent_lk_form="sampled", ignore_prefix_size=0, report_accuracy=False):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         if latent_kl_weight < 0 or latent_lk_weight < 0:
             raise UserError(f"--latent-kl-weight and --latent-lk-weight must be >= 0, "
@@ -89,6 +97,7 @@ class LatentLayersLossCriterion(LabelSmoothedCrossEntropyCriterion):
         self.prior = str(latent_prior)
         self.lk_weight = latent_lk_weight
         self.lk_utilisation = str(latent_lk_utilisation)
+        self.lk_form = str(latent_lk_form)
 
     def latent_terms(self, latent: dict):
         """``(KL, L_K)`` of one batch (Eq. 8), summed over the gated sides, as differentiable tensors."""
@@ -101,8 +110,14 @@ class LatentLayersLossCriterion(LabelSmoothedCrossEntropyCriterion):
             q = q_all[lang]
             kl = kl + (kl_uniform_prior(q) if self.prior == "uniform" else kl_aggregated_prior(q, q_all))
             if k is not None:
-                lk = lk + layer_count_loss(layer_utilisation(q_all) if self.lk_utilisation == "aggregated" else q, k)
+                lk = lk + self._lk(q_all if self.lk_utilisation == "aggregated" else q.unsqueeze(0), k)
         return torch.as_tensor(kl), torch.as_tensor(lk)
+
+    def _lk(self, q_rows: torch.Tensor, k: int) -> torch.Tensor:
+        """L_K over the ``(N, L)`` gate probabilities of the languages sharing the layer count."""
+        if self.lk_form == "sampled":
+            return expected_layer_count_loss(q_rows, k)
+        return layer_count_loss(layer_utilisation(q_rows), k)
 
     def latent_weights(self, num_updates: int):
         """``(beta, lambda)`` at update ``num_updates``: beta anneals from 0; L_K starts after the anneal."""

@@ -20,6 +20,48 @@ from fairseq_metabt.errors import UserError
 GENERATION_MODES = ("sample", "greedy", "beam")
 
 
+def inverse_cdf_sample(probs: torch.Tensor) -> torch.Tensor:
+    """One draw per row from unnormalised probabilities ``(..., V)``: indices of shape ``(...)``.
+
+    The same distribution as ``torch.multinomial(probs, 1)``, drawn by inverting the row's CDF with one
+    uniform number per row instead of a random number per vocabulary entry: on a CPU this makes the draw
+    about 4x cheaper at V = 2k (it was ~15 % of a MetaBT update, ``docs/benchmarks.md``).  ``right=True``
+    never lands on a zero-probability entry (banned tokens, truncated top-k/top-p entries)."""
+    cdf = probs.float().cumsum(dim=-1)
+    u = torch.rand(cdf.shape[:-1] + (1,), device=cdf.device, dtype=cdf.dtype) * cdf[..., -1:]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.size(-1) - 1).squeeze(-1)
+
+
+class InverseCdfSampling(search.Sampling):
+    """fairseq's ``search.Sampling`` (temperature, top-k, top-p, beams of independent samples) with the
+    multinomial draw replaced by :func:`inverse_cdf_sample`; scores, beams and index remapping as fairseq's."""
+
+    def step(self, step: int, lprobs: torch.Tensor, scores: torch.Tensor, prev_output_tokens=None,
+             original_batch_idxs=None):
+        bsz, beam_size, _ = lprobs.size()
+        if step == 0:  # every hypothesis starts the same: draw beam_size samples from the first one
+            lprobs = lprobs[:, :1, :].contiguous()
+        top = None
+        if self.sampling_topp > 0:
+            probs, top = self._sample_topp(lprobs)
+        elif self.sampling_topk > 0:
+            lprobs, top = lprobs.topk(self.sampling_topk)
+            probs = lprobs.exp_()
+        else:
+            probs = lprobs.exp_()
+        probs = probs.expand(bsz, beam_size, -1)
+        idx = inverse_cdf_sample(probs)
+        scores_buf = probs.gather(2, idx.unsqueeze(-1)).log_().view(bsz, -1)
+        if top is not None:  # positions in the truncated set -> vocabulary ids
+            idx = top.expand(bsz, beam_size, -1).gather(2, idx.unsqueeze(-1)).squeeze(2)
+        if step == 0:
+            beams_buf = idx.new_zeros(bsz, beam_size)
+        else:
+            beams_buf = torch.arange(beam_size, device=idx.device).repeat(bsz, 1)
+            scores_buf.add_(scores[:, :, step - 1].gather(1, beams_buf))
+        return scores_buf, idx, beams_buf
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     """How to decode: ``sample`` (temperature / top-k / top-p), ``greedy`` or ``beam``."""
@@ -59,7 +101,7 @@ class InStepGenerator:
         self.model = model
         self.settings = settings
         s = settings
-        strategy = search.Sampling(tgt_dict, s.sampling_topk, s.sampling_topp) if s.mode == "sample" else None
+        strategy = InverseCdfSampling(tgt_dict, s.sampling_topk, s.sampling_topp) if s.mode == "sample" else None
         # SequenceGenerator's constructor switches the model to eval mode for good; keep the caller's mode
         with eval_mode(model):
             self.generator = SequenceGenerator(

@@ -103,6 +103,23 @@ def layer_count_loss(q: torch.Tensor, k: int) -> torch.Tensor:
     return (q.sum() - float(k)) ** 2
 
 
+def expected_layer_count_loss(q_all: torch.Tensor, k: int) -> torch.Tensor:
+    """The paper's ``L_K`` on *sampled* gates, in expectation over them (Eq. 8; App. D, Fig. 8).
+
+    ``L_K = (sum_l u_l(z) - K)^2`` with the utilisation ``u_l(z) = mean_n z_{n,l}`` of the sampled 0/1 gates
+    ``z_{n,l} ~ Bernoulli(q_{n,l})`` (independent).  Its expectation, exact and differentiable in ``q``::
+
+        E_z[L_K] = (sum_l mean_n q_{n,l} - K)^2  +  sum_{n,l} q_{n,l} (1 - q_{n,l}) / N^2
+
+    (the square of the mean plus the variance of the sampled layer count).  The first term only fixes the
+    expected depth, which any spread of ``q`` over the layers satisfies (e.g. three gates at 1/3 for K - 1
+    layers); the variance term is zero only at ``q in {0, 1}`` and is what discretises the gates, as the
+    appendix observes of ``L_K``.  ``q_all``: ``(N, L)`` gate probabilities of the N languages that share the
+    count (one row for the per-language form)."""
+    n = q_all.size(0)
+    return layer_count_loss(q_all.mean(dim=0), k) + (q_all * (1 - q_all)).sum() / n ** 2
+
+
 def layer_utilisation(q_all: torch.Tensor) -> torch.Tensor:
     """Utilisation of each layer aggregated over languages, ``u_l = mean_n q(z_l | n)``: the argument of
     L_K (Eq. 8) in the multilingual setting, so only the *average* depth is pulled to K."""
