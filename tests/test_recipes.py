@@ -114,3 +114,12 @@ def test_recipe_runs_on_a_handwritten_corpus(name, handwritten, tmp_path):
         for pair, entry in entries.items():
             rows = entry["systems"]
             assert rows["latent_pruned"]["bleu"] == rows["latent_deep"]["bleu"], (pair, rows)
+            assert {"static_shallow", "static_k", "static_deep"} <= set(rows), rows.keys()
+        # static_k has the pruned model's shape: m2o gates the encoder, so K = 1 encoder and 2 decoder layers
+        from fairseq import checkpoint_utils
+
+        state = checkpoint_utils.load_checkpoint_to_cpu(os.path.join(work, "seed1", "m2o", "static_k",
+                                                                     "checkpoint_best.pt"))
+        layers = {side: len({k.split(".")[4] for k in state["model"] if k.startswith(f"models.de-en.{side}.layers.")})
+                  for side in ("encoder", "decoder")}
+        assert layers == {"encoder": 1, "decoder": 2}, layers

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Miniature reproduction of Li et al. (2020), "Deep Transformers with Latent Depth", Tables 2/3 + Fig. 9, through
-# the evidence protocol: static shallow vs static deep vs latent deep (K = shallow depth), one-to-many and
+# the evidence protocol: static shallow, static K, static deep vs latent deep (K = shallow depth), one-to-many and
 # many-to-one, each system trained to dev convergence, several seeds; BLEU/chrF per language with Δ and p against
 # static_deep, paired by seed, and the per-language layer-selection heatmap.
 set -euo pipefail
@@ -9,13 +9,19 @@ RECIPE_USAGE='Latent-depth miniature: does a deep model with learned, per-langua
 
   bash examples/latent_depth/run_miniature.sh [shared flags] [--directions "o2m m2o"] [--shallow 2] [--deep 6]
        [--warmup 300] [--dim 128] [--sizes SYNTHETIC_SIZES] [--extra-train "fairseq-train args"]
-       [--latent-extra "args for the latent_deep system only"] [--systems "static_shallow static_deep latent_deep"]
+       [--latent-extra "args for the latent_deep system only"]
+       [--systems "static_shallow static_k static_deep latent_deep"]
 
 Languages: --src and the --related languages are the many side, --tgt the pivot (o2m: TGT -> each, m2o: each ->
 TGT). Default data: the synthetic `multilingual` preset (generated into WORK/raw/seed1). Old flags --langs and
 --pivot are accepted as aliases. Results: WORK/results/summary.json (one table per pair), WORK/heatmap.{o2m,m2o}.png.
-latent_deep is scored twice: as trained (gates in eval mode) and as `latent_pruned`, the plain Transformer per
-language that keeps only the layers its gates select (scripts/prune_latent_depth.py), which must score the same.
+Systems: static_shallow (--shallow layers on both sides), static_deep (--deep on both sides), static_k (the shape
+of the pruned latent model: --deep layers on the shared side, --shallow on the language-specific side, i.e. the
+decoder for o2m and the encoder for m2o) and latent_deep (--deep on both sides, the language-specific side gated,
+K = --shallow layers kept per language). latent_deep is scored twice: as trained (gates in eval mode) and as
+`latent_pruned`, the plain Transformer per language that keeps only the layers its gates select
+(scripts/prune_latent_depth.py), which must score the same. static_k is the control for "learned selection from
+a deep model" against "training the K-layer network directly".
 Every system trains at lr LR (1.5e-3) after --warmup updates and halves it after LR_PATIENCE (2) validations
 without a new best dev score (--lr-scheduler plateau_updates), so each run anneals before --patience stops it.
 Knobs (environment): LR, LR_PATIENCE, GATE_UPDATES (200: relaxed gates and the KL anneal, then L_K'"'"'s ramp).'
@@ -24,7 +30,7 @@ PATIENCE=5; VALIDATE_EVERY=50; MAX_UPDATE=10000; METRIC=nll_loss
 # shellcheck source=../../scripts/recipe_lib.sh
 source "$ROOT/scripts/recipe_lib.sh"
 recipe_parse "$@"
-DIRS="o2m m2o"; SHALLOW=2; DEEP=6; WARMUP=200; SYSTEMS="static_shallow static_deep latent_deep"; DIM=128; SIZES=""; EXTRA_TRAIN=""; LATENT_EXTRA=""
+DIRS="o2m m2o"; SHALLOW=2; DEEP=6; WARMUP=200; SYSTEMS="static_shallow static_k static_deep latent_deep"; DIM=128; SIZES=""; EXTRA_TRAIN=""; LATENT_EXTRA=""
 set -- "${RECIPE_ARGS[@]+"${RECIPE_ARGS[@]}"}"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -71,6 +77,10 @@ latent_system() {  # DIRECTION SEED SYSTEM: train to convergence, score every pa
                           --share-decoders --criterion label_smoothed_cross_entropy $(sizes "$SHALLOW"));;
     static_deep)    args=(--task multilingual_translation --arch multilingual_transformer --share-encoders
                           --share-decoders --criterion label_smoothed_cross_entropy $(sizes "$DEEP"));;
+    static_k)       args=(--task multilingual_translation --arch multilingual_transformer --share-encoders
+                          --share-decoders --criterion label_smoothed_cross_entropy $(sizes "$DEEP"))
+                    # the pruned latent model's shape: K layers on the language-specific side (later flag wins)
+                    if [ "$dir" = o2m ]; then args+=(--decoder-layers "$SHALLOW"); else args+=(--encoder-layers "$SHALLOW"); fi;;
     latent_deep)    args=(--task latent_depth_translation --arch latent_depth_transformer $(sizes "$DEEP")
                           --criterion latent_layers_loss
                           --latent-kl-weight 0.1 --latent-kl-anneal-updates "$GATE_UPDATES" --latent-lk-weight 1
@@ -99,10 +109,10 @@ latent_system() {  # DIRECTION SEED SYSTEM: train to convergence, score every pa
   done
 }
 for sys in $SYSTEMS; do
-  case "$sys" in static_shallow|static_deep|latent_deep) ;; *) recipe_die "unknown system $sys (see --help)";; esac
+  case "$sys" in static_shallow|static_k|static_deep|latent_deep) ;; *) recipe_die "unknown system $sys (see --help)";; esac
 done
 # every (direction, seed, system) is independent: JOBS of them at a time, the deep ones first
-for dir in $DIRS; do for seed in $SEEDS; do for sys in latent_deep static_deep static_shallow; do
+for dir in $DIRS; do for seed in $SEEDS; do for sys in latent_deep static_deep static_k static_shallow; do
   [[ " $SYSTEMS " == *" $sys "* ]] || continue
   ev_pool_run "$dir.seed$seed.$sys" latent_system "$dir" "$seed" "$sys"
 done; done; done
@@ -116,9 +126,12 @@ for dir in $DIRS; do  # the layer-selection heatmap of the first seed's latent m
 done
 CMP=$SYSTEMS; ALSO=()
 [[ " $SYSTEMS " == *" latent_deep "* ]] && CMP="$CMP latent_pruned"
-[[ " $SYSTEMS " == *" latent_deep "* && " $SYSTEMS " == *" static_shallow "* ]] && ALSO=(--also latent_deep:static_shallow)
+for c in static_k static_shallow; do  # latent deep against each static model smaller than static deep
+  if [[ " $SYSTEMS " == *" latent_deep "* && " $SYSTEMS " == *" $c "* ]]; then ALSO+=("latent_deep:$c"); fi
+done
+if [ ${#ALSO[@]} -gt 0 ]; then ALSO=(--also "${ALSO[@]}"); fi
 # shellcheck disable=SC2086
 ev_compare --control static_deep --systems $CMP "${ALSO[@]+"${ALSO[@]}"}" --same-schedule $SYSTEMS \
-  --title "Latent depth, miniature: static shallow ($SHALLOW) / static deep ($DEEP) / latent deep (K = $SHALLOW)" \
+  --title "Latent depth, miniature: static shallow ($SHALLOW) / static K / static deep ($DEEP) / latent deep (K = $SHALLOW)" \
   --corpus "${RAW_DIR:-synthetic multilingual preset, corpus seed 1}" \
   --command "bash examples/latent_depth/run_miniature.sh --seeds \"$SEEDS\" --directions \"$DIRS\" --shallow $SHALLOW --deep $DEEP --dim $DIM${RAW_DIR:+ --raw-dir $RAW_DIR --src $SRC --tgt $TGT --related $RELATED}"
