@@ -4,10 +4,13 @@
 # over several seeds, with Δ and p against baseline_ft paired by seed, and MetaBT against BT + MLE.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-ARGS=(--seeds "1 2 3" --work-dir "$ROOT/runs/metabt_miniature")
+# the miniature of docs/results/metabt.json: every system, BT + MLE included, fine-tuned at lr 2.5e-4
+ARGS=(--seeds "1 2 3" --work-dir "$ROOT/runs/metabt_miniature" --systems "baseline baseline_ft bt bt_mle metabt")
+export FT_LR="${FT_LR:-2.5e-4}"
 for a in "$@"; do
   if [ "$a" = -h ] || [ "$a" = --help ]; then
-    echo "MetaBT miniature: scripts/quickstart.sh with --seeds \"1 2 3\" --work-dir runs/metabt_miniature by default."
+    echo "MetaBT miniature: scripts/quickstart.sh with --seeds \"1 2 3\" --work-dir runs/metabt_miniature,"
+    echo "--systems \"baseline baseline_ft bt bt_mle metabt\" and FT_LR=2.5e-4 by default."
     echo "Every quickstart flag works here (later flags win):"; echo
     exec bash "$ROOT/scripts/quickstart.sh" --help
   fi
