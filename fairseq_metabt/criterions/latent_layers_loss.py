@@ -44,9 +44,9 @@ from fairseq_metabt.errors import UserError
 from fairseq_metabt.modules.latent_layers import (
     annealed_beta,
     annealed_lk_weight,
+    expected_layer_count_loss,
     kl_aggregated_prior,
     kl_uniform_prior,
-    expected_layer_count_loss,
     layer_count_loss,
     layer_utilisation,
 )

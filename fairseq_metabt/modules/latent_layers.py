@@ -99,7 +99,8 @@ def kl_aggregated_prior(q: torch.Tensor, q_all: torch.Tensor) -> torch.Tensor:
 
 
 def layer_count_loss(q: torch.Tensor, k: int) -> torch.Tensor:
-    """``L_K = (sum_l q(z_l) - K)^2``: the expected number of selected layers is pushed to K (Eq. 8)."""
+    """``(sum_l q(z_l) - K)^2``: the expected number of selected layers is pushed to K (Eq. 8's L_K on the
+    expected count only, ``--latent-lk-form mean``; see :func:`expected_layer_count_loss`)."""
     return (q.sum() - float(k)) ** 2
 
 
