@@ -63,7 +63,7 @@ COMMON=(--optimizer adam --adam-betas "(0.9,0.98)" --lr "${LR:-1.5e-3}" --lr-sch
         --label-smoothing 0.1 --max-tokens 2048 $(recipe_cpu_flag) --num-workers 0
         --log-format simple --log-interval 100 --no-progress-bar --ddp-backend legacy_ddp --decoder-langtok)
 # The gates' schedule has to finish while the model is still learning: early stopping ends a run a few
-# hundred updates after its best dev score, and the dev score is that of the top-K network. So relaxed gates
+# hundred updates after its best dev score, and the dev score is that of the selected network. So relaxed gates
 # and the KL anneal last GATE_UPDATES updates, L_K ramps up over the next GATE_UPDATES (lambda = 1), and the
 # gate logits move at lr 0.03: the utilisation reaches K early and the network trained is the one evaluated.
 # (With a 1000-update anneal and lambda = 0.1, L_K arrived after the dev score had peaked: the run stopped at
@@ -87,12 +87,15 @@ latent_system() {  # DIRECTION SEED SYSTEM: train to convergence, score every pa
                           --latent-soft-updates "$GATE_UPDATES" --latent-gate-lr 0.03 --latent-inner-steps 2
                           --latent-prior uniform $LATENT_EXTRA)
                     # latent layers on the language-specific side only (the decoder for o2m, the encoder for
-                    # m2o, as in the paper's Tables 2/3), K of them selected per language; the shared side
-                    # stays static: gating it too drops its layers at random in training (q near 0.5)
+                    # m2o, as in the paper's Tables 2/3); the shared side stays static: gating it too drops
+                    # its layers at random in training (q near 0.5). Inference keeps the layers with q > 0.5:
+                    # L_K on the aggregated utilisation fixes only the average depth at K, so a language may
+                    # keep more or fewer (m2o seed 1: 3 and 1), and top-K would evaluate a network training
+                    # never ran
                     if [ "$dir" = o2m ]; then args+=(--decoder-latent-layers --decoder-target-layers "$SHALLOW"
-                                                     --decoder-latent-select topk);
+                                                     --decoder-latent-select threshold);
                     else args+=(--encoder-latent-layers --encoder-target-layers "$SHALLOW"
-                                --encoder-latent-select topk); fi;;
+                                --encoder-latent-select threshold); fi;;
   esac
   # shellcheck disable=SC2086
   ev_train "$out" "$DATA" --user-dir "$USER_DIR" --lang-pairs "$LP" "${args[@]}" "${COMMON[@]}" --seed "$seed" $EXTRA_TRAIN
