@@ -18,7 +18,8 @@ TGT). Default data: the synthetic `multilingual` preset (generated into WORK/raw
 Systems: static_shallow (--shallow layers on both sides), static_deep (--deep on both sides), static_k (the shape
 of the pruned latent model: --deep layers on the shared side, --shallow on the language-specific side, i.e. the
 decoder for o2m and the encoder for m2o) and latent_deep (--deep on both sides, the language-specific side gated,
-K = --shallow layers kept per language). latent_deep is scored twice: as trained (gates in eval mode) and as
+L_K holding the layers kept, averaged over languages, at K = --shallow; each language keeps its layers with
+q > 0.5). latent_deep is scored twice: as trained (gates in eval mode) and as
 `latent_pruned`, the plain Transformer per language that keeps only the layers its gates select
 (scripts/prune_latent_depth.py), which must score the same. static_k is the control for "learned selection from
 a deep model" against "training the K-layer network directly".
