@@ -1,14 +1,15 @@
 #!/usr/bin/env python
 """Benchmark a method against its plain fairseq baseline, measured in one run.
 
-    python scripts/benchmark.py --method baseline [--updates 60] [--arch transformer_lowres_small]
+    python scripts/benchmark.py --method baseline [--updates 60] [--arch transformer_lowres_small] [--repeats 1]
 
 Both systems train with the real ``fairseq-train`` on the same prepared data
 (a synthetic corpus of the method's preset unless ``--bin-dir`` is given), the
 same model size and the same batches.  For each, the script prints updates/s,
 words/s and peak resident memory, and last ``ratio=<method/baseline step
-time>``.  ``baseline`` compares the plugin's architecture with the same model on
-plain fairseq.  Other methods live in ``scripts/benchmark_methods/NAME.py``,
+time>`` (with ``--repeats N``: N alternating baseline/method pairs, each
+pair's ratio, and last their median).  ``baseline`` compares the plugin's
+architecture with the same model on plain fairseq.  Other methods live in ``scripts/benchmark_methods/NAME.py``,
 each defining ``METHOD = BenchmarkMethod(build, preset=...)`` where
 ``build(bin_dir, args)`` returns ``{"method": argv, "baseline": argv}`` for
 fairseq-train (helpers here: ``common_args``, ``plain_transformer_args``,
@@ -157,7 +158,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--log-interval", type=int, default=10)
     p.add_argument("--max-tokens", type=int, default=2048)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="baseline/method pairs, run alternately; the printed ratio is the median of the pairs' ratios "
+                        "(alternating cancels slow drifts in the machine's load)")
     args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error(f"--repeats must be >= 1, got {args.repeats}")
     if args.updates < 2 * args.log_interval:
         p.error(f"--updates ({args.updates}) must be at least twice --log-interval ({args.log_interval})")
 
@@ -169,16 +175,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     bin_dir = args.bin_dir or ensure_data(work_dir, args.seed, method.preset, method.sizes)
     runs = method.build(bin_dir, args)
     started = time.time()
-    results = {}
-    for role in ("baseline", "method"):  # baseline first: it also warms the file cache
-        results[role] = run_fairseq_train(role, runs[role], os.path.join(work_dir, f"{args.method}.{role}.log"))
-    for role, m in results.items():
-        print(f"{role:8s} {m.name if role == 'method' else 'fairseq'}: updates/s={m.updates_per_s:.3f} "
-              f"words/s={m.words_per_s:.0f} step_time={m.step_time_s:.3f}s peak_rss={m.peak_rss_mib:.0f}MiB "
-              f"loss={m.final_loss:.3f}")
-    print(f"method={args.method} updates={args.updates} wall={time.time() - started:.0f}s logs={work_dir}")
-    ratio = results["method"].step_time_s / results["baseline"].step_time_s
-    print(f"ratio={ratio:.3f}")
+    ratios = []
+    for rep in range(args.repeats):
+        results = {}
+        suffix = f".{rep + 1}" if args.repeats > 1 else ""
+        for role in ("baseline", "method"):  # baseline first: it also warms the file cache
+            log = os.path.join(work_dir, f"{args.method}.{role}{suffix}.log")
+            results[role] = run_fairseq_train(role, runs[role], log)
+        for role, m in results.items():
+            print(f"{role:8s} {m.name if role == 'method' else 'fairseq'}: updates/s={m.updates_per_s:.3f} "
+                  f"words/s={m.words_per_s:.0f} step_time={m.step_time_s:.3f}s peak_rss={m.peak_rss_mib:.0f}MiB "
+                  f"loss={m.final_loss:.3f}")
+        ratios.append(results["method"].step_time_s / results["baseline"].step_time_s)
+        if args.repeats > 1:
+            print(f"pair {rep + 1}/{args.repeats}: ratio={ratios[-1]:.3f}")
+    print(f"method={args.method} updates={args.updates} repeats={args.repeats} wall={time.time() - started:.0f}s "
+          f"logs={work_dir}")
+    if args.repeats > 1:
+        print(f"ratios: median {statistics.median(ratios):.3f}, min {min(ratios):.3f}, max {max(ratios):.3f}")
+    print(f"ratio={statistics.median(ratios):.3f}")
     return 0
 
 

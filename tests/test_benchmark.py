@@ -3,24 +3,39 @@ import os
 import re
 import sys
 
-from conftest import ROOT, run
+from conftest import ROOT, fails, run
 
 
 def test_baseline_benchmark_prints_ratio_last(quickstart_bin, tmp_path):
+    """Two alternating pairs: each pair's ratio is its step times' quotient, the last line their median."""
     out = run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "--method", "baseline",
                "--bin-dir", quickstart_bin, "--work-dir", str(tmp_path), "--arch", "transformer_lowres_tiny",
-               "--updates", "12", "--log-interval", "4", "--max-tokens", "1024"]).stdout
+               "--updates", "12", "--log-interval", "4", "--max-tokens", "1024", "--repeats", "2"]).stdout
     lines = [line for line in out.strip().splitlines() if line.strip()]
     assert re.fullmatch(r"ratio=\d+\.\d+", lines[-1]), lines[-3:]
     ratio = float(lines[-1].split("=")[1])
     assert 0.1 < ratio < 10.0
+    steps = {role: [float(re.search(r"step_time=(\d+\.\d+)s", line).group(1))
+                    for line in lines if line.startswith(role + " ")] for role in ("baseline", "method")}
+    assert len(steps["baseline"]) == len(steps["method"]) == 2
     for role in ("baseline", "method"):
         row = next(line for line in lines if line.startswith(role))
         assert re.search(r"updates/s=\d+\.\d+ words/s=\d+ step_time=\d+\.\d+s peak_rss=\d+MiB", row), row
-    # the same model on both sides: identical parameter counts in the two logs
-    counts = [re.search(r"num. shared model params: ([\d,]+)", open(tmp_path / f"baseline.{r}.log").read()).group(1)
-              for r in ("baseline", "method")]
-    assert counts[0] == counts[1]
+    pairs = [float(re.search(r"pair \d/2: ratio=(\d+\.\d+)", line).group(1)) for line in lines if line.startswith("pair")]
+    assert len(pairs) == 2
+    for pair, b, m in zip(pairs, steps["baseline"], steps["method"]):
+        assert abs(pair - m / b) < 0.01 * pair + 2e-3  # printed values are rounded
+    assert abs(ratio - (pairs[0] + pairs[1]) / 2) < 2e-3
+    # the same model on both sides: identical parameter counts in the logs
+    counts = [re.search(r"num. shared model params: ([\d,]+)", open(tmp_path / f"baseline.{r}.{i}.log").read()).group(1)
+              for r in ("baseline", "method") for i in (1, 2)]
+    assert len(set(counts)) == 1
+
+
+def test_benchmark_rejects_zero_repeats(tmp_path):
+    out = fails([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "--method", "baseline",
+                 "--work-dir", str(tmp_path), "--repeats", "0"])
+    assert "--repeats must be >= 1" in out
 
 
 def test_sampling_benchmark_prints_both_samplers_and_the_ratio_last():
