@@ -123,3 +123,9 @@ def test_recipe_runs_on_a_handwritten_corpus(name, handwritten, tmp_path):
         layers = {side: len({k.split(".")[4] for k in state["model"] if k.startswith(f"models.de-en.{side}.layers.")})
                   for side in ("encoder", "decoder")}
         assert layers == {"encoder": 1, "decoder": 2}, layers
+        # every seed's gate selection, per language, next to the first seed's heatmap
+        with open(os.path.join(work, "heatmap.m2o.seed1.json"), encoding="utf-8") as f:
+            gates = json.load(f)
+        assert sorted(gates["langs"]) == ["de", "nl"] and len(gates["encoder"]["selected"]) == 2, gates
+        assert all(v in (0.0, 1.0) for row in gates["encoder"]["selected"] for v in row), gates
+        assert os.path.exists(os.path.join(work, "heatmap.m2o.png"))

@@ -14,7 +14,9 @@ RECIPE_USAGE='Latent-depth miniature: does a deep model with learned, per-langua
 
 Languages: --src and the --related languages are the many side, --tgt the pivot (o2m: TGT -> each, m2o: each ->
 TGT). Default data: the synthetic `multilingual` preset (generated into WORK/raw/seed1). Old flags --langs and
---pivot are accepted as aliases. Results: WORK/results/summary.json (one table per pair), WORK/heatmap.{o2m,m2o}.png.
+--pivot are accepted as aliases. Results: WORK/results/summary.json (one table per pair),
+WORK/heatmap.{o2m,m2o}.seedS.{png,json} (each seed: gate probabilities and selected layers per language) and
+WORK/heatmap.{o2m,m2o}.png (first seed).
 Systems: static_shallow (--shallow layers on both sides), static_deep (--deep on both sides), static_k (the shape
 of the pruned latent model: --deep layers on the shared side, --shallow on the language-specific side, i.e. the
 decoder for o2m and the encoder for m2o) and latent_deep (--deep on both sides, the language-specific side gated,
@@ -122,11 +124,15 @@ for dir in $DIRS; do for seed in $SEEDS; do for sys in latent_deep static_deep s
 done; done; done
 ev_pool_wait
 set -- $SEEDS
-for dir in $DIRS; do  # the layer-selection heatmap of the first seed's latent model
-  [ -f "$WORK_DIR/seed$1/$dir/latent_deep/checkpoint_best.pt" ] || continue
-  [ -f "$WORK_DIR/heatmap.$dir.png" ] || "$PY" "$ROOT/scripts/plot_latent_layers.py" \
-    "$WORK_DIR/seed$1/$dir/latent_deep/checkpoint_best.pt" --out "$WORK_DIR/heatmap.$dir.png" \
-    --json "$WORK_DIR/heatmap.$dir.json" --title "$dir, latent deep ($DEEP layers, K=$SHALLOW), seed $1"
+for dir in $DIRS; do  # the layer-selection heatmap of every seed's latent model; the first seed's also unsuffixed
+  for seed in $SEEDS; do
+    ckpt="$WORK_DIR/seed$seed/$dir/latent_deep/checkpoint_best.pt"
+    [ -f "$ckpt" ] || continue
+    name="$WORK_DIR/heatmap.$dir.seed$seed"
+    [ "$ckpt" -nt "$name.json" ] && "$PY" "$ROOT/scripts/plot_latent_layers.py" "$ckpt" --out "$name.png" \
+      --json "$name.json" --title "$dir, latent deep ($DEEP layers, K=$SHALLOW), seed $seed"
+    if [ "$seed" = "$1" ]; then cp "$name.png" "$WORK_DIR/heatmap.$dir.png"; cp "$name.json" "$WORK_DIR/heatmap.$dir.json"; fi
+  done
 done
 CMP=$SYSTEMS; ALSO=()
 [[ " $SYSTEMS " == *" latent_deep "* ]] && CMP="$CMP latent_pruned"
