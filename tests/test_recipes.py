@@ -88,7 +88,8 @@ CASES = {
     "dds": ["--src", "de", "--tgt", "en", "--related", "nl,fr", "--systems", "uniform dds", "--interval", "2",
             "--arch", "transformer_lowres_tiny"],
     "latent_depth": ["--src", "de", "--tgt", "en", "--related", "nl", "--directions", "m2o", "--shallow", "1",
-                     "--deep", "2", "--dim", "32", "--warmup", "1"],
+                     "--deep", "2", "--dim", "32", "--warmup", "1",
+                     "--systems", "static_shallow static_k static_deep latent_deep latent_lang"],
     "reconstruction": ["--src", "de", "--tgt", "en", "--systems", "baseline stgs-beta0.5"],
     "wake_sleep": ["--src", "de", "--tgt", "en", "--iterations", "1"],
 }
@@ -114,7 +115,7 @@ def test_recipe_runs_on_a_handwritten_corpus(name, handwritten, tmp_path):
         for pair, entry in entries.items():
             rows = entry["systems"]
             assert rows["latent_pruned"]["bleu"] == rows["latent_deep"]["bleu"], (pair, rows)
-            assert {"static_shallow", "static_k", "static_deep"} <= set(rows), rows.keys()
+            assert {"static_shallow", "static_k", "static_deep", "latent_lang"} <= set(rows), rows.keys()
         # static_k has the pruned model's shape: m2o gates the encoder, so K = 1 encoder and 2 decoder layers
         from fairseq import checkpoint_utils
 
@@ -129,3 +130,11 @@ def test_recipe_runs_on_a_handwritten_corpus(name, handwritten, tmp_path):
         assert sorted(gates["langs"]) == ["de", "nl"] and len(gates["encoder"]["selected"]) == 2, gates
         assert all(v in (0.0, 1.0) for row in gates["encoder"]["selected"] for v in row), gates
         assert os.path.exists(os.path.join(work, "heatmap.m2o.png"))
+        # latent_lang: L_K on each language's own utilisation, in the checkpoint's config and compared
+        lang_state = checkpoint_utils.load_checkpoint_to_cpu(os.path.join(work, "seed1", "m2o", "latent_lang",
+                                                                          "checkpoint_best.pt"))
+        assert lang_state["cfg"]["criterion"]["latent_lk_utilisation"] == "language"
+        assert os.path.exists(os.path.join(work, "heatmap.m2o.latent_lang.seed1.json"))
+        for entry in entries.values():
+            also = {(a["system"], a["control"]) for a in entry["also"]}
+            assert {("latent_lang", "latent_deep"), ("latent_lang", "static_k")} <= also, also

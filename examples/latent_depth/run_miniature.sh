@@ -9,20 +9,22 @@ RECIPE_USAGE='Latent-depth miniature: does a deep model with learned, per-langua
 
   bash examples/latent_depth/run_miniature.sh [shared flags] [--directions "o2m m2o"] [--shallow 2] [--deep 6]
        [--warmup 300] [--dim 128] [--sizes SYNTHETIC_SIZES] [--extra-train "fairseq-train args"]
-       [--latent-extra "args for the latent_deep system only"]
-       [--systems "static_shallow static_k static_deep latent_deep"]
+       [--latent-extra "args for the latent systems only"]
+       [--systems "static_shallow static_k static_deep latent_deep"]   (also: latent_lang)
 
 Languages: --src and the --related languages are the many side, --tgt the pivot (o2m: TGT -> each, m2o: each ->
 TGT). Default data: the synthetic `multilingual` preset (generated into WORK/raw/seed1). Old flags --langs and
 --pivot are accepted as aliases. Results: WORK/results/summary.json (one table per pair),
-WORK/heatmap.{o2m,m2o}.seedS.{png,json} (each seed: gate probabilities and selected layers per language) and
-WORK/heatmap.{o2m,m2o}.png (first seed).
+WORK/heatmap.{o2m,m2o}[.latent_lang].seedS.{png,json} (each seed: gate probabilities and selected layers per
+language) and WORK/heatmap.{o2m,m2o}.png (the first seed of latent_deep).
 Systems: static_shallow (--shallow layers on both sides), static_deep (--deep on both sides), static_k (the shape
 of the pruned latent model: --deep layers on the shared side, --shallow on the language-specific side, i.e. the
 decoder for o2m and the encoder for m2o) and latent_deep (--deep on both sides, the language-specific side gated,
 L_K holding the layers kept, averaged over languages, at K = --shallow; each language keeps its layers with
-q > 0.5). latent_deep is scored twice: as trained (gates in eval mode) and as
-`latent_pruned`, the plain Transformer per language that keeps only the layers its gates select
+q > 0.5). latent_lang, on request, is latent_deep with L_K on the utilisation of each language
+(--latent-lk-utilisation language): every language keeps K layers, the gates choose which; against latent_deep
+it measures what letting languages keep different depths is worth. latent_deep is scored twice: as trained
+(gates in eval mode) and as `latent_pruned`, the plain Transformer per language that keeps only the layers its gates select
 (scripts/prune_latent_depth.py), which must score the same. static_k is the control for "learned selection from
 a deep model" against "training the K-layer network directly".
 Every system trains at lr LR (1.5e-3) after --warmup updates and halves it after LR_PATIENCE (2) validations
@@ -84,7 +86,8 @@ latent_system() {  # DIRECTION SEED SYSTEM: train to convergence, score every pa
                           --share-decoders --criterion label_smoothed_cross_entropy $(sizes "$DEEP"))
                     # the pruned latent model's shape: K layers on the language-specific side (later flag wins)
                     if [ "$dir" = o2m ]; then args+=(--decoder-layers "$SHALLOW"); else args+=(--encoder-layers "$SHALLOW"); fi;;
-    latent_deep)    args=(--task latent_depth_translation --arch latent_depth_transformer $(sizes "$DEEP")
+    latent_deep|latent_lang)
+                    args=(--task latent_depth_translation --arch latent_depth_transformer $(sizes "$DEEP")
                           --criterion latent_layers_loss
                           --latent-kl-weight 0.1 --latent-kl-anneal-updates "$GATE_UPDATES" --latent-lk-weight 1
                           --latent-soft-updates "$GATE_UPDATES" --latent-gate-lr 0.03 --latent-inner-steps 2
@@ -98,11 +101,13 @@ latent_system() {  # DIRECTION SEED SYSTEM: train to convergence, score every pa
                     if [ "$dir" = o2m ]; then args+=(--decoder-latent-layers --decoder-target-layers "$SHALLOW"
                                                      --decoder-latent-select threshold);
                     else args+=(--encoder-latent-layers --encoder-target-layers "$SHALLOW"
-                                --encoder-latent-select threshold); fi;;
+                                --encoder-latent-select threshold); fi
+                    # latent_lang: L_K on the batch language's own q, so every language keeps K layers
+                    [ "$sys" = latent_lang ] && args+=(--latent-lk-utilisation language);;
   esac
   # shellcheck disable=SC2086
   ev_train "$out" "$DATA" --user-dir "$USER_DIR" --lang-pairs "$LP" "${args[@]}" "${COMMON[@]}" --seed "$seed" $EXTRA_TRAIN
-  task=multilingual_translation; [ "$sys" = latent_deep ] && task=latent_depth_translation
+  task=multilingual_translation; [[ "$sys" == latent_* ]] && task=latent_depth_translation
   # the pruned model: one plain Transformer per language with only the layers its gates select
   [ "$sys" = latent_deep ] && "$PY" "$ROOT/scripts/prune_latent_depth.py" "$out/checkpoint_best.pt" \
     --out-dir "$out/pruned" --data "$DATA" --force
@@ -115,29 +120,31 @@ latent_system() {  # DIRECTION SEED SYSTEM: train to convergence, score every pa
   done
 }
 for sys in $SYSTEMS; do
-  case "$sys" in static_shallow|static_k|static_deep|latent_deep) ;; *) recipe_die "unknown system $sys (see --help)";; esac
+  case "$sys" in static_shallow|static_k|static_deep|latent_deep|latent_lang) ;; *) recipe_die "unknown system $sys (see --help)";; esac
 done
 # every (direction, seed, system) is independent: JOBS of them at a time, the deep ones first
-for dir in $DIRS; do for seed in $SEEDS; do for sys in latent_deep static_deep static_k static_shallow; do
+for dir in $DIRS; do for seed in $SEEDS; do for sys in latent_deep latent_lang static_deep static_k static_shallow; do
   [[ " $SYSTEMS " == *" $sys "* ]] || continue
   ev_pool_run "$dir.seed$seed.$sys" latent_system "$dir" "$seed" "$sys"
 done; done; done
 ev_pool_wait
 set -- $SEEDS
 for dir in $DIRS; do  # the layer-selection heatmap of every seed's latent model; the first seed's also unsuffixed
-  for seed in $SEEDS; do
-    ckpt="$WORK_DIR/seed$seed/$dir/latent_deep/checkpoint_best.pt"
+  for seed in $SEEDS; do for sys in latent_deep latent_lang; do
+    ckpt="$WORK_DIR/seed$seed/$dir/$sys/checkpoint_best.pt"
     [ -f "$ckpt" ] || continue
-    name="$WORK_DIR/heatmap.$dir.seed$seed"
+    name="$WORK_DIR/heatmap.$dir.seed$seed"; [ "$sys" = latent_lang ] && name="$WORK_DIR/heatmap.$dir.latent_lang.seed$seed"
     [ "$ckpt" -nt "$name.json" ] && "$PY" "$ROOT/scripts/plot_latent_layers.py" "$ckpt" --out "$name.png" \
-      --json "$name.json" --title "$dir, latent deep ($DEEP layers, K=$SHALLOW), seed $seed"
-    if [ "$seed" = "$1" ]; then cp "$name.png" "$WORK_DIR/heatmap.$dir.png"; cp "$name.json" "$WORK_DIR/heatmap.$dir.json"; fi
-  done
+      --json "$name.json" --title "$dir, $sys ($DEEP layers, K=$SHALLOW), seed $seed"
+    if [ "$seed" = "$1" ] && [ "$sys" = latent_deep ]; then
+      cp "$name.png" "$WORK_DIR/heatmap.$dir.png"; cp "$name.json" "$WORK_DIR/heatmap.$dir.json"; fi
+  done; done
 done
 CMP=$SYSTEMS; ALSO=()
 [[ " $SYSTEMS " == *" latent_deep "* ]] && CMP="$CMP latent_pruned"
-for c in static_k static_shallow; do  # latent deep against each static model smaller than static deep
-  if [[ " $SYSTEMS " == *" latent_deep "* && " $SYSTEMS " == *" $c "* ]]; then ALSO+=("latent_deep:$c"); fi
+for pair in latent_deep:static_k latent_deep:static_shallow latent_lang:static_k latent_lang:latent_deep; do
+  # the latent systems against each smaller static model, and per-language depth against a fixed K per language
+  if [[ " $SYSTEMS " == *" ${pair%%:*} "* && " $SYSTEMS " == *" ${pair#*:} "* ]]; then ALSO+=("$pair"); fi
 done
 if [ ${#ALSO[@]} -gt 0 ]; then ALSO=(--also "${ALSO[@]}"); fi
 # shellcheck disable=SC2086
