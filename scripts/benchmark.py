@@ -9,8 +9,8 @@ same model size and the same batches.  For each, the script prints updates/s,
 words/s and peak resident memory, and last ``ratio=<method/baseline step
 time>`` (with ``--repeats N``: N alternating baseline/method pairs, each
 pair's ratio, and last their median).  ``baseline`` compares the plugin's
-architecture with the same model on plain fairseq.  Other methods live in ``scripts/benchmark_methods/NAME.py``,
-each defining ``METHOD = BenchmarkMethod(build, preset=...)`` where
+architecture with the same model on plain fairseq.  Other methods live in
+``scripts/benchmark_methods/NAME.py``, each defining ``METHOD = BenchmarkMethod(build, preset=...)`` where
 ``build(bin_dir, args)`` returns ``{"method": argv, "baseline": argv}`` for
 fairseq-train (helpers here: ``common_args``, ``plain_transformer_args``,
 ``USER_DIR``).
