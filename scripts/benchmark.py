@@ -10,7 +10,8 @@ words/s and peak resident memory, and last ``ratio=<method/baseline step
 time>`` (with ``--repeats N``: N alternating baseline/method pairs, each
 pair's ratio, and last their median).  ``baseline`` compares the plugin's
 architecture with the same model on plain fairseq.  Other methods live in
-``scripts/benchmark_methods/NAME.py``, each defining ``METHOD = BenchmarkMethod(build, preset=...)`` where
+``scripts/benchmark_methods/NAME.py``, each defining
+``METHOD = BenchmarkMethod(build, preset=...)`` where
 ``build(bin_dir, args)`` returns ``{"method": argv, "baseline": argv}`` for
 fairseq-train (helpers here: ``common_args``, ``plain_transformer_args``,
 ``USER_DIR``).

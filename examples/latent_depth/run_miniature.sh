@@ -25,8 +25,8 @@ q > 0.5). latent_lang, on request, is latent_deep with L_K on the utilisation of
 (--latent-lk-utilisation language): every language keeps K layers, the gates choose which; against latent_deep
 it measures what letting languages keep different depths is worth. latent_deep is scored twice: as trained
 (gates in eval mode) and as `latent_pruned`, the plain Transformer per language that keeps only the layers its
-gates select (scripts/prune_latent_depth.py), which must score the same. static_k is the control for "learned selection from
-a deep model" against "training the K-layer network directly".
+gates select (scripts/prune_latent_depth.py), which must score the same. static_k is the control for
+"learned selection from a deep model" against "training the K-layer network directly".
 Every system trains at lr LR (1.5e-3) after --warmup updates and halves it after LR_PATIENCE (2) validations
 without a new best dev score (--lr-scheduler plateau_updates), so each run anneals before --patience stops it.
 Knobs (environment): LR, LR_PATIENCE, GATE_UPDATES (200: relaxed gates and the KL anneal, then L_K'"'"'s ramp).'
