@@ -323,6 +323,56 @@ def test_soft_then_straight_through_hard_gates():
         _model("--latent-soft-updates", "-1")
 
 
+def _train_steps(model, steps: int = 3):
+    """Adam steps on straight-through hard gates from a fixed RNG; the outputs, gradients and fc1 calls."""
+    src, lengths, prev = _batch()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    fc1_with_graph = []
+    hooks = [layer.fc1.register_forward_hook(lambda m, i, o: fc1_with_graph.append(o.requires_grad))
+             for layer in model.decoder.layers]
+    outs, grads = [], []
+    model.train()
+    for step in range(steps):
+        model.set_num_updates(step)
+        torch.manual_seed(100 + step)  # same gate samples and dropout draws for both models
+        out, extra = model(src, lengths, prev, latent_lang=step % 2)
+        (out.float().log_softmax(-1).mean() + out.pow(2).mean()).backward()
+        outs.append((out.detach(), extra["latent"]["decoder"]["z"]))
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        opt.step()
+        opt.zero_grad()
+    for h in hooks:
+        h.remove()
+    return outs, grads, fc1_with_graph
+
+
+def test_switched_off_hard_gates_skip_the_layer_backward_with_identical_gradients():
+    """A straight-through gate of value 0: the layer runs without an autograd graph, and the outputs, every
+    gradient (the gate logits' included) and the Adam trajectory equal those of the full backward pass."""
+    import copy
+
+    fast = _model("--latent-soft-updates", "0", "--dropout", "0.2")
+    fast.decoder_latent.logits.data = torch.tensor([[3.0, -3.0, 3.0, -3.0], [-3.0, 3.0, -3.0, 3.0]])
+    fast.encoder_latent.logits.data = torch.tensor([[-3.0, 3.0, 3.0, 3.0], [3.0, 3.0, -3.0, -3.0]])
+    full = copy.deepcopy(fast)
+    full.skip_off_backward = False
+    outs_fast, grads_fast, graph_fast = _train_steps(fast)
+    outs_full, grads_full, graph_full = _train_steps(full)
+    assert all(graph_full) and not all(graph_fast)  # the fast model ran some layers without a graph
+    zs = torch.stack([z for _, z in outs_fast])
+    assert graph_fast == [bool(v) for v in zs.flatten().tolist()]  # exactly the layers whose gate is 0
+    for (o1, z1), (o2, z2) in zip(outs_fast, outs_full):
+        assert torch.equal(z1, z2) and torch.allclose(o1, o2, atol=1e-6, rtol=0)
+    for g1, g2 in zip(grads_fast, grads_full):
+        assert g1.keys() == g2.keys()  # a switched-off layer's parameters get a zero gradient, not None
+        for name in g1:
+            assert torch.allclose(g1[name], g2[name], atol=1e-6, rtol=1e-5), name
+    off = [i for i, v in enumerate(zs[0].tolist()) if v == 0.0]
+    assert off and all(g.abs().max() == 0 for n, g in grads_fast[0].items() if n.startswith(f"decoder.layers.{off[0]}."))
+    for (n1, p1), (n2, p2) in zip(fast.named_parameters(), full.named_parameters()):
+        assert torch.allclose(p1, p2, atol=1e-6, rtol=1e-5), n1
+
+
 def test_selection_mode_per_side():
     model = _model("--decoder-latent-select", "topk", "--decoder-target-layers", "1")
     model.encoder_latent.logits.data = torch.tensor([[2.0, -1.0, 0.5, -3.0], [-1.0, 2.0, 2.0, 1.0]])

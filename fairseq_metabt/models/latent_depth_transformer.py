@@ -44,11 +44,27 @@ from fairseq_metabt.models.transformer_lowres import set_sizes, setdefault
 class _Gated:
     """Mixin holding the gate of one layer for the current forward pass (set by the model).
 
-    ``latent`` is False on an ungated side: the layer is then fairseq's, unchanged.
+    ``latent`` is False on an ungated side: the layer is then fairseq's, unchanged.  ``gate_off`` is True
+    in training when the gate is a straight-through 0 (see :meth:`_residual_branch_without_backward`).
     """
 
     latent: bool = False
     gate: Optional[Tensor] = None
+    gate_off: bool = False
+
+    def _residual_branch_without_backward(self, forward, x: Tensor, *args, **kwargs):
+        """The layer's output for a straight-through gate whose value is 0, with no autograd graph.
+
+        With ``z = 0`` in value, Eq. 2's output ``x + z (y - x)`` has gradient ``I`` on ``x`` and ``0`` on the
+        layer's parameters; only ``dL/dz = <dL/dout, y - x>`` needs ``y``, as a constant.  So ``y`` is computed
+        under ``no_grad`` (same values, same dropout draws) and the layer's backward pass is skipped.  The
+        parameters still get their exact gradient, zero, through ``0 * p[0]`` (an optimizer with momentum
+        steps a zero gradient but skips a ``None`` one, and c10d DDP expects every parameter's gradient; one
+        element, not a sum, so fp16 cannot overflow it to inf and 0 * inf to NaN)."""
+        with torch.no_grad():
+            out = forward(x, *args, **kwargs)
+        params = [p for p in self.parameters() if p.requires_grad]
+        return out, (sum(p.reshape(-1)[0] for p in params) * 0.0 if params else None)
 
     def _gate_or_fail(self) -> Tensor:
         if self.gate is None:
@@ -75,10 +91,15 @@ class GatedTransformerEncoderLayer(_Gated, TransformerEncoderLayerBase):
         skip = self._skip(g)
         if skip:
             return (x, None) if self.return_fc else x
-        out = super().forward(x, encoder_padding_mask, attn_mask)
+        if self.gate_off and self.training:
+            out, anchor = self._residual_branch_without_backward(super().forward, x, encoder_padding_mask, attn_mask)
+        else:
+            out, anchor = super().forward(x, encoder_padding_mask, attn_mask), None
         if skip is False:  # eval, selected: the plain layer, bit for bit
             return out
         y, fc = out if self.return_fc else (out, None)
+        if anchor is not None:
+            y = y + anchor.to(y.dtype)
         y = x + g.to(x.dtype) * (y - x)
         return (y, fc) if self.return_fc else y
 
@@ -93,7 +114,12 @@ class GatedTransformerDecoderLayer(_Gated, TransformerDecoderLayerBase):
         skip = self._skip(g)
         if skip:
             return x, None, None
-        y, attn, state = super().forward(x, *args, **kwargs)
+        if self.gate_off and self.training:
+            (y, attn, state), anchor = self._residual_branch_without_backward(super().forward, x, *args, **kwargs)
+            if anchor is not None:
+                y = y + anchor.to(y.dtype)
+        else:
+            y, attn, state = super().forward(x, *args, **kwargs)
         if skip is False:
             return y, attn, state
         return x + g.to(x.dtype) * (y - x), attn, state
@@ -194,6 +220,8 @@ class LatentDepthTransformerModel(TransformerModel):
             for layer in side.layers:
                 layer.latent = gates is not None
         self._num_updates = 0
+        # skip the backward pass of layers whose straight-through gate is 0 (exact; False: run it, for tests)
+        self.skip_off_backward = True
         self._lang: Optional[int] = 0 if n == 1 else None
         if self._lang is not None:
             self._assign_eval_gates()
@@ -263,8 +291,11 @@ class LatentDepthTransformerModel(TransformerModel):
         for side, gates in (("encoder", self.encoder_latent), ("decoder", self.decoder_latent)):
             if gates is not None:
                 z = gates.sample(lang, tau, hard=hard)
+                # straight-through 0 gates: those layers skip their backward pass (one host read per side)
+                off = [v == 0.0 for v in z.detach().tolist()] if hard and self.skip_off_backward \
+                    else [False] * len(z)
                 for i, layer in enumerate(getattr(self, side).layers):
-                    layer.gate = z[i]
+                    layer.gate, layer.gate_off = z[i], off[i]
                 samples[side] = z.detach()
         return samples
 
