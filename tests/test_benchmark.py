@@ -46,3 +46,15 @@ def test_sampling_benchmark_prints_both_samplers_and_the_ratio_last():
     assert re.fullmatch(r"ratio=\d+\.\d+", lines[-1]), lines[-3:]
     for name in ("fairseq", "plugin"):
         assert re.match(rf"{name}\s+median\s+\d+\.\d+ ms per batch of 8", next(x for x in lines if x.startswith(name)))
+
+
+def test_latent_skip_benchmark_prints_both_passes_and_the_ratio_last():
+    out = run([sys.executable, os.path.join(ROOT, "scripts", "benchmark_latent_skip.py"), "--dim", "16",
+               "--vocab", "60", "--tokens", "64", "--steps", "2", "--repeats", "1"]).stdout
+    lines = [line for line in out.strip().splitlines() if line.strip()]
+    assert re.fullmatch(r"ratio=\d+\.\d+", lines[-1]), lines[-3:]
+    for name in ("full", "skip"):
+        assert re.match(rf"{name}\s+median\s+\d+\.\d+ ms per step", next(x for x in lines if x.startswith(name)))
+    assert "2 of 4 decoder layers kept" in out
+    bad = fails([sys.executable, os.path.join(ROOT, "scripts", "benchmark_latent_skip.py"), "--keep", "5"])
+    assert "--keep must be between 1 and --layers (4), got 5" in bad
