@@ -45,26 +45,31 @@ class _Gated:
     """Mixin holding the gate of one layer for the current forward pass (set by the model).
 
     ``latent`` is False on an ungated side: the layer is then fairseq's, unchanged.  ``gate_off`` is True
-    in training when the gate is a straight-through 0 (see :meth:`_residual_branch_without_backward`).
+    in training when the gate is a straight-through 0 (see :meth:`_forward_gated`).
     """
 
     latent: bool = False
     gate: Optional[Tensor] = None
     gate_off: bool = False
 
-    def _residual_branch_without_backward(self, forward, x: Tensor, *args, **kwargs):
-        """The layer's output for a straight-through gate whose value is 0, with no autograd graph.
+    def _forward_gated(self, forward, g: Tensor, x: Tensor, *args, **kwargs):
+        """``(out, g)``: the layer's output and the gate to apply to it.
 
-        With ``z = 0`` in value, Eq. 2's output ``x + z (y - x)`` has gradient ``I`` on ``x`` and ``0`` on the
-        layer's parameters; only ``dL/dz = <dL/dout, y - x>`` needs ``y``, as a constant.  So ``y`` is computed
-        under ``no_grad`` (same values, same dropout draws) and the layer's backward pass is skipped.  The
-        parameters still get their exact gradient, zero, through ``0 * p[0]`` (an optimizer with momentum
-        steps a zero gradient but skips a ``None`` one, and c10d DDP expects every parameter's gradient; one
-        element, not a sum, so fp16 cannot overflow it to inf and 0 * inf to NaN)."""
+        For a straight-through gate whose value is 0 (``gate_off`` in training), Eq. 2's output
+        ``x + z (y - x)`` has gradient ``I`` on ``x`` and ``0`` on the layer's parameters; only
+        ``dL/dz = <dL/dout, y - x>`` needs ``y``, as a constant.  So ``y`` is computed under ``no_grad`` (same
+        values, same dropout draws) and the layer's backward pass is skipped.  The parameters still get their
+        exact gradient, zero, through ``z + 0 * sum_p p[0]``: a scalar added to the gate, so no extra op on the
+        activations (an optimizer with momentum steps a zero gradient but skips a ``None`` one, and c10d DDP
+        expects every parameter's gradient; one element per parameter, so fp16 cannot overflow it to inf)."""
+        if not (self.gate_off and self.training):
+            return forward(x, *args, **kwargs), g
         with torch.no_grad():
             out = forward(x, *args, **kwargs)
         params = [p for p in self.parameters() if p.requires_grad]
-        return out, (sum(p.reshape(-1)[0] for p in params) * 0.0 if params else None)
+        if params:
+            g = g + sum(p.reshape(-1)[0] for p in params) * 0.0
+        return out, g
 
     def _gate_or_fail(self) -> Tensor:
         if self.gate is None:
@@ -91,15 +96,10 @@ class GatedTransformerEncoderLayer(_Gated, TransformerEncoderLayerBase):
         skip = self._skip(g)
         if skip:
             return (x, None) if self.return_fc else x
-        if self.gate_off and self.training:
-            out, anchor = self._residual_branch_without_backward(super().forward, x, encoder_padding_mask, attn_mask)
-        else:
-            out, anchor = super().forward(x, encoder_padding_mask, attn_mask), None
+        out, g = self._forward_gated(super().forward, g, x, encoder_padding_mask, attn_mask)
         if skip is False:  # eval, selected: the plain layer, bit for bit
             return out
         y, fc = out if self.return_fc else (out, None)
-        if anchor is not None:
-            y = y + anchor.to(y.dtype)
         y = x + g.to(x.dtype) * (y - x)
         return (y, fc) if self.return_fc else y
 
@@ -114,12 +114,7 @@ class GatedTransformerDecoderLayer(_Gated, TransformerDecoderLayerBase):
         skip = self._skip(g)
         if skip:
             return x, None, None
-        if self.gate_off and self.training:
-            (y, attn, state), anchor = self._residual_branch_without_backward(super().forward, x, *args, **kwargs)
-            if anchor is not None:
-                y = y + anchor.to(y.dtype)
-        else:
-            y, attn, state = super().forward(x, *args, **kwargs)
+        (y, attn, state), g = self._forward_gated(super().forward, g, x, *args, **kwargs)
         if skip is False:
             return y, attn, state
         return x + g.to(x.dtype) * (y - x), attn, state
