@@ -11,22 +11,120 @@
   user's own files in the directory are never lost.
 * :func:`open_text`: raw text is read with ``newline="\\n"`` everywhere, so a
   stray ``\\r`` never splits a line in one tool and not in another.
+* :func:`check_output`: the one gate every writer passes.  A tool never
+  writes to one of its own inputs; it writes *through* a symbolic link (the
+  link stays, its target gets the new content); it refuses a directory, a
+  device node, a FIFO or a socket, a read-only file, and an existing file
+  where the output must be new.  :func:`disk_errors` turns a full disk
+  (``ENOSPC``/``EDQUOT``) or a permission error while writing into a
+  :class:`UserError` that names the disk or the file, not a flag.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import stat
 import tempfile
-from typing import IO, Iterable, Iterator, List, Optional, Sequence
+from typing import IO, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from fairseq_metabt.errors import UserError
 
 RECORD_NAME = ".fairseq-metabt-outputs.json"
 
 
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+Inputs = Sequence[Tuple[str, Optional[str]]]  # (flag or description, path) of a tool's inputs
+
+
+def disk_full_error(path: str, error: OSError) -> UserError:
+    """The one message for a full disk (or exhausted quota) while writing ``path``."""
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    return UserError(f"no space left on the disk holding {directory} while writing {path} "
+                     f"({os.strerror(error.errno)})",
+                     "free space on that disk (or raise the quota) and run the command again, or write to "
+                     "another disk")
+
+
+@contextlib.contextmanager
+def disk_errors(path: str) -> Iterator[None]:
+    """Report a full disk or a refused write under this block as a :class:`UserError` naming ``path``."""
+    try:
+        yield
+    except UserError:
+        raise
+    except OSError as e:
+        if e.errno in _DISK_FULL:
+            raise disk_full_error(getattr(e, "filename", None) or path, e) from e
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            target = getattr(e, "filename", None) or path
+            raise UserError(f"{target}: {os.strerror(e.errno)} (while writing {path})",
+                            "check the permissions of the file and its directory, or choose another path") from e
+        raise
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_output(path: str, flag: str = "output", inputs: Inputs = (), must_be_new: bool = False) -> str:
+    """Where ``path`` may be written; refuse what must never be written.  Returns the path to replace.
+
+    * ``path`` (or what it links to) must not be one of ``inputs`` ((flag, path) pairs): a tool never
+      overwrites what it reads (``evaluate.py --hyps REF``, ``--output CKPT``);
+    * a symbolic link is written through: the returned path is its target, so the link stays;
+    * an existing directory, device node, FIFO or socket is refused (``os.replace`` would replace the
+      node itself, and a device such as ``/dev/null`` is not a file to keep results in);
+    * an existing read-only file is refused, and with ``must_be_new`` any existing file;
+    * the directory it goes into must be a directory (created when missing) that we may write to.
+    """
+    if not path:
+        raise UserError(f"{flag} is an empty path", f"pass a file name to {flag}")
+    target = os.path.realpath(path) if os.path.islink(path) else os.path.abspath(path)
+    for in_flag, in_path in inputs:
+        if in_path and os.path.exists(in_path) and os.path.lexists(target) and _same_file(target, in_path):
+            raise UserError(f"{flag} {path} is {in_flag} {in_path}, an input of this command: writing it "
+                            "would destroy what is being read", f"choose another file for {flag}")
+    if os.path.lexists(target):
+        try:
+            st = os.stat(target)
+        except OSError as e:  # e.g. a link to a missing directory
+            raise UserError(f"{flag} {path} cannot be written ({os.strerror(e.errno)})",
+                            "choose another path") from e
+        if stat.S_ISDIR(st.st_mode):
+            raise UserError(f"{flag} {path} is a directory", f"pass a file name to {flag}, e.g. {path}/out")
+        if not stat.S_ISREG(st.st_mode):
+            kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+                    else "a device node")
+            raise UserError(f"{flag} {path} is {kind}, not a regular file; refusing to replace it",
+                            f"pass a regular file or a new name to {flag}")
+        if must_be_new:
+            raise UserError(f"{flag} {path} exists", f"pass --force to replace it, or choose another file for {flag}")
+        if not st.st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) or not os.access(target, os.W_OK):
+            raise UserError(f"{flag} {path} is read-only", "make it writable (chmod u+w) or choose another file")
+    parent = os.path.dirname(target)
+    probe = parent
+    while not os.path.lexists(probe):  # the nearest existing ancestor decides whether we may create it
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise UserError(f"{flag} {path}: {probe} is not a directory", f"choose another path for {flag}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: the directory {probe} is not writable",
+                        "make it writable or choose another path")
+    return target
+
+
 def open_text(path: str, mode: str = "r") -> IO[str]:
-    """A UTF-8 text file whose lines end at ``\\n`` only (the line convention of the whole project)."""
+    """A UTF-8 text file whose lines end at ``\\n`` only (the line convention of the whole project).
+
+    Opened for writing, ``path`` passes :func:`check_output` first (never a device, FIFO or directory)."""
+    if any(c in mode for c in "wax+"):
+        check_output(path)
     return open(path, mode, encoding="utf-8", newline="\n")
 
 
@@ -37,27 +135,33 @@ def _umask_mode() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str) -> Iterator[str]:
+def atomic_path(path: str, flag: str = "output", inputs: Inputs = (), must_be_new: bool = False) -> Iterator[str]:
     """A temporary path next to ``path``; moved over ``path`` when the block succeeds, removed otherwise.
 
-    For writers that take a file name (``torch.save``, ``savefig``, sentencepiece)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        yield tmp
-        os.chmod(tmp, _umask_mode())  # mkstemp's 0600 would make results private to the writer
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    For writers that take a file name (``torch.save``, ``savefig``, sentencepiece).  ``path`` passes
+    :func:`check_output` first (``flag``, ``inputs``, ``must_be_new`` are its arguments); a symbolic
+    link is written through.  A full disk is reported as such (:func:`disk_errors`)."""
+    target = check_output(path, flag, inputs, must_be_new)
+    directory = os.path.dirname(target)
+    tmp = None
+    with disk_errors(path):
+        try:
+            os.makedirs(directory, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(target) + ".", suffix=".tmp", dir=directory)
+            os.close(fd)
+            yield tmp
+            os.chmod(tmp, _umask_mode())  # mkstemp's 0600 would make results private to the writer
+            os.replace(tmp, target)
+        finally:
+            if tmp is not None and os.path.exists(tmp):
+                os.remove(tmp)
 
 
 @contextlib.contextmanager
-def atomic_write(path: str, mode: str = "w") -> Iterator[IO]:
-    """``open(path, mode)`` written atomically (text: UTF-8 with ``\\n`` line ends)."""
-    with atomic_path(path) as tmp:
+def atomic_write(path: str, mode: str = "w", flag: str = "output", inputs: Inputs = (),
+                 must_be_new: bool = False) -> Iterator[IO]:
+    """``open(path, mode)`` written atomically (text: UTF-8 with ``\\n`` line ends); see :func:`atomic_path`."""
+    with atomic_path(path, flag, inputs, must_be_new) as tmp:
         kwargs = {} if "b" in mode else {"encoding": "utf-8", "newline": "\n"}
         with open(tmp, mode, **kwargs) as f:
             yield f
@@ -65,24 +169,24 @@ def atomic_write(path: str, mode: str = "w") -> Iterator[IO]:
             os.fsync(f.fileno())
 
 
-def write_json(path: str, obj: object) -> None:
+def write_json(path: str, obj: object, flag: str = "output", inputs: Inputs = ()) -> None:
     """Write ``obj`` as indented JSON, atomically."""
-    with atomic_write(path) as f:
+    with atomic_write(path, flag=flag, inputs=inputs) as f:
         json.dump(obj, f, indent=2, ensure_ascii=False)
         f.write("\n")
 
 
-def write_text(path: str, text: str) -> None:
+def write_text(path: str, text: str, flag: str = "output", inputs: Inputs = ()) -> None:
     """Write ``text`` atomically."""
-    with atomic_write(path) as f:
+    with atomic_write(path, flag=flag, inputs=inputs) as f:
         f.write(text)
 
 
-def torch_save(obj: object, path: str) -> None:
+def torch_save(obj: object, path: str, flag: str = "output", inputs: Inputs = ()) -> None:
     """``torch.save`` atomically."""
     import torch
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path, flag, inputs) as tmp:
         torch.save(obj, tmp)
 
 

@@ -39,6 +39,7 @@ from fairseq.data import data_utils
 from fairseq.distributed import utils as distributed_utils
 from omegaconf import II
 
+from fairseq_metabt import validate
 from fairseq_metabt.data.language_sampler import seeded_generator
 from fairseq_metabt.errors import UserError, UserFileError
 from fairseq_metabt.models.dual_transformer import unwrap
@@ -84,6 +85,7 @@ class DDSWeightedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
                  dds_dev_subset="valid", dds_dev_max_tokens=2048, dds_scorer_lr=1e-4, dds_scorer_hidden=32,
                  dds_taylor_eps=1e-2, dds_freeze_scorer=False, seed=1, fp16=False, bf16=False):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
+        validate.config(locals())  # the numeric options among the arguments: finite, in range
         if dds_scorer_lr <= 0 or dds_taylor_eps <= 0 or dds_dev_max_tokens <= 0 or dds_scorer_hidden <= 0:
             raise UserError("--dds-scorer-lr, --dds-taylor-eps, --dds-dev-max-tokens and --dds-scorer-hidden must "
                              "be > 0")

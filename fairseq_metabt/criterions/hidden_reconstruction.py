@@ -31,6 +31,7 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
 from fairseq.logging import metrics
 from torch import Tensor, nn
 
+from fairseq_metabt import validate
 from fairseq_metabt.criterions.stgs_reconstruction import shift_right
 from fairseq_metabt.errors import UserError
 
@@ -59,6 +60,7 @@ class HiddenReconstructionCriterion(LabelSmoothedCrossEntropyCriterion):
                  report_accuracy: bool = False, encoder_reconstruction_weight: float = 0.5,
                  decoder_reconstruction_weight: float = 0.5, freeze_translator: bool = False):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
+        validate.config(locals())  # the numeric options among the arguments: finite, in range
         for flag, w in (("--encoder-reconstruction-weight", encoder_reconstruction_weight),
                         ("--decoder-reconstruction-weight", decoder_reconstruction_weight)):
             if not w >= 0:

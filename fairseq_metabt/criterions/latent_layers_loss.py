@@ -40,6 +40,7 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
 from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
 
+from fairseq_metabt import validate
 from fairseq_metabt.errors import UserError
 from fairseq_metabt.modules.latent_layers import (
     annealed_beta,
@@ -89,6 +90,7 @@ class LatentLayersLossCriterion(LabelSmoothedCrossEntropyCriterion):
                  latent_prior="uniform", latent_lk_weight=0.0, latent_lk_utilisation="aggregated",
                  latent_lk_form="sampled", ignore_prefix_size=0, report_accuracy=False):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
+        validate.config(locals())  # the numeric options among the arguments: finite, in range
         if latent_kl_weight < 0 or latent_lk_weight < 0:
             raise UserError(f"--latent-kl-weight and --latent-lk-weight must be >= 0, "
                              f"got {latent_kl_weight} and {latent_lk_weight}")

@@ -30,6 +30,7 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
 from fairseq.logging import metrics
 from torch import Tensor
 
+from fairseq_metabt import validate
 from fairseq_metabt.errors import UserError
 from fairseq_metabt.modules.free_running import (
     FreeRunningSample,
@@ -95,6 +96,7 @@ class StgsReconstructionCriterion(LabelSmoothedCrossEntropyCriterion):
                  report_accuracy: bool = False, stgs_tau: float = 2.0, stgs_beta: float = 0.0,
                  stgs_max_len_a: float = 1.2, stgs_max_len_b: int = 10, reconstruction_weight: float = 1.0):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
+        validate.config(locals())  # the numeric options among the arguments: finite, in range
         validate_stgs_args(stgs_tau, stgs_beta, reconstruction_weight)
         if not hasattr(task, "target_tags"):
             raise UserError("stgs_reconstruction needs --task bidirectional_translation (tagged corpus plus "

@@ -21,6 +21,7 @@ from omegaconf import II
 from fairseq.dataclass import FairseqDataclass
 from fairseq.optim.lr_scheduler import FairseqLRScheduler, register_lr_scheduler
 
+from fairseq_metabt import validate
 from fairseq_metabt.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class PlateauUpdatesSchedule(FairseqLRScheduler):
 
     def __init__(self, cfg: PlateauUpdatesConfig, optimizer):
         super().__init__(cfg, optimizer)
+        validate.config(cfg)
         if isinstance(cfg.lr, Collection) and len(cfg.lr) > 1:
             raise UserError("--lr-scheduler plateau_updates takes one --lr (got several)")
         if not 0.0 < cfg.lr_shrink < 1.0:

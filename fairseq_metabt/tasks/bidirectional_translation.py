@@ -20,6 +20,7 @@ from fairseq.data import LanguagePairDataset
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
+from fairseq_metabt import validate
 from fairseq_metabt.data.bidirectional import load_bidirectional_pair, reverse_tag_map, target_tag_prefix
 from fairseq_metabt.data.tagging import lang_tag, missing_tags
 from fairseq_metabt.errors import UserError
@@ -64,6 +65,7 @@ class BidirectionalTranslationTask(TranslationTask):
 
     def __init__(self, cfg: BidirectionalTranslationConfig, src_dict, tgt_dict) -> None:
         super().__init__(cfg, src_dict, tgt_dict)
+        validate.config(cfg)
         self.tag_map = reverse_tag_map(src_dict, cfg.source_lang, cfg.target_lang)
 
     @property

@@ -43,7 +43,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask, load_langpair_dataset
 from omegaconf import II, open_dict
 
-from fairseq_metabt import fileio
+from fairseq_metabt import fileio, validate
 from fairseq_metabt.data.language_sampler import LanguageSampledDataset, marginal, seeded_generator
 from fairseq_metabt.data.tagging import lang_tag
 from fairseq_metabt.errors import UserError, UserFileError
@@ -262,6 +262,7 @@ class DDSTranslationTask(TranslationTask):
 
     def __init__(self, cfg: DDSTranslationConfig, src_dict, tgt_dict):
         super().__init__(cfg, src_dict, tgt_dict)
+        validate.config(cfg)
         check_dds_config(cfg)
         self.pairs: List[Tuple[str, str]] = parse_lang_pairs(cfg.lang_pairs) if cfg.lang_pairs else []
         self.hub, self.hub_is_target = hub_of(self.pairs) if self.pairs else (None, True)

@@ -42,6 +42,7 @@ from fairseq.logging import metrics
 from fairseq.tasks import register_task
 from fairseq.tasks.multilingual_translation import MultilingualTranslationTask
 
+from fairseq_metabt import validate
 from fairseq_metabt.errors import UserError
 from fairseq_metabt.models.latent_depth_transformer import LatentDepthTransformerModel
 from fairseq_metabt.modules import amp
@@ -108,8 +109,14 @@ class LatentDepthTranslationTask(MultilingualTranslationTask):
                                  "many-to-one, target for one-to-many, one shared row for one pair")
         # fmt: on
 
+    @classmethod
+    def setup_task(cls, args, **kwargs):
+        validate.lang_pairs_have_data(args.data, args.lang_pairs)
+        return super().setup_task(args, **kwargs)
+
     def __init__(self, args, dicts, training):
         super().__init__(args, dicts, training)
+        validate.config(args)  # the task's, model's and criterion's options (one namespace)
         if args.latent_inner_steps < 1:
             raise UserError(f"--latent-inner-steps must be >= 1, got {args.latent_inner_steps}")
         self.latent_side, self.latent_lang_list = latent_languages(args.lang_pairs, args.latent_lang_side)

@@ -52,6 +52,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask, load_langpair_dataset
 from omegaconf import II
 
+from fairseq_metabt import validate
 from fairseq_metabt.checkpoints import initialise_directions
 from fairseq_metabt.data.batches import pair_batch, reversed_batch, source_input, strip_padding
 from fairseq_metabt.data.mono import load_mono_dataset, mono_prefix
@@ -181,6 +182,7 @@ class MetaBacktranslationTask(TranslationTask):
 
     def __init__(self, cfg: MetaBacktranslationConfig, src_dict, tgt_dict):
         super().__init__(cfg, src_dict, tgt_dict)
+        validate.config(cfg, vocab=len(src_dict))
         self._check_config(cfg)
         self.baseline = MovingAverageBaseline(cfg.meta_baseline_decay)
         self.backward_optimizer: Optional[torch.optim.Optimizer] = None

@@ -44,6 +44,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import EVAL_BLEU_ORDER, TranslationConfig, TranslationTask
 from omegaconf import II
 
+from fairseq_metabt import validate
 from fairseq_metabt.checkpoints import initialise_directions
 from fairseq_metabt.data.batches import reversed_batch, strip_padding
 from fairseq_metabt.data.mono import generated_pairs, load_mono_dataset, mono_pair_dataset, mono_prefix
@@ -156,6 +157,7 @@ class WakeSleepTranslationTask(TranslationTask):
 
     def __init__(self, cfg: WakeSleepConfig, src_dict, tgt_dict):
         super().__init__(cfg, src_dict, tgt_dict)
+        validate.config(cfg, vocab=len(src_dict))
         self._check_config(cfg)
         self.settings = GenerationSettings(cfg.ws_generation, cfg.ws_beam, cfg.ws_temperature, cfg.ws_sampling_topk,
                                            cfg.ws_sampling_topp, cfg.ws_max_len_a, cfg.ws_max_len_b)
