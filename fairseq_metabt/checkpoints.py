@@ -8,6 +8,9 @@
   translate in the direction of the model it initialises, and must have been
   trained with the run's dictionary (same symbols in the same order, compared
   by :func:`dictionary_fingerprint`), not merely one of the same size.
+* :func:`check_translates` (``scripts/evaluate.py --path``): the same two
+  checks against the data being scored, so a checkpoint of another corpus or
+  with ``-s``/``-t`` swapped is refused instead of scoring near zero.
 """
 from __future__ import annotations
 
@@ -63,11 +66,27 @@ def load(path: str, flag: str = "checkpoint") -> dict:
     try:
         state = checkpoint_utils.load_checkpoint_to_cpu(path)
     except Exception as e:  # whatever torch.load/unpickling raises on a damaged file, the file is the problem
+        if _readable_torch_file(path):  # a whole torch file that fairseq cannot use: not a checkpoint
+            raise _not_a_checkpoint(path, flag) from e
         raise _corrupt(path, flag, e) from e
     if not isinstance(state, dict) or "model" not in state:
-        raise UserError(f"{flag} {path} is not a fairseq checkpoint (it holds no model weights)",
-                        "pass a checkpoint written by fairseq-train or by the plugin's export scripts")
+        raise _not_a_checkpoint(path, flag)
     return state
+
+
+def _readable_torch_file(path: str) -> bool:
+    import torch
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return False
+    return True
+
+
+def _not_a_checkpoint(path: str, flag: str) -> UserError:
+    return UserError(f"{flag} {path} is not a fairseq checkpoint (it holds no model weights and training state)",
+                     "pass a checkpoint written by fairseq-train or by the plugin's export scripts")
 
 
 def dictionary_fingerprint(dictionary) -> str:
@@ -114,6 +133,62 @@ def checkpoint_fingerprint(state: dict) -> Tuple[Optional[str], str]:
         if os.path.isfile(path):
             return dictionary_fingerprint(Dictionary.load(path)), path
     return None, f"no dictionary found in its data directory {data}"
+
+
+def checkpoint_directions(state: dict) -> Optional[set]:
+    """The (source, target) directions a checkpoint translates, or None when it does not say.
+
+    ``--lang-pairs`` (multilingual tasks) gives its pairs; ``bidirectional_translation`` translates both
+    ways; otherwise ``-s``/``-t``."""
+    task = _task_cfg(state)
+    pairs = _get(task, "lang_pairs")
+    if pairs:
+        pairs = pairs.split(",") if isinstance(pairs, str) else list(pairs)
+        return {tuple(p.split("-", 1)) for p in pairs if "-" in p}
+    src, tgt = checkpoint_languages(state)
+    if src is None or tgt is None:
+        return None
+    if (_get(task, "_name") or _get(task, "task")) == "bidirectional_translation":
+        return {(src, tgt), (tgt, src)}
+    return {(src, tgt)}
+
+
+def load_dictionary(data_dir: str, lang: Optional[str] = None):
+    """The fairseq dictionary of a prepared data directory (``dict.LANG.txt``, else ``dict.txt``), or None."""
+    from fairseq.data import Dictionary
+
+    for name in ([f"dict.{lang}.txt"] if lang else []) + ["dict.txt"]:
+        path = os.path.join(data_dir, name)
+        if os.path.isfile(path):
+            return Dictionary.load(path)
+    return None
+
+
+def check_translates(state: dict, path: str, flag: str, src: str, tgt: str, data_dir: str) -> None:
+    """``state`` (read from ``path`` for ``flag``) translates ``src``->``tgt`` with the dictionary of ``data_dir``.
+
+    The direction and dictionary checks of the init checkpoints, applied to a checkpoint being scored."""
+    directions = checkpoint_directions(state)
+    if directions is None:
+        logger.warning("%s %s does not record its languages; cannot check that it translates %s->%s",
+                       flag, path, src, tgt)
+    elif (src, tgt) not in directions:
+        trained = ", ".join(f"{a}->{b}" for a, b in sorted(directions))
+        raise UserError(f"{flag} {path} translates {trained}, not {src}->{tgt}: its scores would be meaningless",
+                        f"pass -s/-t of a direction it was trained on, or a checkpoint trained with -s {src} -t {tgt}")
+    dictionary = load_dictionary(data_dir, src)
+    theirs, origin = checkpoint_fingerprint(state)
+    if dictionary is None or theirs is None:
+        logger.warning("%s %s: cannot check its dictionary against %s (%s); make sure it was trained on this "
+                       "prepared data", flag, path, data_dir, origin if theirs is None else "no dictionary there")
+        return
+    ours = dictionary_fingerprint(dictionary)
+    if theirs != ours:
+        raise UserError(
+            f"{flag} {path} was trained with another dictionary than {data_dir}'s (fingerprint {theirs}, {origin}; "
+            f"{data_dir}: {ours}): its token ids mean other pieces, so it cannot translate this data",
+            "score it on the data directory it was trained on, or prepare this corpus with that checkpoint's "
+            "--spm-model and --dict")
 
 
 def check_init_checkpoint(state: dict, path: str, flag: str, direction: str, langs: Tuple[str, str],

@@ -8,6 +8,12 @@ The hypotheses come from the real ``fairseq-generate`` CLI (run with the
 plugin's ``--user-dir``); the references are the untokenised raw files named in
 ``BIN_DIR/prepare.json`` (or ``--ref``), so scores are comparable with any other
 system scored by sacrebleu on the same references.
+
+Before anything runs, the checkpoint must translate ``-s``->``-t`` with
+BIN_DIR's dictionary (``checkpoints.check_translates``), the reference must be
+byte-identical to the raw file ``prepare.json`` recorded (its sha256), and no
+output (``--json``, ``--hyps``, ``--output``) may be an input (checkpoint,
+reference, a prepared file) or anything but a regular file or a new name.
 """
 from __future__ import annotations
 
@@ -24,7 +30,8 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), 
 USER_DIR = os.path.join(ROOT, "fairseq_metabt")
 sys.path.insert(0, ROOT)
 
-from fairseq_metabt import checkpoints, fileio  # noqa: E402
+from fairseq_metabt import checkpoints, fileio, validate  # noqa: E402
+from fairseq_metabt.data.raw_layout import sha256_file  # noqa: E402
 from fairseq_metabt.errors import UserError, UserFileError, cli  # noqa: E402
 
 
@@ -79,21 +86,28 @@ def evaluate(
     batch_size: int = 64,
     output: Optional[str] = None,
     hyps_out: Optional[str] = None,
+    json_out: Optional[str] = None,
 ) -> dict:
+    validate.value("--beam", beam, ">=1")
+    validate.value("--batch-size", batch_size, ">=1")
     if not os.path.exists(path):
         raise UserFileError(f"checkpoint {path} does not exist", "train first or fix --path")
     checkpoints.check_readable(path, "--path")  # a truncated file: one clear line, not fairseq-generate's OSError
-    if ref is None:
-        info_path = os.path.join(bin_dir, "prepare.json")
-        if not os.path.exists(info_path):
-            raise UserFileError(f"{info_path} missing", "pass --ref RAW_REFERENCE_FILE")
-        with open(info_path, encoding="utf-8") as f:
-            raw_dir = json.load(f)["raw_dir"]
-        ref = os.path.join(raw_dir, f"{subset}.{src}-{tgt}.{tgt}")
-        if not os.path.exists(ref):  # the pair may be stored in the other direction
-            ref = os.path.join(raw_dir, f"{subset}.{tgt}-{src}.{tgt}")
-    if not os.path.exists(ref):
-        raise UserFileError(f"reference file {ref} not found", "pass --ref")
+    ref, recorded = reference(bin_dir, src, tgt, subset, ref)
+    inputs = [("the checkpoint --path", path), ("the reference", ref)] + prepared_files(bin_dir)
+    outputs = [(flag, out) for flag, out in (("--output", output), ("--hyps", hyps_out), ("--json", json_out)) if out]
+    for i, (flag, out) in enumerate(outputs):
+        fileio.check_output(out, flag, inputs)
+        for other, earlier in outputs[:i]:
+            if os.path.abspath(earlier) == os.path.abspath(out):
+                raise UserError(f"{flag} and {other} name the same file {out}", "give each output its own file")
+    if recorded is not None and sha256_file(ref) != recorded:
+        raise UserError(f"the reference {ref} has changed since {bin_dir} was prepared (its sha256 differs from the "
+                        "one recorded in prepare.json): the binarised test set and the reference no longer match",
+                        "restore the file, or prepare the corpus again (and retrain on it)")
+    state = checkpoints.load(path, "--path")  # not a checkpoint at all: one clear line
+    checkpoints.check_translates(state, path, "--path", src, tgt, bin_dir)
+    del state
     cmd = fairseq_cli("fairseq-generate") + [
         bin_dir, "--user-dir", USER_DIR, "--task", task, "--path", path,
         "--source-lang", src, "--target-lang", tgt, "--gen-subset", subset,
@@ -105,7 +119,7 @@ def evaluate(
     ] + ([] if _cuda() else ["--cpu"]) + list(extra or [])
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if output:
-        fileio.write_text(output, proc.stdout)
+        fileio.write_text(output, proc.stdout, "--output", inputs)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-4000:])
         raise SystemExit(f"evaluate.py: fairseq-generate failed (exit {proc.returncode}): {' '.join(cmd)}")
@@ -121,9 +135,50 @@ def evaluate(
     result.update({"checkpoint": os.path.abspath(path), "pair": f"{src}-{tgt}", "subset": subset,
                    "ref": os.path.abspath(ref)})
     if hyps_out:  # detokenised hypotheses in test-set order, for paired significance tests
-        with open(hyps_out, "w", encoding="utf-8", newline="\n") as f:
+        with fileio.atomic_write(hyps_out, flag="--hyps", inputs=inputs) as f:
             f.writelines(h + "\n" for h in ordered)
+    if json_out:
+        fileio.write_json(json_out, result, "--json", inputs)
     return result
+
+
+def reference(bin_dir: str, src: str, tgt: str, subset: str, ref: Optional[str]) -> tuple:
+    """The raw reference file and the sha256 prepare.json recorded for it (None: nothing to check against)."""
+    if ref is not None:
+        if not os.path.isfile(ref):
+            raise UserFileError(f"reference file {ref} not found", "pass --ref")
+        return ref, None
+    info_path = os.path.join(bin_dir, "prepare.json")
+    if not os.path.exists(info_path):
+        raise UserFileError(f"{info_path} missing", "pass --ref RAW_REFERENCE_FILE")
+    try:
+        with open(info_path, encoding="utf-8") as f:
+            info = json.load(f)
+        raw_dir = info["raw_dir"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{info_path} is not a prepare_data.py summary ({e})",
+                        "prepare the corpus again, or pass --ref RAW_REFERENCE_FILE") from e
+    for name in (f"{subset}.{src}-{tgt}.{tgt}", f"{subset}.{tgt}-{src}.{tgt}"):  # either stored direction
+        if os.path.exists(os.path.join(raw_dir, name)):
+            break
+    ref = os.path.join(raw_dir, name)
+    if not os.path.exists(ref):
+        raise UserFileError(f"reference file {ref} not found", "pass --ref")
+    checksums = info.get("raw_files") or {}
+    if name not in checksums:
+        import logging
+
+        logging.getLogger("evaluate").warning(
+            "%s records no checksum of %s (prepared by an older version): cannot check that the reference is "
+            "the one that was binarised", info_path, ref)
+        return ref, None
+    return ref, checksums[name]
+
+
+def prepared_files(bin_dir: str) -> List[tuple]:
+    """(description, path) of every file prepare_data.py wrote into BIN_DIR: inputs, never to be overwritten."""
+    names = fileio.OutputRecord(bin_dir, "prepare_data.py").files() or []
+    return [("the prepared file", os.path.join(bin_dir, n)) for n in names]
 
 
 def _cuda() -> bool:
@@ -157,11 +212,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--hyps", help="write the detokenised hypotheses here, one per line in test-set order")
     args = p.parse_args(argv)
     result = evaluate(args.bin_dir, args.path, args.source_lang, args.target_lang, args.subset, args.beam,
-                      args.task, args.ref, extra, args.batch_size, args.output, args.hyps)
+                      args.task, args.ref, extra, args.batch_size, args.output, args.hyps, args.json)
     print(f"BLEU = {result['bleu']:.2f}  ({result['bleu_signature']})")
     print(f"chrF = {result['chrf']:.2f}  ({result['chrf_signature']})")
-    if args.json:
-        fileio.write_json(args.json, result)
     return 0
 
 

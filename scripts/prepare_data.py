@@ -3,6 +3,7 @@
 
     python scripts/prepare_data.py RAW_DIR BIN_DIR [--vocab-size 4000] [--force]
     python scripts/prepare_data.py RAW_DIR BIN_DIR --spm-model OLD/spm.model --dict OLD/dict.txt
+    python scripts/prepare_data.py RAW_DIR BIN_DIR --reuse     # recipes: keep BIN_DIR if it is this corpus
 
 One sentencepiece model is trained on every train and mono file (both sides of
 every pair), one fairseq dictionary is derived from it plus a language tag
@@ -10,6 +11,11 @@ every pair), one fairseq dictionary is derived from it plus a language tag
 binarised with fairseq's own preprocessing code against that one dictionary.
 See docs/data.md for the output layout.  Works unchanged on real corpora in the
 raw layout.
+
+``BIN_DIR/prepare.json`` records the sha256 of every raw file (``raw_files``)
+and the options: ``evaluate.py`` checks its reference against it, and
+``--reuse`` keeps a preparation only when the corpus and options are the
+same, and refuses one of another corpus instead of silently reusing it.
 """
 from __future__ import annotations
 
@@ -24,8 +30,8 @@ from typing import Dict, List, Optional
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from fairseq_metabt import fileio  # noqa: E402
-from fairseq_metabt.data.raw_layout import SPLITS, RawLayout, scan_raw_dir  # noqa: E402
+from fairseq_metabt import fileio, validate  # noqa: E402
+from fairseq_metabt.data.raw_layout import SPLITS, RawLayout, raw_checksums, scan_raw_dir  # noqa: E402
 from fairseq_metabt.data.tagging import lang_tags  # noqa: E402
 from fairseq_metabt.errors import UserError, cli  # noqa: E402
 
@@ -44,7 +50,8 @@ def train_sentencepiece(inputs: List[str], prefix: str, vocab_size: int, model_t
 
     if hasattr(spm, "set_random_generator_seed"):  # deterministic sentence sampling
         spm.set_random_generator_seed(seed)
-    spm.SentencePieceTrainer.train(
+    directory = os.path.dirname(os.path.abspath(prefix))
+    kwargs = dict(
         input=",".join(inputs),
         model_prefix=prefix,
         vocab_size=vocab_size,
@@ -57,7 +64,28 @@ def train_sentencepiece(inputs: List[str], prefix: str, vocab_size: int, model_t
         num_threads=2,
         minloglevel=2,
     )
+    with fileio.disk_errors(prefix + ".model"):
+        try:
+            spm.SentencePieceTrainer.train(**kwargs)
+        except RuntimeError as e:  # sentencepiece reports a failed write as a RuntimeError, errno lost
+            raise _spm_failure(directory, e) from e
+    if not os.path.isfile(prefix + ".model") or os.path.getsize(prefix + ".model") == 0:
+        raise _spm_failure(directory, RuntimeError("no model file was written"))
     return prefix + ".model"
+
+
+def _spm_failure(directory: str, error: BaseException) -> UserError:
+    """A sentencepiece training that failed: a full disk is named as such, anything else quoted."""
+    import shutil as _shutil
+
+    free = _shutil.disk_usage(directory).free
+    detail = " ".join(str(error).split())[:160]
+    if free < (1 << 20):
+        return UserError(f"no space left on the disk holding {directory} while sentencepiece trained its model "
+                         f"({free} bytes free; {detail})",
+                         "free space on that disk and run the command again, or choose a BIN_DIR on another disk")
+    return UserError(f"sentencepiece could not train or write its model in {directory} ({detail})",
+                     f"check the raw training files and the free space on that disk ({free >> 20} MiB free)")
 
 
 def encode_file(sp, src: str, dst: str) -> None:
@@ -89,14 +117,19 @@ def build_dictionary(sp, langs: List[str], encoded_train: List[str], path: str) 
         d.save(tmp)
 
 
-def load_spm(path: str):
-    """A sentencepiece model; an unreadable file is a :class:`PrepareError` naming it."""
+def load_spm(path: str, flag: Optional[str] = "--spm-model"):
+    """A sentencepiece model; an unreadable file is a :class:`PrepareError` naming it (and ``flag``, the
+    option that named it; None for the model this run trained)."""
     import sentencepiece as spm
 
     try:
         return spm.SentencePieceProcessor(model_file=path)
     except (RuntimeError, OSError) as e:
-        raise PrepareError(f"--spm-model {path} is not a sentencepiece model ({' '.join(str(e).split())[:120]})",
+        detail = " ".join(str(e).split())[:120]
+        if flag is None:
+            raise PrepareError(f"the sentencepiece model {path} this run trained cannot be read back ({detail})",
+                               "check the free space on its disk and run the command again") from e
+        raise PrepareError(f"{flag} {path} is not a sentencepiece model ({detail})",
                            "pass the spm.model of a prepared BIN_DIR") from e
 
 
@@ -142,9 +175,30 @@ def prepare(
     spm_model: Optional[str] = None,
     dict_path: Optional[str] = None,
     workers: int = 2,
+    reuse: bool = False,
 ) -> dict:
-    """Prepare ``raw_dir`` into ``bin_dir``; returns the summary also written to ``bin_dir/prepare.json``."""
+    """Prepare ``raw_dir`` into ``bin_dir``; returns the summary also written to ``bin_dir/prepare.json``.
+
+    With ``reuse``, a complete preparation of the same corpus (same raw checksums) with the same options
+    is kept as it is; one of another corpus or with other options is refused (never silently reused)."""
+    validate.value("--workers", workers, ">=1")
+    validate.value("--seed", seed, ">=0")
+    with fileio.disk_errors(bin_dir):
+        return _prepare(raw_dir, bin_dir, vocab_size, model_type, seed, force, spm_model, dict_path, workers, reuse)
+
+
+def _prepare(raw_dir, bin_dir, vocab_size, model_type, seed, force, spm_model, dict_path, workers, reuse) -> dict:
     layout = scan_raw_dir(raw_dir)
+    checksums = raw_checksums(layout)
+    options = {"vocab_size": vocab_size, "model_type": model_type, "seed": seed,
+               "spm_model": _sha256_or_none(spm_model), "dict": _sha256_or_none(dict_path)}
+    summary_path = os.path.join(bin_dir, "prepare.json")
+    if reuse and os.path.isfile(summary_path):
+        kept = _reusable(summary_path, layout, checksums, options)
+        if kept is not None:
+            return kept
+    if reuse and os.path.isfile(os.path.join(bin_dir, fileio.RECORD_NAME)):
+        force = True  # an interrupted preparation of ours: replace exactly what it wrote
     if (spm_model is None) != (dict_path is None):
         raise PrepareError("--spm-model and --dict go together: pass both to reuse a vocabulary, or neither.")
     for p in filter(None, (spm_model, dict_path)):
@@ -155,7 +209,6 @@ def prepare(
 
     fileio.refuse_inputs_inside(bin_dir, [("RAW_DIR", raw_dir), ("--spm-model", spm_model), ("--dict", dict_path)],
                                 TOOL)
-    summary_path = os.path.join(bin_dir, "prepare.json")
     before = set(_files_under(bin_dir))
     record = fileio.OutputRecord(bin_dir, TOOL)
     record.prepare(planned_outputs(layout, train_spm=spm_model is None), force, PrepareError)
@@ -171,7 +224,7 @@ def prepare(
     else:
         model_file = os.path.join(bin_dir, "spm.model")
         shutil.copyfile(spm_model, model_file)
-    sp = load_spm(model_file)
+    sp = load_spm(model_file, None)
 
     # 2. encode every file with it
     encoded_train: List[str] = []
@@ -222,12 +275,56 @@ def prepare(
         "splits": {f"{s}-{t}": sorted(sp_) for (s, t), sp_ in layout.bitext.items()},
         "mono": sorted(layout.mono),
         "vocab_size": sum(1 for _ in fileio.open_text(joint)),
+        "raw_files": checksums,  # sha256 of every raw file: evaluate.py and --reuse check them
+        "options": options,
     }
     # everything this run created is recorded (for the next --force), then prepare.json marks it complete
     record.write(set(record.files() or []) | (set(_files_under(bin_dir)) - before) | {"prepare.json"})
     fileio.write_json(summary_path, summary)
     logger.info("prepared %s -> %s: pairs %s, mono %s", raw_dir, bin_dir, summary["pairs"], summary["mono"])
     return summary
+
+
+def _sha256_or_none(path: Optional[str]) -> Optional[str]:
+    from fairseq_metabt.data.raw_layout import sha256_file
+
+    return sha256_file(path) if path and os.path.isfile(path) else None
+
+
+def _reusable(summary_path: str, layout: RawLayout, checksums: Dict[str, str], options: dict) -> Optional[dict]:
+    """The summary of a preparation that ``--reuse`` may keep; a refusal when it is of another corpus."""
+    import json
+
+    try:
+        with fileio.open_text(summary_path) as f:
+            old = json.load(f)
+        old_raw = old["raw_dir"]
+    except (ValueError, KeyError, TypeError):
+        return None  # not a complete summary of ours: prepared again (the output record decides what may go)
+    bin_dir = os.path.dirname(summary_path)
+    fix = (f"use another output directory (a recipe: another --work-dir), or delete {bin_dir} and everything "
+           "trained on it")
+    recorded = old.get("raw_files")
+    if recorded is None:  # prepared before checksums were recorded: only the path can be compared
+        if os.path.realpath(old_raw) != os.path.realpath(layout.root):
+            raise PrepareError(f"{bin_dir} was prepared from {old_raw}, not from {layout.root}", fix)
+        logger.warning("%s records no checksums of %s (an older preparation): reused without checking its "
+                       "content", summary_path, old_raw)
+        return old
+    if recorded != checksums:
+        changed = sorted(n for n in set(recorded) | set(checksums) if recorded.get(n) != checksums.get(n))
+        shown = ", ".join(changed[:4]) + (", ..." if len(changed) > 4 else "")
+        same = os.path.realpath(old_raw) == os.path.realpath(layout.root)
+        raise PrepareError(f"{bin_dir} was prepared from {'the files of ' if same else ''}{old_raw}, whose content "
+                           f"differs from {layout.root} ({len(changed)} files differ: {shown}); reusing it would "
+                           "train and score on the old corpus", fix)
+    before = old.get("options", options)
+    if before != options:
+        diff = ", ".join(f"{k} {before.get(k)} -> {options.get(k)}" for k in sorted(set(before) | set(options))
+                         if before.get(k) != options.get(k))
+        raise PrepareError(f"{bin_dir} was prepared from this corpus with other options ({diff})", fix)
+    logger.info("%s already holds this corpus (%d files, same checksums): reused", bin_dir, len(checksums))
+    return old
 
 
 def planned_outputs(layout: RawLayout, train_spm: bool) -> List[str]:
@@ -261,12 +358,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--spm-model", help="reuse this sentencepiece model instead of training one")
     p.add_argument("--dict", dest="dict_path", help="reuse this fairseq dictionary (with --spm-model)")
     p.add_argument("--force", action="store_true", help="replace data previously prepared in BIN_DIR")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep BIN_DIR when it already holds this corpus (same raw checksums and options); refuse "
+                        "one prepared from another corpus")
     args = p.parse_args(argv)
     if args.vocab_size < 8:
         raise PrepareError(f"--vocab-size must be at least 8, got {args.vocab_size}", "pass --vocab-size 8 or more")
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO)
     prepare(args.raw_dir, args.bin_dir, args.vocab_size, args.model_type, args.seed, args.force,
-            args.spm_model, args.dict_path, args.workers)
+            args.spm_model, args.dict_path, args.workers, args.reuse)
     return 0
 
 

@@ -10,11 +10,18 @@ The raw layout (see ``docs/data.md``) is one directory holding::
 
 Synthetic and real corpora use the same layout, so every script that reads one
 reads the other.  Validation stops at the first problem with a message that
-names the file and the fix.
+names the file (and line) and the fix: bytes that are not UTF-8, a stray
+``\r``, a byte-order mark, a NUL byte, an empty or whitespace-only line, sides
+of different lengths, a pair stored in both directions, a malformed
+``manifest.json``.  Held-out sets that share lines with the training data or
+with each other are warned about (:attr:`RawLayout.warnings`).
+:func:`raw_checksums` fingerprints the corpus (``prepare.json`` records it).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -27,6 +34,9 @@ _BITEXT_RE = re.compile(r"^(train|valid|test)\.([^.\-\s]+)-([^.\-\s]+)\.([^.\-\s
 _MONO_RE = re.compile(r"^mono\.([^.\-\s]+)$")
 
 Pair = Tuple[str, str]
+logger = logging.getLogger(__name__)
+_BOM = b"\xef\xbb\xbf"
+_BLANK_LINE = re.compile(r"^[^\S\n]*$", re.M)  # a line that is empty or holds only whitespace
 
 
 class RawLayoutError(UserError):
@@ -41,6 +51,7 @@ class RawLayout:
     bitext: Dict[Pair, Dict[str, Tuple[str, str]]] = field(default_factory=dict)
     mono: Dict[str, str] = field(default_factory=dict)
     manifest: Optional[dict] = None
+    warnings: List[str] = field(default_factory=list)
 
     @property
     def pairs(self) -> List[Pair]:
@@ -53,6 +64,13 @@ class RawLayout:
             langs.update((s, t))
         return sorted(langs)
 
+    def files(self) -> List[str]:
+        """Every file of the corpus that a tool reads (bitext, mono, manifest), sorted."""
+        out = [f for splits in self.bitext.values() for sides in splits.values() for f in sides]
+        out += list(self.mono.values())
+        manifest = os.path.join(self.root, "manifest.json")
+        return sorted(out + ([manifest] if os.path.exists(manifest) else []))
+
     def bitext_prefix(self, split: str, pair: Pair) -> str:
         """``<root>/<split>.<src>-<tgt>``, the prefix fairseq-preprocess expects."""
         return os.path.join(self.root, f"{split}.{pair[0]}-{pair[1]}")
@@ -62,13 +80,16 @@ _BLOCK = 1 << 22
 
 
 def check_text(path: str) -> int:
-    """Number of lines of ``path``, after checking that every tool will split it into the same lines.
+    """Number of lines of ``path``, after checking that every tool will split it into the same sentences.
 
     Lines end at ``\n`` only.  The file must be UTF-8 and hold no ``\r``:
     Python's universal newlines (used by fairseq-preprocess) and
     sentencepiece would split a line at a stray ``\r`` where a byte count of
-    ``\n`` does not, silently misaligning the two sides of a bitext.  The
-    error names the file, line and column of the first bad byte.
+    ``\n`` does not, silently misaligning the two sides of a bitext.  A
+    byte-order mark would become part of the first sentence (and of a
+    reference), a NUL byte an ``<unk>``, and an empty or whitespace-only line
+    an empty sentence.  The error names the file, line and column of the first
+    bad byte.
     """
     lines = 0
     with open(path, "rb") as f:
@@ -77,21 +98,82 @@ def check_text(path: str) -> int:
             if not block:
                 break
             block += f.readline()  # whole lines only, so a multi-byte character is never cut
-            cr = block.find(b"\r")
+            if lines == 0 and block.startswith(_BOM):
+                _raise_at(path, block, lines, 0, "the file starts with a UTF-8 byte-order mark (BOM), which would "
+                          "become part of its first sentence",
+                          "remove it, e.g. sed -i '1s/^\\xEF\\xBB\\xBF//' FILE")
+            cr, nul = block.find(b"\r"), block.find(b"\x00")
+            first_bad = min([i for i in (cr, nul) if i >= 0], default=len(block))
             try:
-                text_end = cr if cr >= 0 else len(block)
-                block[:text_end].decode("utf-8")
+                block[:first_bad].decode("utf-8")
             except UnicodeDecodeError as e:
                 _raise_at(path, block, lines, e.start, f"byte 0x{block[e.start]:02x} is not UTF-8",
                           "re-encode the file as UTF-8, e.g. iconv -f LATIN1 -t UTF-8 FILE")
-            if cr >= 0:
+            if first_bad == cr:
                 _raise_at(path, block, lines, cr, "carriage return (\\r): sentencepiece and fairseq-preprocess "
                           "would split the line there and misalign the bitext",
                           "remove every \\r, e.g. tr -d '\\r' < FILE > FILE.new")
+            if first_bad == nul:
+                _raise_at(path, block, lines, nul, "NUL byte (0x00): fairseq would read it as an unknown token",
+                          "remove every NUL byte, e.g. tr -d '\\000' < FILE > FILE.new")
+            text = block.decode("utf-8")
+            blank = _BLANK_LINE.search(text)
+            if blank is not None and blank.start() < len(text):
+                line = lines + text.count("\n", 0, blank.start()) + 1
+                raise RawLayoutError(
+                    f"{path}, line {line}: the line is empty or holds only whitespace; it would become an empty "
+                    "sentence", "remove it (in a bitext, the same line of both sides), e.g. list them with "
+                    "grep -n '^[[:space:]]*$' FILE")
             lines += block.count(b"\n")
             if not block.endswith(b"\n"):
                 lines += 1  # a last line without its newline
     return lines
+
+
+def sha256_file(path: str) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def raw_checksums(layout: "RawLayout") -> Dict[str, str]:
+    """``{file name: sha256}`` of every file of the corpus (recorded in ``prepare.json``)."""
+    return {os.path.basename(p): sha256_file(p) for p in layout.files()}
+
+
+def _read_lines(path: str) -> List[str]:
+    with open(path, encoding="utf-8", newline="\n") as f:
+        return [line.rstrip("\n") for line in f]
+
+
+def overlap_warnings(layout: "RawLayout") -> List[str]:
+    """Warnings for held-out bitext that shares sentence pairs with train or with the other held-out split.
+
+    A pair counts as shared when both its sides occur together in the other split; counts are of lines."""
+    out = []
+    for (s, t), splits in sorted(layout.bitext.items()):
+        pairs = {split: list(zip(_read_lines(a), _read_lines(b))) for split, (a, b) in splits.items()}
+        train = {hash(p) for p in pairs["train"]}
+        for split in ("valid", "test"):
+            if split in pairs:
+                n = sum(hash(p) in train for p in pairs[split])
+                if n:
+                    out.append(f"{n} of the {len(pairs[split])} sentence pairs of {split}.{s}-{t} also occur in "
+                               f"train.{s}-{t}: scores on {split} are partly measured on training data")
+        if "valid" in pairs and "test" in pairs:
+            if pairs["valid"] == pairs["test"]:
+                out.append(f"test.{s}-{t} is identical to valid.{s}-{t}: the test score is not held out from "
+                           "model selection (early stopping, checkpoint choice)")
+            else:
+                valid = {hash(p) for p in pairs["valid"]}
+                n = sum(hash(p) in valid for p in pairs["test"])
+                if n:
+                    out.append(f"{n} of the {len(pairs['test'])} sentence pairs of test.{s}-{t} also occur in "
+                               f"valid.{s}-{t}: the test score is partly measured on the dev set")
+    return out
 
 
 def _raise_at(path: str, block: bytes, lines_before: int, offset: int, what: str, fix: str) -> None:
@@ -156,6 +238,13 @@ def scan_raw_dir(root: str, require_valid: bool = True, check_contents: bool = T
                 )
         layout.bitext.setdefault((s, t), {})[split] = (files[s], files[t])
 
+    for s, t in sorted(layout.bitext):
+        if (t, s) in layout.bitext and s < t:
+            raise RawLayoutError(
+                f"the pair {s}-{t} is stored in both directions in {layout.root} (train.{s}-{t}.* and "
+                f"train.{t}-{s}.*): it would be binarised twice, with two different training sets",
+                f"keep one direction: merge the files into {s}-{t} (every direction trains from one pair), "
+                f"or remove the {t}-{s} files")
     if not layout.bitext:
         raise RawLayoutError(
             f"no bitext found in {layout.root}: expected files named train.SRC-TGT.SRC and "
@@ -186,27 +275,63 @@ def scan_raw_dir(root: str, require_valid: bool = True, check_contents: bool = T
                     )
         for lang, path in layout.mono.items():
             _check_nonempty(path)
+        layout.warnings = overlap_warnings(layout)
+        for w in layout.warnings:
+            logger.warning("%s", w)
 
     manifest_path = os.path.join(layout.root, "manifest.json")
     if os.path.exists(manifest_path):
         with open(manifest_path, encoding="utf-8", newline="\n") as f:
             try:
-                layout.manifest = json.load(f)
+                manifest = json.load(f)
             except ValueError as e:  # bad JSON or not UTF-8
                 raise RawLayoutError(f"{manifest_path} is not valid JSON ({e}); fix or delete it.") from e
-        declared = manifest_languages(layout.manifest)
-        for lang in layout.languages:
-            if lang not in declared:
-                raise RawLayoutError(
-                    f"language {lang!r} (files in {layout.root}) is absent from {manifest_path}, which "
-                    f"declares {sorted(declared)}. Add it to the manifest's languages or remove its files."
-                )
+        declared = manifest_languages(manifest, manifest_path)
+        if declared is None:
+            msg = (f"{manifest_path} has no \"languages\" key, so it is not a corpus manifest (the manifest is "
+                   "optional); it is ignored")
+            layout.warnings.append(msg)
+            logger.warning("%s", msg)
+        else:
+            layout.manifest = manifest
+            for lang in layout.languages:
+                if lang not in declared:
+                    raise RawLayoutError(
+                        f"language {lang!r} (files in {layout.root}) is absent from {manifest_path}, which "
+                        f"declares {sorted(declared)}. Add it to the manifest's languages or remove its files."
+                    )
     return layout
 
 
-def manifest_languages(manifest: dict) -> List[str]:
-    """Language codes declared by a manifest (a list of codes or of ``{"code": ...}`` entries, or a dict)."""
-    langs = manifest.get("languages", [])
+def manifest_languages(manifest, path: str = "manifest.json") -> Optional[List[str]]:
+    """Language codes declared by a manifest: ``{"languages": [...]}`` holding codes or ``{"code": ...}``
+    entries, or a dict keyed by code.  None when the object has no ``languages`` key (not a corpus
+    manifest); anything else malformed is a :class:`RawLayoutError`."""
+    fix = ('write {"languages": [{"code": "xx"}, ...]} (or a list of codes), or delete the file: the manifest '
+           "is optional")
+    if not isinstance(manifest, dict):
+        raise RawLayoutError(f"{path} must be a JSON object with a \"languages\" list, but it holds "
+                             f"{_json_kind(manifest)}", fix)
+    if "languages" not in manifest:
+        return None
+    langs = manifest["languages"]
     if isinstance(langs, dict):
-        return list(langs)
-    return [x["code"] if isinstance(x, dict) else str(x) for x in langs]
+        return [str(k) for k in langs]
+    if not isinstance(langs, list):
+        raise RawLayoutError(f"{path}: \"languages\" must be a list of language codes or of {{\"code\": ...}} "
+                             f"entries, but it holds {_json_kind(langs)}", fix)
+    codes = []
+    for i, x in enumerate(langs):
+        if isinstance(x, dict) and isinstance(x.get("code"), str) and x["code"]:
+            codes.append(x["code"])
+        elif isinstance(x, str) and x:
+            codes.append(x)
+        else:
+            what = "has no \"code\"" if isinstance(x, dict) else f"is {_json_kind(x)}"
+            raise RawLayoutError(f"{path}: entry {i + 1} of \"languages\" {what}", fix)
+    return codes
+
+
+def _json_kind(x) -> str:
+    return {dict: "an object", list: "a list", str: "a string", type(None): "null", bool: "a boolean"}.get(
+        type(x), f"the number {x}" if isinstance(x, (int, float)) else type(x).__name__)
