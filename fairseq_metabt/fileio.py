@@ -205,6 +205,19 @@ def refuse_inputs_inside(out_dir: str, inputs: Sequence[tuple], tool: str) -> No
                 f"move or copy it out of {out_dir}, or choose another output directory")
 
 
+def output_directory(directory: str, flag: str = "the output directory", error: type = UserError) -> None:
+    """Refuse an output directory that exists as something else (a file) or that cannot be written."""
+    if os.path.lexists(directory) and not os.path.isdir(directory):
+        raise error(f"{flag} {directory} exists and is not a directory", "give a new or existing directory")
+    probe = directory
+    while not os.path.lexists(probe):
+        probe = os.path.dirname(os.path.abspath(probe))
+    if not os.path.isdir(probe):
+        raise error(f"{flag} {directory}: {probe} is not a directory", "choose another output directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise error(f"{flag} {directory}: {probe} is not writable", "make it writable or choose another directory")
+
+
 class OutputRecord:
     """The list of files a tool wrote into a directory, kept in ``DIR/.fairseq-metabt-outputs.json``."""
 
@@ -242,6 +255,7 @@ class OutputRecord:
         ``--force``.  Refusals raise ``error`` (a :class:`UserError`).
         """
         planned = sorted(set(planned) | {RECORD_NAME})
+        output_directory(self.directory, error=error)
         existing = sorted(os.listdir(self.directory)) if os.path.isdir(self.directory) else []
         if existing and not force:
             shown = ", ".join(existing[:4]) + (", ..." if len(existing) > 4 else "")

@@ -56,16 +56,56 @@ recipe_parse() {
       *) RECIPE_ARGS+=("$1"); shift ;;
     esac
   done
-  # shellcheck disable=SC2086
-  set -- $SEEDS
-  [ $# -ge 1 ] || recipe_die "--seeds needs at least one seed, e.g. --seeds \"1 2 3\""
-  [ "$SRC" != "$TGT" ] || recipe_die "--src and --tgt are both $SRC (give two different languages)"
+  recipe_check_seeds
+  recipe_check_languages
   for n in "${PATIENCE:=5}" "${VALIDATE_EVERY:=50}" "${MAX_UPDATE:=20000}"; do
     [[ "$n" =~ ^[1-9][0-9]*$ ]] || recipe_die "--patience/--validate-every/--max-update take positive integers, got '$n'"
   done
-  WORK_DIR="$(mkdir -p "$WORK_DIR" && cd "$WORK_DIR" && pwd)"
-  RELATED_LIST=(${RELATED//,/ })
+  recipe_check_work_dir
   if [ -n "$RAW_DIR" ]; then recipe_check_pair "$RAW_DIR" "$SRC" "$TGT"; fi
+}
+
+# recipe_check_seeds: SEEDS holds unique non-negative integers (read without globbing: "*" is refused,
+# never expanded into file names); normalised to single spaces.
+recipe_check_seeds() {
+  local -a seeds; local s seen=" "
+  read -r -a seeds <<< "$SEEDS"
+  [ ${#seeds[@]} -ge 1 ] || recipe_die "--seeds needs at least one seed (e.g. --seeds \"1 2 3\")"
+  for s in "${seeds[@]}"; do
+    [[ "$s" =~ ^[0-9]+$ ]] || recipe_die "--seeds takes non-negative integers, got '$s' (e.g. --seeds \"1 2 3\")"
+    s=$((10#$s))
+    [[ "$seen" != *" $s "* ]] || recipe_die "--seeds lists seed $s twice: two trainings would share one directory (list each seed once)"
+    seen="$seen$s "
+  done
+  SEEDS="${seen# }"; SEEDS="${SEEDS% }"
+}
+
+# recipe_check_languages: SRC, TGT and every --related language are language codes (the raw layout's file
+# names: no '.', '-', ',' or whitespace), pairwise different. Sets RELATED_LIST.
+recipe_check_languages() {
+  local l seen=" "
+  RELATED_LIST=()
+  IFS=',' read -r -a RELATED_LIST <<< "$RELATED"
+  for l in "$SRC" "$TGT" "${RELATED_LIST[@]}"; do
+    [[ "$l" =~ ^[A-Za-z0-9_]+$ ]] || recipe_die "'$l' is not a language code (--src/--tgt/--related take codes such as lrl or de: letters, digits, _; --related separates them with commas)"
+  done
+  [ "$SRC" != "$TGT" ] || recipe_die "--src and --tgt are both $SRC (give two different languages)"
+  for l in "${RELATED_LIST[@]}"; do
+    [ "$l" != "$SRC" ] && [ "$l" != "$TGT" ] || recipe_die "--related $RELATED contains $l, which is --src or --tgt (list only the other languages)"
+    [[ "$seen" != *" $l "* ]] || recipe_die "--related lists $l twice (list each language once)"
+    seen="$seen$l "
+  done
+}
+
+# recipe_check_work_dir: WORK_DIR is a directory (created when missing); made absolute.
+recipe_check_work_dir() {
+  [ -n "$WORK_DIR" ] || recipe_die "--work-dir is empty (give a directory)"
+  if [ -e "$WORK_DIR" ] && [ ! -d "$WORK_DIR" ]; then
+    recipe_die "--work-dir $WORK_DIR exists and is not a directory (give a new or existing directory)"
+  fi
+  mkdir -p "$WORK_DIR" 2>/dev/null || recipe_die "--work-dir $WORK_DIR cannot be created (check the path and its permissions, or choose another)"
+  [ -w "$WORK_DIR" ] || recipe_die "--work-dir $WORK_DIR is not writable (make it writable or choose another)"
+  WORK_DIR="$(cd "$WORK_DIR" && pwd)"
 }
 
 # recipe_unknown: a recipe's `case` default for options it does not know.
@@ -89,10 +129,12 @@ recipe_corpus() {
       --sizes "$sizes" "$@"
 }
 
-# recipe_prepare RAW BIN [prepare_data.py args...]: sentencepiece + fairseq-preprocess (reused when done).
+# recipe_prepare RAW BIN [prepare_data.py args...]: sentencepiece + fairseq-preprocess. A finished BIN is
+# reused only when it was prepared from the same corpus content (sha256 of every raw file, recorded in
+# BIN/prepare.json) with the same options; one of another --raw-dir or of changed files is refused.
 recipe_prepare() {
   local raw="$1" bin="$2"; shift 2
-  [ -f "$bin/prepare.json" ] || "$PY" "$RECIPE_ROOT/scripts/prepare_data.py" "$raw" "$bin" "$@"
+  "$PY" "$RECIPE_ROOT/scripts/prepare_data.py" "$raw" "$bin" --reuse "$@"
 }
 
 # ev_train SAVE_DIR fairseq-train args...: train to dev convergence under the shared protocol.
