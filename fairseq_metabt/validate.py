@@ -52,7 +52,10 @@ RULES: Dict[str, str] = {
     "stgs_tau": ">0", "stgs_beta": ">=0", "stgs_max_len_a": ">=0", "stgs_max_len_b": ">=0",
     "reconstruction_weight": ">=0", "encoder_reconstruction_weight": ">=0", "decoder_reconstruction_weight": ">=0",
     # lr scheduler plateau_updates
-    "lr_shrink": "(0,1)", "lr_patience": ">=1", "min_lr_ratio": "[0,1]",
+    "lr_shrink": "(0,1)", "lr_patience": ">=1", "min_lr_ratio": "[0,1]", "warmup_updates": ">=0",
+    "warmup_init_lr": "any",
+    # the per-example DDS criterion's own seed
+    "seed": ">=0",
 }
 
 # options naming a file the component writes: a regular file or a new name (fileio.check_output)

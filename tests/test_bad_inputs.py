@@ -524,3 +524,132 @@ def test_real_bugs_keep_their_traceback_and_debug_shows_user_errors(monkeypatch)
     assert seen == [bug, user]
     with pytest.raises(UserError):  # the CLI wrapper lets it through too, for its traceback
         errors.cli(lambda: (_ for _ in ()).throw(user))()
+
+
+# ---- issue 29: data safety, second round ------------------------------------------------------------
+@pytest.fixture
+def evaluate_main():
+    return _script("evaluate").main
+
+
+def test_evaluate_hyps_onto_the_reference(quickstart_bin, raw_dir, plain_checkpoint, evaluate_main, capsys):
+    """The issue's case: --hyps REF overwrote the reference (the next evaluation scored 100.00)."""
+    ref = os.path.join(raw_dir, "test.lrl-tgt.tgt")
+    line = main_fails(evaluate_main, [quickstart_bin, "--path", plain_checkpoint, "-s", "lrl", "-t", "tgt",
+                                      "--hyps", ref], capsys, raw_dir, quickstart_bin, os.path.dirname(plain_checkpoint))
+    assert f"--hyps {ref} is the reference" in line and "an input of this command" in line
+
+
+def test_evaluate_output_onto_the_checkpoint(quickstart_bin, plain_checkpoint, evaluate_main, capsys):
+    line = main_fails(evaluate_main, [quickstart_bin, "--path", plain_checkpoint, "-s", "lrl", "-t", "tgt",
+                                      "--output", plain_checkpoint], capsys, os.path.dirname(plain_checkpoint))
+    assert "--output" in line and "is the checkpoint --path" in line
+
+
+def test_evaluate_json_onto_a_prepared_file(quickstart_bin, plain_checkpoint, evaluate_main, capsys):
+    line = main_fails(evaluate_main, [quickstart_bin, "--path", plain_checkpoint, "-s", "lrl", "-t", "tgt",
+                                      "--json", os.path.join(quickstart_bin, "dict.txt")], capsys, quickstart_bin)
+    assert "is the prepared file" in line
+
+
+@pytest.mark.parametrize("kind", ["device", "directory", "read-only"])
+def test_evaluate_json_not_a_regular_writable_file(kind, quickstart_bin, plain_checkpoint, evaluate_main, capsys,
+                                                   tmp_path):
+    target = {"device": "/dev/null", "directory": str(tmp_path)}.get(kind, str(tmp_path / "old.json"))
+    if kind == "read-only":
+        (tmp_path / "old.json").write_text("{}")
+        os.chmod(target, 0o444)
+    line = main_fails(evaluate_main, [quickstart_bin, "--path", plain_checkpoint, "-s", "lrl", "-t", "tgt",
+                                      "--json", target], capsys, str(tmp_path), quickstart_bin)
+    assert {"device": "is a device node", "directory": "is a directory", "read-only": "is read-only"}[kind] in line
+
+
+def test_evaluate_swapped_direction(quickstart_bin, plain_checkpoint, evaluate_main, capsys):
+    """The issue's case: -s/-t swapped scored 0.00 with exit 0."""
+    line = main_fails(evaluate_main, [quickstart_bin, "--path", plain_checkpoint, "-s", "tgt", "-t", "lrl"],
+                      capsys, quickstart_bin)
+    assert "translates lrl->tgt, not tgt->lrl" in line
+
+
+def test_evaluate_checkpoint_of_another_dictionary(quickstart_bin, other_corpus_checkpoint, evaluate_main, capsys):
+    """The issue's case: a checkpoint trained on another dictionary of the same size scored 4.66 with exit 0."""
+    line = main_fails(evaluate_main, [quickstart_bin, "--path", other_corpus_checkpoint, "-s", "lrl", "-t", "tgt"],
+                      capsys, quickstart_bin)
+    assert "was trained with another dictionary than" in line and "--spm-model" in line
+
+
+def test_evaluate_reference_changed_after_prepare(quickstart_bin, raw_copy, plain_checkpoint, evaluate_main, capsys,
+                                                  tmp_path):
+    """The issue's case: a raw test file edited after prepare (one line shifted) scored 3.72 with exit 0."""
+    bin_copy = shutil.copytree(quickstart_bin, str(tmp_path / "bin"))
+    info = json.load(open(os.path.join(bin_copy, "prepare.json")))
+    info["raw_dir"] = raw_copy
+    json.dump(info, open(os.path.join(bin_copy, "prepare.json"), "w"))
+    ref = os.path.join(raw_copy, "test.lrl-tgt.tgt")
+    lines = open(ref, encoding="utf-8").read().splitlines()
+    open(ref, "w", encoding="utf-8").write("\n".join(lines[1:] + lines[:1]) + "\n")
+    line = main_fails(evaluate_main, [bin_copy, "--path", plain_checkpoint, "-s", "lrl", "-t", "tgt"], capsys,
+                      raw_copy, bin_copy)
+    assert f"the reference {ref} has changed since" in line and "sha256" in line
+
+
+def test_evaluate_torch_file_that_is_not_a_checkpoint(quickstart_bin, evaluate_main, capsys, tmp_path):
+    path = str(tmp_path / "weights.pt")
+    torch.save({"a": torch.zeros(2)}, path)
+    line = main_fails(evaluate_main, [quickstart_bin, "--path", path, "-s", "lrl", "-t", "tgt"], capsys,
+                      str(tmp_path))
+    assert "is not a fairseq checkpoint" in line
+
+
+def test_evaluate_beam_zero(quickstart_bin, plain_checkpoint, evaluate_main, capsys):
+    line = main_fails(evaluate_main, [quickstart_bin, "--path", plain_checkpoint, "-s", "lrl", "-t", "tgt",
+                                      "--beam", "0"], capsys, quickstart_bin)
+    assert "--beam must be >= 1, got 0" in line
+
+
+def test_prepare_reuse_keys_on_content(raw_copy, bin_copy, prepare_main, capsys):
+    """A recipe's prepared corpus (prepare_data.py --reuse): reused for the same content even from another path,
+    refused once a raw file changed (it used to be reused whatever --raw-dir said)."""
+    assert prepare_main([raw_copy, bin_copy, "--vocab-size", "600", "--reuse"]) == 0
+    line = main_fails(prepare_main, [raw_copy, bin_copy, "--vocab-size", "500", "--reuse"], capsys, bin_copy)
+    assert "with other options (vocab_size 600 -> 500)" in line
+    _bytes_append(os.path.join(raw_copy, "mono.tgt"), b"one more sentence\n")
+    line = main_fails(prepare_main, [raw_copy, bin_copy, "--vocab-size", "600", "--reuse"], capsys, bin_copy, raw_copy)
+    assert "whose content differs from" in line and "1 files differ: mono.tgt" in line and "--work-dir" in line
+
+
+def test_recipe_prepare_refuses_another_raw_dir(raw_copy, bin_copy, tmp_path):
+    """recipe_prepare itself: a different --raw-dir with other content and the same --work-dir is refused."""
+    _bytes_append(os.path.join(raw_copy, "train.lrl-tgt.lrl"), b"a\n")
+    _bytes_append(os.path.join(raw_copy, "train.lrl-tgt.tgt"), b"b\n")
+    script = (f"set -euo pipefail; SRC=lrl; TGT=tgt; RELATED=''; SEEDS=1; WORK_DIR={tmp_path}/w; RECIPE_USAGE=u; "
+              f"source {ROOT}/scripts/recipe_lib.sh; recipe_parse; recipe_prepare {raw_copy} {bin_copy} "
+              "--vocab-size 600")
+    before = snapshot(bin_copy, raw_copy)
+    proc = subprocess.run(["bash", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=cli_env(), timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert [l for l in proc.stderr.splitlines() if l.startswith(PREFIX)] and "whose content differs" in proc.stderr
+    assert_untouched(before, bin_copy, raw_copy)
+
+
+@pytest.mark.parametrize("task,extra,expected", [
+    ("meta_backtranslation", ["--pseudo-weight", "nan"], "--pseudo-weight must be a finite number, got nan"),
+    ("meta_backtranslation", ["--bt-sampling-topk", "100000"], "--bt-sampling-topk must be -1 (all) or 1 .. "),
+    ("meta_backtranslation", ["--bt-max-len-a", "-1"], "--bt-max-len-a must be >= 0, got -1.0"),
+    ("meta_backtranslation", ["--backward-lr", "inf"], "--backward-lr must be a finite number, got inf"),
+    ("dds_translation", ["--dds-scorer-lr", "inf"], "--dds-scorer-lr must be a finite number, got inf"),
+    ("latent_depth_translation", ["--latent-tau", "nan"], "--latent-tau must be a finite number, got nan"),
+])
+def test_numeric_options_at_start_up(task, extra, expected, quickstart_bin, tmp_path):
+    """The issue's cases: nan/inf/out-of-range values trained silently wrong or crashed at the first update."""
+    line = train_fails(train_argv(quickstart_bin, str(tmp_path / "s"), task, *extra), quickstart_bin)
+    assert expected in line, line
+    assert not os.path.exists(tmp_path / "s" / "checkpoint_last.pt")
+
+
+def test_latent_depth_language_without_data(quickstart_bin, tmp_path):
+    argv = train_argv(quickstart_bin, str(tmp_path / "s"), "latent_depth_translation")
+    argv[argv.index("lrl-tgt")] = "lrl-tgt,xx-tgt"
+    line = train_fails(argv, quickstart_bin)
+    assert "--lang-pairs lrl-tgt,xx-tgt names xx, but" in line and "no dict.xx.txt" in line
