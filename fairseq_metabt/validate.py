@@ -58,6 +58,10 @@ RULES: Dict[str, str] = {
     "seed": ">=0",
 }
 
+# names that fairseq's own components use too (with other ranges: reduce_lr_on_plateau's --lr-patience 0):
+# checked in the plugin's own configs, never in a Namespace that holds every option of the run
+_SHARED_WITH_FAIRSEQ = {"seed", "warmup_updates", "warmup_init_lr", "lr_shrink", "lr_patience"}
+
 # options naming a file the component writes: a regular file or a new name (fileio.check_output)
 _OUTPUT_FILE_OPTIONS = ("dds_log_file",)
 
@@ -112,7 +116,7 @@ def _items(cfg: Any) -> Iterable[tuple]:
     elif isinstance(cfg, Mapping) or hasattr(cfg, "keys") and callable(cfg.keys):
         keys = list(cfg.keys())
     else:
-        keys = list(vars(cfg))
+        keys = [k for k in vars(cfg) if k not in _SHARED_WITH_FAIRSEQ]
     out = []
     for k in keys:
         if k not in RULES and k not in _TEST_SUBSET_OPTIONS and k not in _OUTPUT_FILE_OPTIONS:

@@ -34,8 +34,9 @@ def snapshot(*dirs: str) -> Dict[str, str]:
         for d, _, names in os.walk(top):
             for n in names:
                 path = os.path.join(d, n)
-                with open(path, "rb") as f:
-                    out[path] = hashlib.sha256(f.read()).hexdigest()
+                if os.path.isfile(path):  # a FIFO or device would block or not be a file to keep
+                    with open(path, "rb") as f:
+                        out[path] = hashlib.sha256(f.read()).hexdigest()
     return out
 
 

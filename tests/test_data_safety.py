@@ -7,19 +7,17 @@ that no input changed (checksums before and after); warnings are asserted by the
 a checkpoint or a prepared corpus are in ``tests/test_bad_inputs.py``.
 """
 import errno
-import hashlib
-import importlib.util
+import io
 import json
 import logging
 import math
 import os
 import subprocess
-import sys
-from typing import Dict, List
 
 import pytest
 
 from conftest import ROOT, cli_env
+from test_bad_inputs import _script, main_fails, one_line, snapshot
 from fairseq_metabt import errors, fileio, validate
 from fairseq_metabt.data import raw_layout
 from fairseq_metabt.errors import UserError
@@ -27,60 +25,19 @@ from fairseq_metabt.errors import UserError
 PREFIX = errors.PREFIX
 
 
-# ---- helpers ------------------------------------------------------------------------------------
-def snapshot(*dirs: str) -> Dict[str, str]:
-    out = {}
-    for top in dirs:
-        for d, _, names in os.walk(top):
-            for n in names:
-                path = os.path.join(d, n)
-                if os.path.isfile(path):
-                    with open(path, "rb") as f:
-                        out[path] = hashlib.sha256(f.read()).hexdigest()
-    return out
-
-
-def one_line(text: str) -> str:
-    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("WARNING")]
-    assert len(lines) == 1, text
-    assert lines[0].startswith(PREFIX), lines[0]
-    return lines[0]
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"_safety_{name}", os.path.join(ROOT, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
+# ---- helpers (the catalogue's own: exit status 2, one line, inputs untouched) ------------------------------
 @pytest.fixture(scope="module")
 def prepare_main():
     return _script("prepare_data").main
-
-
-def main_fails(main, argv: List[str], capsys, *watched: str) -> str:
-    """A CLI ``main`` in-process: exit status 2, one line on stderr, files under ``watched`` untouched."""
-    before = snapshot(*watched)
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_:
-        main(argv)
-    assert exit_.value.code == 2
-    line = one_line(capsys.readouterr().err)
-    assert snapshot(*watched) == before
-    return line
 
 
 def user_error(fn, *args, **kwargs) -> str:
     """``fn`` raises a UserError; its one-line report (exit status 2)."""
     with pytest.raises(UserError) as err:
         fn(*args, **kwargs)
-    buf = __import__("io").StringIO()
+    buf = io.StringIO()
     assert errors.report(err.value, buf) == 2
     return one_line(buf.getvalue())
-
-
-SENTENCES = [f"sentence number {i} of the corpus" for i in range(12)]
 
 
 def tiny_corpus(root, pair=("aa", "bb"), n: int = 12) -> str:

@@ -262,8 +262,8 @@ class DDSTranslationTask(TranslationTask):
 
     def __init__(self, cfg: DDSTranslationConfig, src_dict, tgt_dict):
         super().__init__(cfg, src_dict, tgt_dict)
-        validate.config(cfg)
         check_dds_config(cfg)
+        validate.config(cfg)  # the component's own messages first; then finite and in range
         self.pairs: List[Tuple[str, str]] = parse_lang_pairs(cfg.lang_pairs) if cfg.lang_pairs else []
         self.hub, self.hub_is_target = hub_of(self.pairs) if self.pairs else (None, True)
         self.langs = [s if self.hub_is_target else t for s, t in self.pairs]  # the side DDS chooses

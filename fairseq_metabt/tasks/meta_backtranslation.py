@@ -182,8 +182,8 @@ class MetaBacktranslationTask(TranslationTask):
 
     def __init__(self, cfg: MetaBacktranslationConfig, src_dict, tgt_dict):
         super().__init__(cfg, src_dict, tgt_dict)
-        validate.config(cfg, vocab=len(src_dict))
         self._check_config(cfg)
+        validate.config(cfg, vocab=len(src_dict))  # the component's own messages first; then finite and in range
         self.baseline = MovingAverageBaseline(cfg.meta_baseline_decay)
         self.backward_optimizer: Optional[torch.optim.Optimizer] = None
         self._psi_scaler: Optional[torch.amp.GradScaler] = None  # psi's loss scale under --amp on CUDA

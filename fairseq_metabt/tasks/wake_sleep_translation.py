@@ -157,8 +157,8 @@ class WakeSleepTranslationTask(TranslationTask):
 
     def __init__(self, cfg: WakeSleepConfig, src_dict, tgt_dict):
         super().__init__(cfg, src_dict, tgt_dict)
-        validate.config(cfg, vocab=len(src_dict))
         self._check_config(cfg)
+        validate.config(cfg, vocab=len(src_dict))  # the component's own messages first; then finite and in range
         self.settings = GenerationSettings(cfg.ws_generation, cfg.ws_beam, cfg.ws_temperature, cfg.ws_sampling_topk,
                                            cfg.ws_sampling_topp, cfg.ws_max_len_a, cfg.ws_max_len_b)
         self._generators: Dict[str, InStepGenerator] = {}
