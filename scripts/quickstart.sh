@@ -109,6 +109,5 @@ ALSO=(); if has metabt && has bt_mle; then ALSO=(--also metabt:bt_mle); fi
 ev_compare --control baseline_ft --systems "${ROWS[@]}" --precondition baseline_ft:baseline \
   --same-schedule baseline_ft bt bt_mle metabt "${ALSO[@]+"${ALSO[@]}"}" \
   --title "Quickstart: back-translation and meta back-translation ($SRC->$TGT)" \
-  --corpus "${RAW_DIR:-synthetic domain preset, corpus seed 1, $SIZES}" \
-  --command "bash scripts/quickstart.sh --seeds \"$SEEDS\"${RAW_DIR:+ --raw-dir $RAW_DIR --src $SRC --tgt $TGT}"
+  --corpus "${RAW_DIR:-synthetic domain preset, corpus seed 1, $SIZES}"
 echo "quickstart finished in $(( $(date +%s) - start ))s; summary: $WORK_DIR/results/summary.json"

@@ -19,6 +19,16 @@
 # (python -m fairseq_metabt.evidence) so that every recipe trains, scores and compares the same way.
 
 RECIPE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Provenance: the environment knobs any recipe reads. Those the user set at launch go into the recorded
+# command line; their effective values (after each recipe's defaults) go into summary.json (ev_compare).
+RECIPE_KNOBS="ARCH MAX_TOKENS LR WARMUP LR_PATIENCE LR_SHRINK FT_LR FT_MAX_TOKENS FT_WARMUP LR_ITER WARMUP_ITER
+  GATE_UPDATES REL SIZES METRIC BEAM GEN_MAX_TOKENS EVAL_SUBSETS JOBS OMP_NUM_THREADS"
+RECIPE_ENV_SET=""
+for _k in $RECIPE_KNOBS; do
+  if [ -n "${!_k+x}" ]; then RECIPE_ENV_SET+="$_k=$(printf '%q' "${!_k}") "; fi
+done
+# the script as the user ran it, relative to the repository when it lies inside it
+RECIPE_SCRIPT="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"; RECIPE_SCRIPT="${RECIPE_SCRIPT#"$RECIPE_ROOT"/}"
 PY="${PYTHON:-$RECIPE_ROOT/.venv/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3 || command -v python)"
 export PATH="$(dirname "$PY"):$PATH"
@@ -39,6 +49,8 @@ RECIPE_SHARED_HELP='Shared flags (every recipe; docs/data.md):
 recipe_die() { echo "fairseq-metabt: error: $*" >&2; exit 2; }
 
 recipe_parse() {
+  RECIPE_COMMAND="${RECIPE_ENV_SET}bash $(printf '%q' "$RECIPE_SCRIPT")"
+  [ $# -eq 0 ] || RECIPE_COMMAND+="$(printf ' %q' "$@")"
   RAW_DIR="${RAW_DIR:-}"; RECIPE_ARGS=()
   while [ $# -gt 0 ]; do
     case "$1" in
@@ -153,10 +165,14 @@ ev_eval() {
     --save-dir "$save" --path "$save/checkpoint_best.pt" -s "$s" -t "$t" "$@"
 }
 
-# ev_compare compare-args...: WORK_DIR/results/summary.json and its table.
+# ev_compare compare-args...: WORK_DIR/results/summary.json and its table. The recipe's command line as
+# launched and the effective value of every knob it read are recorded as its provenance.
 ev_compare() {
+  local k knobs=()
+  for k in $RECIPE_KNOBS; do [ -z "${!k:-}" ] || knobs+=(--knob "$k=${!k}"); done
   echo; echo "=== results (paired by seed: $SEEDS) ==="
-  "$PY" -m fairseq_metabt.evidence compare --work-dir "$WORK_DIR" --out "$WORK_DIR/results/summary.json" "$@"
+  "$PY" -m fairseq_metabt.evidence compare --work-dir "$WORK_DIR" --out "$WORK_DIR/results/summary.json" \
+    --command "$RECIPE_COMMAND" "${knobs[@]+"${knobs[@]}"}" "$@"
 }
 
 # recipe_cpu_flag: --cpu unless CUDA is available (the recipes run unchanged on GPUs).

@@ -47,6 +47,28 @@ def test_capped_run_is_flagged_and_early_stop_is_converged(quickstart_bin, tmp_p
                           "400", "--"] + _train_args(quickstart_bin, "--lr", "0", "--lr-scheduler", "fixed")).stdout
     assert "reusing" in out
 
+    # provenance written by the tool: the commit, versions, one start, no reset early-stopping state to keep
+    import subprocess
+
+    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert rec.commit == head and isinstance(rec.dirty, bool) and rec.starts == 1
+    assert rec.versions["fairseq"] and rec.versions["torch"] and rec.early_stop_state_kept is False
+    assert "fairseq-train" in rec.command and "--patience 2" in rec.command
+    # an interrupted run resumed from checkpoint_last.pt counts its starts (fairseq resets its stall count)
+    os.remove(os.path.join(capped, convergence.RECORD))
+    run(EVIDENCE + ["train", "--save-dir", capped, "--patience", "2", "--validate-every", "4", "--max-update", "16",
+                    "--"] + _train_args(quickstart_bin, "--lr", "5e-3"))
+    resumed = convergence.load(capped)
+    assert resumed.starts == 2 and resumed.num_updates == 16
+    # a run started from another model's checkpoint records that model's convergence
+    ft = str(tmp_path / "ft")
+    run(EVIDENCE + ["train", "--save-dir", ft, "--patience", "1", "--validate-every", "4", "--max-update", "8",
+                    "--"] + _train_args(quickstart_bin, "--lr", "1e-3", "--finetune-from-model",
+                                        os.path.join(flat, "checkpoint_best.pt")))
+    dep = convergence.load(ft).depends_on
+    assert [(d["flag"], d["converged"], d["num_updates"], d["best_update"]) for d in dep] == [
+        ("--finetune-from-model", True, 12, 4)]
+
 
 def test_classify_log_lines():
     proto = Protocol(patience=3, validate_interval_updates=10, max_update=100)
@@ -88,7 +110,7 @@ def _noisy(refs, keep, seed):
     return [" ".join(w if rng.random() < keep else "zz" for w in r.split()) for r in refs]
 
 
-def _record(work, system, seed, refs, hyps, converged=True):
+def _record(work, system, seed, refs, hyps, converged=True, **prov):
     import sacrebleu
 
     d = os.path.join(work, f"seed{seed}")
@@ -102,7 +124,7 @@ def _record(work, system, seed, refs, hyps, converged=True):
     save = os.path.join(d, system)
     os.makedirs(save, exist_ok=True)
     rec = convergence.Record(converged=converged, reason="test", num_updates=10, best_update=5, best=1.0,
-                             metric="loss", protocol={}, schedule={})
+                             metric="loss", protocol={}, schedule={}, **prov)
     from dataclasses import asdict
 
     from fairseq_metabt.evidence.io import atomic_write_json
@@ -147,7 +169,14 @@ def test_compare_delta_and_p_are_sacrebleus_paired_by_seed(tmp_path):
     assert same["converged"] is False  # one seed's training did not converge
     assert s["systems"]["control"]["p"] is None
     table = proc.stdout
-    assert "| ΔBLEU vs control | p |" in table and f"{expected_delta:+.2f}" in table and "**no**" in table
+    assert "| ΔBLEU vs control [95 % CI] | verdict | p (pooled) |" in table and f"{expected_delta:+.2f} [" in table
+    assert "**no**" in table and "Caveat: not converged: same seed 2" in table
+    # the seed-level verdict: a clear gain on three seeds of 300 sentences, a mark for fewer than 5 seeds
+    assert better["verdict"] == "better" and better["interval"]["lo"] > 0 and "| better* |" in table
+    assert same["verdict"] == "level" and same["interval"]["lo"] == same["interval"]["hi"] == 0
+    # provenance: every run's training record, and the machine's
+    assert [r["seed"] for r in better["runs"]] == seeds and all(r["num_updates"] == 10 for r in better["runs"])
+    assert s["provenance"]["versions"]["sacrebleu"] and s["provenance"]["cores"] >= 1
 
 
 def test_precondition_says_when_the_baseline_had_not_converged(tmp_path):
@@ -191,3 +220,106 @@ def test_results_md_is_generated_from_the_json_summaries(tmp_path):
                 assert len(row["bleu"]) == len(row["chrf"])
                 # a kept comparison is one of converged systems (earlier runs: docs/results_legacy.md)
                 assert row["converged"] is True, (m, name)
+                # ... and every Δ has its seed-level verdict
+                if name != entry["control"]:
+                    assert row["verdict"] in ("better", "worse", "level") and row["interval"]["n_seeds"] >= 1
+            for row in entry.get("also", []):
+                assert row["verdict"] in ("better", "worse", "level"), (m, row)
+        assert "notes" not in s, f"{m}: human readings live in docs/results/{m}.notes.md, not in the tool's JSON"
+
+
+# --- seed-level interval and verdict (fairseq_metabt/evidence/seeds.py) ----------------------------------
+
+def test_seed_level_verdicts_on_hypotheses_whose_answer_is_known():
+    """A system that wins on one seed only is `level` (the pooled sentence test calls it significant);
+    identical outputs give Δ 0 and `level`; a win on every seed and sentence is `better`, a loss `worse`."""
+    from fairseq_metabt.evidence import seeds, significance
+
+    refs = _corpus(7, n=200)
+    control = {s: _noisy(refs, 0.6, 30 + s) for s in (1, 2, 3)}
+    one_seed = [(control[s], _noisy(refs, 0.9, 40) if s == 1 else control[s], refs) for s in (1, 2, 3)]
+    out = seeds.seed_level(one_seed, "bleu", n_resamples=200)
+    assert out["verdict"] == "level" and out["lo"] < 0 < out["hi"] and out["per_seed"][1:] == [0, 0]
+    assert out["per_seed"][0] > 10 and out["shared_test_set"] is True
+    pooled = significance.pooled(one_seed)  # what the table's p alone would have said
+    assert pooled["bleu"]["p"] < 0.01
+
+    same = seeds.seed_level([(control[s], control[s], refs) for s in (1, 2, 3)], "chrf", n_resamples=50)
+    assert same["mean"] == 0 and (same["lo"], same["hi"], same["verdict"]) == (0, 0, "level")
+
+    def everywhere_better(s):  # every sentence of every seed: the control's word errors, the system none
+        return (control[s], refs, refs)
+    win = seeds.seed_level([everywhere_better(s) for s in (1, 2, 3)], "bleu", n_resamples=200)
+    assert win["verdict"] == "better" and win["lo"] > 0
+    lose = seeds.seed_level([(refs, control[s], refs) for s in (1, 2, 3)], "bleu", n_resamples=200)
+    assert lose["verdict"] == "worse" and lose["hi"] < 0
+    # one seed has no seed-level interval, however large the gain
+    assert seeds.seed_level([everywhere_better(1)], "bleu", n_resamples=20)["verdict"] == "level"
+
+
+def test_seed_level_interval_matches_a_brute_force_computation():
+    """Per-seed Δ are sacrebleu's corpus scores; the sentence component is the variance of the seed-mean Δ over
+    resampled test sets scored by sacrebleu.corpus_bleu itself; the interval is mean ± t(n−1)·SE."""
+    import numpy as np
+    import sacrebleu
+    from scipy.stats import t
+
+    from fairseq_metabt.evidence import seeds
+
+    refs = _corpus(3, n=60)
+    triples = [(_noisy(refs, 0.5, 50 + s), _noisy(refs, 0.5 + 0.08 * s, 60 + s), refs) for s in (1, 2, 3, 4)]
+    out = seeds.seed_level(triples, "bleu", n_resamples=40, seed=5)
+    deltas = [sacrebleu.corpus_bleu(sh, [r]).score - sacrebleu.corpus_bleu(ch, [r]).score for ch, sh, r in triples]
+    assert out["per_seed"] == pytest.approx([round(d, 3) for d in deltas], abs=1e-3)
+    rng = np.random.default_rng(5)
+    means = []
+    for _ in range(40):  # the same draws as the module: one index vector per resample, shared by the seeds
+        idx = rng.integers(0, len(refs), len(refs))
+        pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
+        means.append(statistics.mean(sacrebleu.corpus_bleu(pick(sh), [pick(r)]).score
+                                     - sacrebleu.corpus_bleu(pick(ch), [pick(r)]).score for ch, sh, r in triples))
+    var_sent = statistics.variance(means)
+    se = (statistics.variance(deltas) / 4 + var_sent) ** 0.5
+    mean = statistics.mean(deltas)
+    assert out["se"] == pytest.approx(se, abs=1e-3)
+    assert out["lo"] == pytest.approx(mean - t.ppf(0.975, 3) * se, abs=2e-3)
+    assert out["hi"] == pytest.approx(mean + t.ppf(0.975, 3) * se, abs=2e-3)
+
+
+def test_kept_summaries_get_seed_level_verdicts_from_their_per_seed_scores(tmp_path):
+    """`verdicts` adds intervals to a summary kept without hypotheses, and says their sentence part is missing."""
+    kept = {"title": "t", "control": "c", "pair": "x-y", "systems": {
+        "c": {"seeds": [1, 2, 3], "bleu": [10.0, 12.0, 11.0], "chrf": [30.0, 31.0, 32.0], "converged": True},
+        "one": {"seeds": [1, 2, 3], "bleu": [16.0, 12.0, 11.0], "chrf": [33.0, 31.0, 32.0], "converged": True},
+        "all": {"seeds": [1, 2, 3], "bleu": [12.0, 14.1, 12.9], "chrf": [32.0, 33.0, 34.0], "converged": True}},
+        "also": [{"system": "all", "control": "one"}]}
+    path = str(tmp_path / "kept.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(kept, f)
+    out = run(EVIDENCE + ["verdicts", path]).stdout
+    with open(path, encoding="utf-8") as f:
+        s = json.load(f)
+    assert s["systems"]["one"]["verdict"] == "level" and s["systems"]["all"]["verdict"] == "better"
+    assert s["systems"]["all"]["interval"]["lo"] > 0 and "sentence component is missing" in \
+        s["systems"]["all"]["interval"]["method"]
+    assert s["also"][0]["delta_per_seed"] == [-4.0, 2.1, 1.9] and s["also"][0]["verdict"] == "level"
+    assert "provenance not recorded by the tools" in out and "| level* |" in out
+
+
+def test_caveats_name_mixed_commits_dirty_trees_and_reset_resumes(tmp_path):
+    work = str(tmp_path)
+    refs = _corpus(1, n=80)
+    _record(work, "c", 1, refs, _noisy(refs, 0.5, 1), commit="a" * 40, dirty=False, starts=1)
+    _record(work, "s", 1, refs, _noisy(refs, 0.6, 2), commit="b" * 40, dirty=True, starts=2,
+            early_stop_state_kept=False)
+    _record(work, "c", 2, refs, _noisy(refs, 0.5, 3), commit="a" * 40, dirty=False, starts=3,
+            early_stop_state_kept=True)  # resumed with plateau_updates: the early-stopping state was kept
+    _record(work, "s", 2, refs, _noisy(refs, 0.6, 4), commit="a" * 40, dirty=False)
+    s = summary.compare(work, "c", ["c", "s"], same_schedule=["c", "s"], n_samples=100)
+    text = summary.render_summary(s)
+    assert "different commits: aaaaaaaaaa (3 runs); bbbbbbbbbb (1 runs)" in text
+    assert "uncommitted changes: s seed 1" in text
+    assert "early-stopping state reset" in text and "s seed 1" in text.split("early-stopping state reset")[1]
+    assert "c seed 2" not in text.split("early-stopping state reset")[1].split("\n")[0]
+    # the schedule check no longer says "same" for a run resumed with its stall count reset
+    assert s["schedule"]["same"] is False and "s seed 1 was resumed 1 time(s)" in " ".join(s["schedule"]["problems"])

@@ -99,8 +99,8 @@ CASES = {
 def test_recipe_runs_on_a_handwritten_corpus(name, handwritten, tmp_path):
     work = str(tmp_path / "work")
     env = " ".join(f"{k}='{v}'" for k, v in TINY_ENV.items())
-    run(["bash", "-c", f'{env} bash "$0" "$@"', os.path.join(ROOT, RECIPES[name]), "--raw-dir", handwritten,
-         "--work-dir", work, *TINY, *CASES[name]], timeout=1200)
+    out = run(["bash", "-c", f'{env} bash "$0" "$@"', os.path.join(ROOT, RECIPES[name]), "--raw-dir", handwritten,
+               "--work-dir", work, *TINY, *CASES[name]], timeout=1200).stdout
     with open(os.path.join(work, "results", "summary.json"), encoding="utf-8") as f:
         s = json.load(f)
     entries = s.get("pairs") or {s["pair"]: s}
@@ -110,6 +110,18 @@ def test_recipe_runs_on_a_handwritten_corpus(name, handwritten, tmp_path):
             assert len(row["bleu"]) == 1 and row["converged"] in (True, False), (pair, system)
             if system != entry["control"]:
                 assert row["delta"] is not None and 0 < row["p"] <= 1, (pair, system, row)
+                assert row["verdict"] == "level", (pair, system, row)  # one seed: no seed-level interval
+            # provenance by construction: each seed's fairseq-train command, update counts, commit
+            run_rec = row["runs"][0]
+            assert run_rec["seed"] == 1 and "fairseq-train" in run_rec["command"], (pair, system, run_rec)
+            assert isinstance(run_rec["num_updates"], int) and len(run_rec["commit"]) == 40, run_rec
+    # the recipe's command line as launched, the environment knobs the user set included, and their values
+    launched, _, argv = s["command"].partition(" bash ")
+    assert {f"{k}={v}" for k, v in TINY_ENV.items() if k in s["provenance"]["knobs"]} <= set(launched.split())
+    assert argv.startswith(f"{RECIPES[name]} --raw-dir {handwritten} --work-dir {work} --seeds 1"), s["command"]
+    assert s["provenance"]["knobs"]["ARCH"] == "transformer_lowres_tiny" and s["provenance"]["commit"]
+    assert {"torch", "fairseq", "sacrebleu", "sentencepiece"} <= set(s["provenance"]["versions"])
+    assert "| verdict | p (pooled) |" in out
     assert "en" in " ".join(entries)
     if name == "latent_depth":  # the pruned plain Transformers compute what the gated model computes
         for pair, entry in entries.items():

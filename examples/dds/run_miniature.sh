@@ -93,5 +93,4 @@ ALSO=(); if [[ " $SYSTEMS " == *" tcs_dds "* && " $SYSTEMS " == *" tcs "* ]]; th
 # shellcheck disable=SC2086
 ev_compare --control uniform --systems $SYSTEMS --same-schedule $SYSTEMS "${ALSO[@]+"${ALSO[@]}"}" \
   --title "DDS, miniature: $SRC-$TGT test, sources $SRC,$RELATED" \
-  --corpus "${RAW_DIR:-synthetic multilingual preset --multiway, corpus seed 1}" \
-  --command "bash examples/dds/run_miniature.sh --seeds \"$SEEDS\" --objective $OBJECTIVE --interval $K --scorer-lr $SLR --arch $ARCH${RAW_DIR:+ --raw-dir $RAW_DIR --src $SRC --tgt $TGT --related $RELATED}${EXTRA_TRAIN:+ --extra-train \"$EXTRA_TRAIN\"}"
+  --corpus "${RAW_DIR:-synthetic multilingual preset --multiway, corpus seed 1}"

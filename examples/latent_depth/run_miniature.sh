@@ -150,5 +150,4 @@ if [ ${#ALSO[@]} -gt 0 ]; then ALSO=(--also "${ALSO[@]}"); fi
 # shellcheck disable=SC2086
 ev_compare --control static_deep --systems $CMP "${ALSO[@]+"${ALSO[@]}"}" --same-schedule $SYSTEMS \
   --title "Latent depth, miniature: static shallow ($SHALLOW) / static K / static deep ($DEEP) / latent deep (K = $SHALLOW)" \
-  --corpus "${RAW_DIR:-synthetic multilingual preset, corpus seed 1}" \
-  --command "bash examples/latent_depth/run_miniature.sh --seeds \"$SEEDS\" --directions \"$DIRS\" --shallow $SHALLOW --deep $DEEP --dim $DIM${RAW_DIR:+ --raw-dir $RAW_DIR --src $SRC --tgt $TGT --related $RELATED}"
+  --corpus "${RAW_DIR:-synthetic multilingual preset, corpus seed 1}"

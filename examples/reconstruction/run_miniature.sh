@@ -64,5 +64,4 @@ for sys in $SYSTEMS; do for seed in $SEEDS; do ev_pool_run "seed$seed.$sys" rec_
 ev_pool_wait
 ev_compare --control baseline --systems pretrain $SYSTEMS --precondition baseline:pretrain --same-schedule $SYSTEMS \
   --title "Differentiable reconstruction (STGS), miniature Table 2 ($SRC<->$TGT)" \
-  --corpus "${RAW_DIR:-synthetic bidirectional preset, corpus seed 1}" \
-  --command "bash examples/reconstruction/run_miniature.sh --seeds \"$SEEDS\" --arch $ARCH${RAW_DIR:+ --raw-dir $RAW_DIR --src $SRC --tgt $TGT}"
+  --corpus "${RAW_DIR:-synthetic bidirectional preset, corpus seed 1}"

@@ -55,5 +55,4 @@ done
 ev_compare --control "control$ITERATIONS" --systems "${SYSTEMS[@]}" --also "${ALSO[@]}" --precondition "${PRE[@]}" \
   --same-schedule "${SAME[@]}" \
   --title "Wake-sleep back-translation, miniature ($SRC->$TGT forward, $TGT->$SRC backward)" \
-  --corpus "${RAW_DIR:-synthetic domain preset, corpus seed 1}" \
-  --command "ARCH=$ARCH MAX_TOKENS=$MAX_TOKENS LR=$LR WARMUP=$WARMUP LR_ITER=$LR_ITER WARMUP_ITER=$WARMUP_ITER bash examples/wake_sleep/run_miniature.sh --seeds \"$SEEDS\" --iterations $ITERATIONS${RAW_DIR:+ --raw-dir $RAW_DIR --src $SRC --tgt $TGT}"
+  --corpus "${RAW_DIR:-synthetic domain preset, corpus seed 1}"

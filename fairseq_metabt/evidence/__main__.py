@@ -6,9 +6,13 @@
              [--task T] [--beam 5] [-- fairseq-generate args]
                                              score a system (scripts/evaluate.py) and record it in W/evals.json
     compare  --work-dir W --control NAME [--systems A B ...] [--precondition SYS:REF ...]
-             [--same-schedule A B ...] [--command C] [--corpus C] [--title T]
-                                             W/summary.json + a table with mean ± std, paired Δ, p, convergence
+             [--same-schedule A B ...] [--command C] [--knob K=V ...] [--corpus C] [--title T]
+                                             W/summary.json + a table with mean ± std, paired Δ with its
+                                             seed-level 95 % interval and verdict, pooled p, updates,
+                                             convergence, and the provenance of every run
     table    SUMMARY.json                    print a summary's table(s)
+    verdicts SUMMARY.json ...                add seed-level intervals and verdicts to summaries kept before
+                                             they were computed (from their per-seed scores), in place
     docs     [--results-dir docs/results] [--out docs/results.md]
                                              generate docs/results.md from the kept summaries
 """
@@ -116,7 +120,9 @@ def cmd_compare(argv: List[str]) -> int:
                    help="systems whose training stages must share one schedule and stopping rule")
     p.add_argument("--also", nargs="*", default=[], metavar="SYS:CTRL",
                    help="further paired comparisons of SYS against CTRL (e.g. metabt:bt_mle)")
-    p.add_argument("--command", default="")
+    p.add_argument("--command", default="", help="the full recipe command line, environment knobs included")
+    p.add_argument("--knob", action="append", default=[], metavar="K=V",
+                   help="an effective setting the recipe read from the environment (recorded in provenance)")
     p.add_argument("--corpus", default="")
     p.add_argument("--title", default="")
     p.add_argument("--out", help="default: WORK/summary.json")
@@ -124,14 +130,16 @@ def cmd_compare(argv: List[str]) -> int:
                    "randomisation (ar) or bootstrap resampling (bs)")
     p.add_argument("--samples", type=int, default=2000, help="trials / resamples of the paired test")
     a = p.parse_args(argv)
-    def pairs(items: List[str], flag: str) -> list:
+    def pairs(items: List[str], flag: str, sep: str = ":") -> list:
         for item in items:
-            if ":" not in item:
-                p.error(f"{flag} {item!r}: expected SYS:OTHER, e.g. baseline_ft:baseline")
-        return [tuple(item.split(":", 1)) for item in items]
+            if sep not in item:
+                p.error(f"{flag} {item!r}: expected " + ("SYS:OTHER, e.g. baseline_ft:baseline" if sep == ":" else
+                                                          "NAME=VALUE, e.g. LR=2e-3"))
+        return [item.split(sep, 1) for item in items]
 
     s = summary.compare(a.work_dir, a.control, a.systems, pairs(a.precondition, "--precondition"), a.same_schedule,
-                        pairs(a.also, "--also"), a.command, a.corpus, a.title, a.out, test_type=a.test,
+                        pairs(a.also, "--also"), a.command, a.corpus, a.title, a.out,
+                        knobs=dict(pairs(a.knob, "--knob", "=")), test_type=a.test,
                         n_samples=a.samples)
     print(summary.render_summary(s))
     return 0
@@ -143,6 +151,19 @@ def cmd_table(argv: List[str]) -> int:
 
     for path in argv:
         print(summary.render_summary(read_json(path)))
+    return 0
+
+
+def cmd_verdicts(argv: List[str]) -> int:
+    from fairseq_metabt.evidence import summary
+    from fairseq_metabt.evidence.io import atomic_write_json, read_json
+
+    if not argv:
+        raise errors.UserError("verdicts needs at least one summary JSON", "e.g. docs/results/dds.json")
+    for path in argv:
+        s = summary.add_kept_verdicts(read_json(path))
+        atomic_write_json(path, s)
+        print(summary.render_summary(s))
     return 0
 
 
@@ -161,7 +182,7 @@ def cmd_docs(argv: List[str]) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare, "table": cmd_table,
-            "docs": cmd_docs}
+            "verdicts": cmd_verdicts, "docs": cmd_docs}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

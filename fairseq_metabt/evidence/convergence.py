@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from fairseq_metabt.errors import UserError
+from fairseq_metabt.evidence import provenance
 from fairseq_metabt.evidence.io import atomic_write_json, read_json
 
 RECORD = "convergence.json"
@@ -31,6 +32,8 @@ OWNED = ("--patience", "--validate-interval-updates", "--validate-interval", "--
          "--save-interval", "--max-update", "--max-epoch", "--best-checkpoint-metric",
          "--maximize-best-checkpoint-metric", "--keep-interval-updates", "--save-dir")
 # Options that make up a learning-rate schedule: they must agree between a method and its control.
+# Options naming the checkpoint of another model a run starts from: its convergence is part of this run's record.
+INITS = ("--finetune-from-model", "--forward-init", "--backward-init", "--restore-file")
 SCHEDULE = ("--lr", "--lr-scheduler", "--warmup-updates", "--warmup-init-lr", "--optimizer", "--adam-betas",
             "--clip-norm", "--max-tokens", "--batch-size", "--update-freq", "--weight-decay", "--lr-shrink",
             "--lr-patience")
@@ -102,6 +105,13 @@ class Record:
     wall_s: float = 0.0
     command: str = ""
     validations: List[Tuple[int, float]] = field(default_factory=list)
+    # provenance (written by :func:`train`; absent from records made before it recorded them)
+    commit: Optional[str] = None
+    dirty: Optional[bool] = None
+    versions: Dict[str, Optional[str]] = field(default_factory=dict)
+    starts: int = 1
+    early_stop_state_kept: Optional[bool] = None
+    depends_on: List[Dict[str, object]] = field(default_factory=list)
 
     @property
     def status(self) -> str:
@@ -189,6 +199,7 @@ def train(save_dir: str, train_args: Sequence[str], protocol: Protocol, fairseq_
                   f"{rec.best_update}", flush=True)
         return rec
     os.makedirs(save_dir, exist_ok=True)
+    git = provenance.git_state()
     exe = fairseq_train or _console_script("fairseq-train")
     cmd = [exe, *train_args, *protocol.fairseq_args(), "--save-dir", save_dir]
     log_path = os.path.join(save_dir, LOG)
@@ -219,12 +230,34 @@ def train(save_dir: str, train_args: Sequence[str], protocol: Protocol, fairseq_
                  metric=protocol.metric, protocol=asdict(protocol),
                  schedule=option_values(train_args, SCHEDULE), warmup_updates=warmup,
                  finetune_from=option_values(train_args, ("--finetune-from-model",)).get("--finetune-from-model"),
-                 wall_s=round(wall, 1), command=shlex.join(cmd), validations=vals)
+                 wall_s=round(wall, 1), command=shlex.join(cmd), validations=vals,
+                 commit=git["commit"], dirty=git["dirty"], versions=provenance.versions(),
+                 starts=len(re.findall(r"^# " + re.escape(exe) + " ", text, re.M)),  # one header per start
+                 early_stop_state_kept=option_values(train_args, ("--lr-scheduler",)).get("--lr-scheduler")
+                 in provenance.KEEPS_EARLY_STOP_STATE,
+                 depends_on=dependencies(train_args))
     atomic_write_json(record_path, asdict(rec))
     if echo:
         print(f"[evidence] {save_dir}: {rec.status} ({reason}); best {rec.metric} {best} at update {best_update} of "
               f"{num_updates}; {wall:.0f}s", flush=True)
     return rec
+
+
+def dependencies(train_args: Sequence[str]) -> List[Dict[str, object]]:
+    """The convergence of every model a run starts from (``--finetune-from-model``, ``--forward-init`` ...):
+    a gain over a control means little if the model both start from had not converged."""
+    out: List[Dict[str, object]] = []
+    for flag, path in option_values(train_args, INITS).items():
+        d = os.path.dirname(os.path.abspath(path)) if path else ""
+        entry: Dict[str, object] = {"flag": flag, "path": os.path.abspath(path) if path else path}
+        if d and os.path.exists(os.path.join(d, RECORD)):
+            rec = load(d)
+            entry.update(converged=rec.converged, status=rec.status, num_updates=rec.num_updates,
+                         best_update=rec.best_update, commit=rec.commit, wall_s=rec.wall_s, starts=rec.starts)
+        else:
+            entry.update(converged=None, status="no training record")
+        out.append(entry)
+    return out
 
 
 def _num_updates(save_dir: str, vals: List[Tuple[int, float]]) -> int:

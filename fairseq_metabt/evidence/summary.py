@@ -16,11 +16,13 @@ import statistics
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from fairseq_metabt.errors import UserError
-from fairseq_metabt.evidence import convergence, significance
+from fairseq_metabt.evidence import convergence, provenance, significance
+from fairseq_metabt.evidence import seeds as seed_level
 from fairseq_metabt.evidence.io import atomic_write_json, read_json
 
 EVALS = "evals.json"
 ALPHA = 0.05
+MIN_SEEDS = 5  # a comparison stated as a finding (README, method docs) has at least this many seeds
 
 
 def _key(system: str, seed: int, pair: str) -> str:
@@ -41,7 +43,9 @@ def add_eval(work_dir: str, system: str, seed: int, pair: str, scores: dict, hyp
     if save_dir and os.path.exists(os.path.join(save_dir, convergence.RECORD)):
         c = convergence.load(save_dir)
         rec.update(converged=c.converged, status=c.status, reason=c.reason, num_updates=c.num_updates,
-                   best_update=c.best_update)
+                   best_update=c.best_update, wall_s=c.wall_s, command=c.command, commit=c.commit, dirty=c.dirty,
+                   starts=c.starts, early_stop_state_kept=c.early_stop_state_kept, depends_on=c.depends_on,
+                   versions=c.versions)
     else:
         rec.update(converged=None, status="no training record", reason=None)
     import fcntl
@@ -65,9 +69,37 @@ def _mean_std(xs: Sequence[float]) -> Tuple[float, float]:
     return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+RUN_FIELDS = ("converged", "status", "num_updates", "best_update", "wall_s", "starts", "early_stop_state_kept",
+              "commit", "dirty", "command", "depends_on")
+
+
+def _paired(by: Dict[Tuple[str, int], dict], control: str, name: str, seeds: Sequence[int],
+            test_type: str, n_samples: int) -> dict:
+    """Δ of ``name`` against ``control`` on their common seeds: the pooled sacrebleu test, the per-seed
+    tests, and the seed-level interval with its verdict (:mod:`.seeds`)."""
+    paired = [s for s in seeds if (control, s) in by]
+    if not paired:
+        return {"delta": None, "delta_chrf": None, "p": None, "p_chrf": None, "p_per_seed": None, "verdict": None}
+    lines = {}
+    for key in {(n, s) for s in paired for n in (control, name)}:
+        lines[key] = _lines(by[key]["hyps"])
+    triples = [(lines[(control, s)], lines[(name, s)], _lines(by[(name, s)]["ref"])) for s in paired]
+    per_seed = [_test(*t, test_type=test_type, n_samples=n_samples) for t in triples]
+    pooled = _test(*[sum((list(t[i]) for t in triples), []) for i in range(3)], test_type=test_type,
+                   n_samples=n_samples)
+    bleu_iv, chrf_iv = seed_level.seed_level(triples, "bleu"), seed_level.seed_level(triples, "chrf")
+    return {"delta": round(statistics.mean(by[(name, s)]["bleu"] - by[(control, s)]["bleu"] for s in paired), 3),
+            "delta_chrf": round(statistics.mean(by[(name, s)]["chrf"] - by[(control, s)]["chrf"] for s in paired), 3),
+            "p": pooled["bleu"]["p"], "p_chrf": pooled["chrf"]["p"],
+            "p_per_seed": [t["bleu"]["p"] for t in per_seed], "paired_seeds": paired,
+            "delta_per_seed": bleu_iv["per_seed"], "interval": bleu_iv, "interval_chrf": chrf_iv,
+            "verdict": bleu_iv["verdict"], "verdict_chrf": chrf_iv["verdict"]}
+
+
 def compare_pair(records: List[dict], control: str, systems: Sequence[str], test_type: str = significance.DEFAULT_TEST,
                  n_samples: int = significance.DEFAULT_SAMPLES) -> Dict[str, dict]:
-    """Per-system scores of one pair, with Δ and p against ``control`` paired by seed."""
+    """Per-system scores of one pair, with Δ, p, the seed-level interval and verdict against ``control``
+    paired by seed, and each seed's training record (provenance)."""
     by = {(r["system"], r["seed"]): r for r in records}
     seeds_of = {s: sorted(seed for (name, seed) in by if name == s) for s in systems}
     if not seeds_of.get(control):
@@ -75,29 +107,18 @@ def compare_pair(records: List[dict], control: str, systems: Sequence[str], test
                          f"(systems scored: {sorted({r['system'] for r in records})})")
     out: Dict[str, dict] = {}
     for name in systems:
-        seeds = seeds_of[name]
-        if not seeds:
+        seed_list = seeds_of[name]
+        if not seed_list:
             continue
-        rows = [by[(name, s)] for s in seeds]
-        entry = {"seeds": seeds, "bleu": [r["bleu"] for r in rows], "chrf": [r["chrf"] for r in rows],
+        rows = [by[(name, s)] for s in seed_list]
+        entry = {"seeds": seed_list, "bleu": [r["bleu"] for r in rows], "chrf": [r["chrf"] for r in rows],
                  "converged": all(r.get("converged") is True for r in rows),
-                 "status": [r.get("status") for r in rows], "n_test": [r.get("n") for r in rows]}
-        paired = [s for s in seeds if (control, s) in by]
+                 "status": [r.get("status") for r in rows], "n_test": [r.get("n") for r in rows],
+                 "runs": [dict({k: r.get(k) for k in RUN_FIELDS}, seed=s) for s, r in zip(seed_list, rows)]}
         if name == control:
-            entry.update(delta=0.0, delta_chrf=0.0, p=None, p_chrf=None, p_per_seed=None)
-        elif paired:
-            triples = [(_lines(by[(control, s)]["hyps"]), _lines(by[(name, s)]["hyps"]), _lines(by[(name, s)]["ref"]))
-                       for s in paired]
-            per_seed = [_test(*t, test_type=test_type, n_samples=n_samples) for t in triples]
-            pooled = _test(*[sum((list(t[i]) for t in triples), []) for i in range(3)], test_type=test_type,
-                           n_samples=n_samples)
-            entry.update(
-                delta=round(statistics.mean(by[(name, s)]["bleu"] - by[(control, s)]["bleu"] for s in paired), 3),
-                delta_chrf=round(statistics.mean(by[(name, s)]["chrf"] - by[(control, s)]["chrf"] for s in paired), 3),
-                p=pooled["bleu"]["p"], p_chrf=pooled["chrf"]["p"],
-                p_per_seed=[t["bleu"]["p"] for t in per_seed], paired_seeds=paired)
+            entry.update(delta=0.0, delta_chrf=0.0, p=None, p_chrf=None, p_per_seed=None, verdict=None)
         else:
-            entry.update(delta=None, delta_chrf=None, p=None, p_chrf=None, p_per_seed=None)
+            entry.update(_paired(by, control, name, seed_list, test_type, n_samples))
         out[name] = entry
     return out
 
@@ -108,28 +129,32 @@ def _test(control: Sequence[str], system: Sequence[str], refs: Sequence[str], **
     return significance.paired_test(control, system, refs, **kw)
 
 
-def precondition(table: Dict[str, dict], system: str, reference: str) -> dict:
+def precondition(table: Dict[str, dict], system: str, reference: str, vs_ref: Optional[dict] = None) -> dict:
     """Convergence precondition: continuing ``reference`` on its own data (``system``) must not gain.
 
-    It holds when the paired Δ is not positive or not significant (p >= ALPHA)."""
+    It fails when the paired Δ is positive and either test says so: the pooled sentence test
+    (p < ALPHA) or the seed-level verdict (``better``)."""
     if system not in table or reference not in table:
         return {"system": system, "reference": reference, "holds": None, "text": f"{system} or {reference} not scored"}
+    vs_ref = vs_ref or {}
     a, b = table[system], table[reference]
-    seeds = [s for s in a["seeds"] if s in b["seeds"]]
-    delta = statistics.mean(a["bleu"][a["seeds"].index(s)] - b["bleu"][b["seeds"].index(s)] for s in seeds)
-    p = a.get("p_vs_reference")
-    holds = delta <= 0 or (p is not None and p >= ALPHA)
-    text = (f"continuing {reference} on its own data ({system}) no longer gains: Δ {delta:+.2f} BLEU, {_p_phrase(p)}"
-            if holds else
-            f"NOT MET: continuing {reference} on its own data ({system}) still gains Δ {delta:+.2f} BLEU "
-            f"({_p_phrase(p)}): {reference} had not converged, so gains over it measure training length")
-    return {"system": system, "reference": reference, "delta": round(delta, 3), "p": p, "holds": holds, "text": text}
+    common = [s for s in a["seeds"] if s in b["seeds"]]
+    delta = statistics.mean(a["bleu"][a["seeds"].index(s)] - b["bleu"][b["seeds"].index(s)] for s in common)
+    p, verdict = vs_ref.get("p"), vs_ref.get("verdict")
+    gains = delta > 0 and ((p is not None and p < ALPHA) or verdict == seed_level.BETTER)
+    detail = f"Δ {delta:+.2f} BLEU{_ci_phrase(vs_ref.get('interval'))}, {verdict or 'no verdict'}, {_p_phrase(p)}"
+    text = (f"continuing {reference} on its own data ({system}) no longer gains: {detail}" if not gains else
+            f"NOT MET: continuing {reference} on its own data ({system}) still gains ({detail}): {reference} had "
+            "not converged, so gains over it measure training length")
+    return {"system": system, "reference": reference, "delta": round(delta, 3), "p": p, "verdict": verdict,
+            "interval": vs_ref.get("interval"), "holds": not gains, "text": text}
 
 
 def compare(work_dir: str, control: str, systems: Optional[Sequence[str]] = None,
             preconditions: Sequence[Tuple[str, str]] = (), same_schedule: Sequence[str] = (),
             also: Sequence[Tuple[str, str]] = (), command: str = "",
-            corpus: str = "", title: str = "", out: Optional[str] = None, **kw) -> dict:
+            corpus: str = "", title: str = "", out: Optional[str] = None,
+            knobs: Optional[Dict[str, str]] = None, **kw) -> dict:
     """Build ``WORK/summary.json`` from ``WORK/evals.json`` (see the module docstring)."""
     records = list(load_evals(work_dir).values())
     if not records:
@@ -147,26 +172,28 @@ def compare(work_dir: str, control: str, systems: Optional[Sequence[str]] = None
         table = compare_pair(recs, control, systems, **kw)
         entry: Dict[str, object] = {"control": control, "systems": table}
         conds = []
+        by = {(r["system"], r["seed"]): r for r in recs}
+        test_kw = (kw.get("test_type", significance.DEFAULT_TEST), kw.get("n_samples", significance.DEFAULT_SAMPLES))
         for sys_name, ref_name in preconditions:
+            vs_ref = None
             if sys_name in table and ref_name in table:
-                vs_ref = compare_pair(recs, ref_name, [ref_name, sys_name], **kw)[sys_name]
+                vs_ref = _paired(by, ref_name, sys_name, table[sys_name]["seeds"], *test_kw)
                 table[sys_name]["p_vs_reference"] = vs_ref["p"]
-            conds.append(precondition(table, sys_name, ref_name))
+            conds.append(precondition(table, sys_name, ref_name, vs_ref))
         if conds:
             entry["preconditions"] = conds
         extra = []
         for sys_name, ctrl in also:  # further paired comparisons, e.g. a method against its closest control
             if sys_name in table and ctrl in table:
-                row = compare_pair(recs, ctrl, [ctrl, sys_name], **kw)[sys_name]
-                extra.append({"system": sys_name, "control": ctrl, "delta": row["delta"], "p": row["p"],
-                              "delta_chrf": row["delta_chrf"], "p_chrf": row["p_chrf"],
-                              "p_per_seed": row["p_per_seed"]})
+                row = _paired(by, ctrl, sys_name, table[sys_name]["seeds"], *test_kw)
+                extra.append(dict(row, system=sys_name, control=ctrl))
         if extra:
             entry["also"] = extra
         if same_schedule:
             entry["schedule"] = _schedule_check(recs, same_schedule)
         result[pair] = entry
-    summary: Dict[str, object] = {"title": title, "command": command, "corpus": corpus, "control": control}
+    summary: Dict[str, object] = {"title": title, "command": command, "corpus": corpus, "control": control,
+                                  "provenance": dict(provenance.environment(), knobs=dict(knobs or {}))}
     if len(result) == 1:
         summary.update(next(iter(result.values())))
         summary["pair"] = pairs[0]
@@ -177,16 +204,21 @@ def compare(work_dir: str, control: str, systems: Optional[Sequence[str]] = None
 
 
 def _schedule_check(records: List[dict], systems: Sequence[str]) -> dict:
-    """Fair fine-tuning: the named systems' stages used one learning-rate schedule and stopping rule."""
-    recs = {}
-    for r in records:
+    """Fair fine-tuning: every seed of the named systems used one learning-rate schedule and stopping rule,
+    and none was resumed with fairseq's early-stopping count reset (it would have trained longer)."""
+    recs: Dict[str, convergence.Record] = {}
+    for r in sorted(records, key=lambda r: (list(systems).index(r["system"]) if r["system"] in systems else 0,
+                                            r["seed"])):
         if r["system"] in systems and r.get("save_dir") and os.path.exists(
                 os.path.join(r["save_dir"], convergence.RECORD)):
-            recs.setdefault(r["system"], convergence.load(r["save_dir"]))
+            recs.setdefault(f"{r['system']} seed {r['seed']}", convergence.load(r["save_dir"]))
     problems = convergence.same_schedule(recs)
+    problems += [f"{name} was resumed {rec.starts - 1} time(s) with the early-stopping count reset"
+                 for name, rec in recs.items() if rec.starts > 1 and not rec.early_stop_state_kept]
     first = next(iter(recs.values()), None)
-    return {"systems": list(recs), "same": not problems, "problems": problems,
-            "schedule": first.schedule if first else None, "protocol": first.protocol if first else None}
+    return {"systems": list(dict.fromkeys(n.rsplit(" seed ", 1)[0] for n in recs)), "same": not problems,
+            "problems": problems, "schedule": first.schedule if first else None,
+            "protocol": first.protocol if first else None}
 
 
 def _p_phrase(p: Optional[float]) -> str:
@@ -215,19 +247,45 @@ def _pm(mean: Optional[float], std: Optional[float]) -> str:
     return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
 
 
+def _ci_phrase(iv: Optional[dict]) -> str:
+    """" [lo, hi]" of a seed-level interval ("" when there is none)."""
+    if not iv or iv.get("lo") is None:
+        return ""
+    return f" [{iv['lo']:+.2f}, {iv['hi']:+.2f}]"
+
+
+def verdict_text(row: dict) -> str:
+    """The verdict as a table prints it: a verdict from fewer than MIN_SEEDS seeds is marked
+    (``better*``): it is indicative, and the project states no finding from it."""
+    v = row.get("verdict")
+    if v is None:
+        return "–"
+    n = (row.get("interval") or {}).get("n_seeds") or len(row.get("paired_seeds") or row.get("seeds") or [])
+    return v if n >= MIN_SEEDS else f"{v}*"
+
+
+def _updates(s: dict) -> str:
+    runs = s.get("runs") or []
+    if not runs or all(r.get("num_updates") is None for r in runs):
+        return "–"
+    return ", ".join(f"{r.get('best_update')}/{r.get('num_updates')}" for r in runs)
+
+
 def render_table(entry: dict) -> str:
-    """A markdown table of one pair's comparison: mean ± std, paired Δ and p, convergence."""
+    """A markdown table of one pair's comparison: mean ± std, paired Δ with its seed-level 95 % interval and
+    verdict, the pooled sentence-level p, best/last update per seed, convergence."""
     control = entry["control"]
-    rows = [f"| system | BLEU mean ± std | chrF mean ± std | ΔBLEU vs {control} | p | ΔchrF | seeds | converged |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = [f"| system | BLEU mean ± std | chrF mean ± std | ΔBLEU vs {control} [95 % CI] | verdict | p (pooled) | "
+            "ΔchrF | seeds | best/last update | converged |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in entry["systems"].items():
         bm, bs = _agg(s, "bleu")
         cm, cs = _agg(s, "chrf")
         if name == control:
-            delta, p, dc = "(control)", "", ""
+            delta, verdict, p, dc = "(control)", "", "", ""
         else:
-            delta = "–" if s.get("delta") is None else f"{s['delta']:+.2f}"
-            p = _fmt_p(s.get("p"))
+            delta = "–" if s.get("delta") is None else f"{s['delta']:+.2f}{_ci_phrase(s.get('interval'))}"
+            verdict, p = verdict_text(s), _fmt_p(s.get("p"))
             dc = "–" if s.get("delta_chrf") is None else f"{s['delta_chrf']:+.2f}"
         conv = s.get("converged")
         if conv is None:
@@ -236,12 +294,14 @@ def render_table(entry: dict) -> str:
             conv_txt = "yes"
         else:
             conv_txt = "**no** (" + ", ".join(sorted({st or "no record" for st in s.get("status") or []})) + ")"
-        rows.append(f"| {name} | {_pm(bm, bs)} | {_pm(cm, cs)} | {delta} | {p} | {dc} | "
-                    f"{s.get('n_seeds') or len(s['bleu'])} | {conv_txt} |")
+        rows.append(f"| {name} | {_pm(bm, bs)} | {_pm(cm, cs)} | {delta} | {verdict} | {p} | {dc} | "
+                    f"{s.get('n_seeds') or len(s['bleu'])} | {_updates(s)} | {conv_txt} |")
     notes = [c["text"] for c in entry.get("preconditions", [])]
     for c in entry.get("also", []):
-        d = "–" if c.get("delta") is None else f"{c['delta']:+.2f}"
-        notes.append(f"{c['system']} vs {c['control']} (paired by seed): ΔBLEU {d}, {_p_phrase(c.get('p'))}")
+        d = "–" if c.get("delta") is None else f"{c['delta']:+.2f}{_ci_phrase(c.get('interval'))}"
+        per = ", ".join(f"{x:+.2f}" for x in c.get("delta_per_seed") or [])
+        notes.append(f"{c['system']} vs {c['control']} (paired by seed): ΔBLEU {d}, verdict **{verdict_text(c)}**"
+                     f"{f' (per seed {per})' if per else ''}; pooled {_p_phrase(c.get('p'))}")
     sched = entry.get("schedule")
     if sched and not sched.get("same", True):
         notes.append("NOT MET: fine-tuning schedules differ: " + "; ".join(sched["problems"]))
@@ -250,19 +310,52 @@ def render_table(entry: dict) -> str:
     return "\n".join(rows + ([""] + [f"- {n}" for n in notes] if notes else []))
 
 
+def _method_line(summary: dict) -> str:
+    """How the table's intervals were computed (from the first interval found)."""
+    pairs = summary.get("pairs") or {"": summary}
+    for entry in pairs.values():
+        for row in list(entry.get("systems", {}).values()) + entry.get("also", []):
+            if row.get("interval"):
+                iv = row["interval"]
+                return (f"95 % interval of the mean Δ over seeds: {iv['method']}. Verdict: better/worse when the "
+                        f"interval excludes 0, else level; * marks a verdict from fewer than {MIN_SEEDS} seeds "
+                        "(indicative, not stated as a finding).")
+    return ""
+
+
 def render_summary(summary: dict) -> str:
-    """Every pair's table of a summary (``pairs`` or a single pair)."""
+    """Every pair's table of a summary (``pairs`` or a single pair), under its provenance caveats."""
     pairs = summary.get("pairs") or {summary.get("pair", ""): summary}
-    parts = []
+    parts = [f"**Caveat: {c}.**\n" for c in provenance.caveats(summary)]
     for pair, entry in pairs.items():
         if len(pairs) > 1 or pair:
             parts.append(f"**{pair}**\n")
         parts.append(render_table(entry) + "\n")
+    method = _method_line(summary)
+    if method:
+        parts.append(method + "\n")
     return "\n".join(parts)
 
 
+def _provenance_line(s: dict) -> str:
+    prov = s.get("provenance") or {}
+    if not prov:
+        return ""
+    v = prov.get("versions") or {}
+    soft = ", ".join(f"{k} {v[k]}" for k in v if v[k])
+    dirty = " (uncommitted changes)" if prov.get("dirty") else ""
+    return (f"Summarised at commit `{(prov.get('commit') or 'unknown')[:10]}`{dirty}; {soft}; python "
+            f"{prov.get('python')}; {prov.get('cores')} cores, JOBS {prov.get('jobs') or 'default'}.\n")
+
+
+def notes_path(json_path: str) -> str:
+    """The human reading kept beside a tool-written result: ``NAME.notes.md`` next to ``NAME.json``."""
+    return json_path[:-len(".json")] + ".notes.md"
+
+
 def render_results_md(results_dir: str, header: str = "") -> str:
-    """``docs/results.md`` generated from every ``docs/results/*.json`` (never typed by hand)."""
+    """``docs/results.md`` generated from every ``docs/results/*.json`` (never typed by hand), each table
+    followed by its human reading from ``NAME.notes.md``."""
     files = sorted(f for f in os.listdir(results_dir) if f.endswith(".json"))
     out = [header.rstrip() + "\n"] if header else []
     for f in files:
@@ -270,10 +363,47 @@ def render_results_md(results_dir: str, header: str = "") -> str:
         out.append(f"## {s.get('title') or f[:-5]}\n")
         out.append(f"Source: `docs/results/{f}`. Command: `{s.get('command') or '–'}`. "
                    f"Corpus: {s.get('corpus') or '–'}.\n")
+        line = _provenance_line(s)
+        if line:
+            out.append(line)
         if s.get("status"):
             out.append(f"**Status: {s['status'].strip()}**\n")
         out.append(render_summary(s))
-        if s.get("notes"):
-            notes = s["notes"] if isinstance(s["notes"], list) else [s["notes"]]
-            out.append("\n\n".join(n.strip() for n in notes) + "\n")
+        notes_file = notes_path(os.path.join(results_dir, f))
+        if os.path.exists(notes_file):
+            with open(notes_file, encoding="utf-8") as nf:
+                out.append(nf.read().strip() + "\n")
     return "\n".join(out)
+
+
+def add_kept_verdicts(summary: dict) -> dict:
+    """Seed-level intervals and verdicts for a summary kept before they were computed, from its kept per-seed
+    scores (the hypotheses are gone, so the interval lacks the sentence component; its ``method`` says so).
+    Rows that already have an interval are left as they are."""
+    pairs = summary.get("pairs") or {"": summary}
+    for entry in pairs.values():
+        table = entry["systems"]
+
+        def fill(row: dict, name: str, control: str) -> None:
+            if row.get("interval") or name not in table or control not in table:
+                return
+            a, b = table[name], table[control]
+            common = [s for s in a["seeds"] if s in b["seeds"]]
+            if not common:
+                return
+            for metric, key in (("bleu", "interval"), ("chrf", "interval_chrf")):
+                d = [a[metric][a["seeds"].index(s)] - b[metric][b["seeds"].index(s)] for s in common]
+                row[key] = seed_level.interval(d, sentence_var=None)
+            row.update(delta_per_seed=row["interval"]["per_seed"], verdict=row["interval"]["verdict"],
+                       verdict_chrf=row["interval_chrf"]["verdict"], paired_seeds=common)
+
+        for name, row in table.items():
+            if name != entry["control"]:
+                fill(row, name, entry["control"])
+        for row in entry.get("also", []):
+            fill(row, row["system"], row["control"])
+        for cond in entry.get("preconditions", []):
+            fill(cond, cond["system"], cond["reference"])
+            if cond.get("interval"):
+                cond.update(precondition(table, cond["system"], cond["reference"], cond))
+    return summary

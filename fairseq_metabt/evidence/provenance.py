@@ -1,0 +1,98 @@
+"""Provenance written by the tools: which code, which software, which machine, which command.
+
+Every training record (``convergence.json``) and every ``summary.json`` carries these fields, so a
+kept result never depends on someone typing its commit or command. :func:`caveats` reads them back
+and names what a reader must know before trusting a table: seeds trained from different commits or
+from a tree with uncommitted changes, runs resumed with their early-stopping state reset, and
+results kept from before the tools recorded provenance.
+"""
+import os
+import platform
+import subprocess
+from typing import Dict, Iterable, List, Optional
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+PACKAGES = ("torch", "fairseq", "sacrebleu", "sentencepiece", "numpy")
+# the optimizer-state-saving lr scheduler that also keeps fairseq's early-stopping state over a resume
+KEEPS_EARLY_STOP_STATE = ("plateau_updates",)
+
+
+def git_state(root: str = ROOT) -> Dict[str, object]:
+    """``{"commit": sha or None, "dirty": bool or None}`` of the project's checkout.
+
+    ``dirty`` counts changes to tracked files only: runs, checkpoints and corpora are ignored files."""
+    def git(*args: str) -> Optional[str]:
+        try:
+            return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True, timeout=30,
+                                  check=True).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit.strip() if commit else None, "dirty": bool(status.strip()) if status is not None else None}
+
+
+def versions(packages: Iterable[str] = PACKAGES) -> Dict[str, Optional[str]]:
+    """Installed versions of the packages that decide a result (``None`` when one is missing)."""
+    from importlib import metadata
+
+    out: Dict[str, Optional[str]] = {}
+    for name in packages:
+        dist = {"fairseq": ("fairseq-fixed", "fairseq")}.get(name, (name,))
+        out[name] = None
+        for d in dist:
+            try:
+                out[name] = metadata.version(d)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    return out
+
+
+def environment() -> Dict[str, object]:
+    """The machine and software a summary was made on: git state, versions, cores and threads."""
+    env = dict(git_state())
+    env.update(versions=versions(), python=platform.python_version(), cores=os.cpu_count(),
+               jobs=os.environ.get("JOBS"), omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
+               cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
+    return env
+
+
+def _runs(summary: dict) -> List[dict]:
+    """Every (pair, system, seed) run record of a summary, with the names added."""
+    pairs = summary.get("pairs") or {summary.get("pair", ""): summary}
+    out = []
+    for pair, entry in pairs.items():
+        for name, row in entry.get("systems", {}).items():
+            for run in row.get("runs") or []:
+                out.append(dict(run, system=name, pair=pair))
+    return out
+
+
+def caveats(summary: dict) -> List[str]:
+    """What a table's header must say about where its numbers come from (empty when nothing)."""
+    runs = _runs(summary)
+    if not runs:
+        return ["provenance not recorded by the tools: this table was kept before summaries recorded the commit, "
+                "the commands and the update counts; its intervals use the kept per-seed scores only"]
+    notes = []
+    commits: Dict[str, List[str]] = {}
+    for r in runs:
+        for c in [r.get("commit")] + [d.get("commit") for d in r.get("depends_on") or []]:
+            commits.setdefault(c or "unknown", []).append(f"{r['system']} seed {r['seed']}")
+    if len(commits) > 1:
+        notes.append("seeds or systems trained from different commits: " + "; ".join(
+            f"{c[:10]} ({len(v)} runs)" for c, v in sorted(commits.items())))
+    dirty = sorted({f"{r['system']} seed {r['seed']}" for r in runs if r.get("dirty")})
+    if dirty:
+        notes.append("trained from a tree with uncommitted changes: " + ", ".join(dirty))
+    reset = sorted({f"{r['system']} seed {r['seed']}" for r in runs
+                    if (r.get("starts") or 1) > 1 and not r.get("early_stop_state_kept")})
+    if reset:
+        notes.append("resumed with fairseq's early-stopping state reset (it waited a fresh --patience after the "
+                     "resume): " + ", ".join(reset))
+    capped = sorted({f"{r['system']} seed {r['seed']}" for r in runs if r.get("converged") is False})
+    if capped:
+        notes.append("not converged: " + ", ".join(capped))
+    return notes
