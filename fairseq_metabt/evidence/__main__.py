@@ -33,8 +33,12 @@ Every table follows the evidence protocol (`fairseq_metabt/evidence/`, `docs/dat
 trained to convergence on the dev set (early stopping with the same patience, validation interval and
 metric for every system of a comparison; the update cap is only a safety net and a system that reached
 it is marked **no** under *converged*), scores are BLEU and chrF (sacrebleu) mean ± std over seeds, Δ is
-the difference to the named control paired by seed, and p is sacrebleu's paired approximate-randomisation
-test of the system against the control on the test sets of all seeds pooled (two-sided). A table whose
+the difference to the named control paired by seed with its 95 % interval over seeds (seed variance plus
+test-sentence bootstrap variance, Student's t with n − 1 degrees of freedom), the **verdict** is better/worse
+only when that interval excludes 0 (else level; `*`: fewer than 5 seeds, indicative), and p is sacrebleu's
+paired approximate-randomisation test on the test sets of all seeds pooled (two-sided; sentence sampling
+only). The reading under each table is human-written (`docs/results/NAME.notes.md`); everything else is
+written by the tools. A table whose
 systems did not converge, or whose convergence precondition is not met, measures training length, not
 the method. Only comparisons of converged systems are kept here; the earlier fixed-budget runs are recorded in
 `docs/results_legacy.md`, and each method's miniature is re-run under the protocol by its issue.
