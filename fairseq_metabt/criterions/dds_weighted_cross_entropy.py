@@ -85,10 +85,10 @@ class DDSWeightedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
                  dds_dev_subset="valid", dds_dev_max_tokens=2048, dds_scorer_lr=1e-4, dds_scorer_hidden=32,
                  dds_taylor_eps=1e-2, dds_freeze_scorer=False, seed=1, fp16=False, bf16=False):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
-        validate.config(locals())  # the numeric options among the arguments: finite, in range
         if dds_scorer_lr <= 0 or dds_taylor_eps <= 0 or dds_dev_max_tokens <= 0 or dds_scorer_hidden <= 0:
             raise UserError("--dds-scorer-lr, --dds-taylor-eps, --dds-dev-max-tokens and --dds-scorer-hidden must "
                              "be > 0")
+        validate.config(locals())  # then every numeric argument: finite, in range (fairseq_metabt/validate.py)
         if not dds_freeze_scorer:
             amp.refuse_half_precision({"fp16": fp16, "bf16": bf16}, "dds_weighted_cross_entropy",
                                       "fairseq would cast the scorer psi, which has its own fp32 optimizer, to half "

@@ -60,11 +60,11 @@ class HiddenReconstructionCriterion(LabelSmoothedCrossEntropyCriterion):
                  report_accuracy: bool = False, encoder_reconstruction_weight: float = 0.5,
                  decoder_reconstruction_weight: float = 0.5, freeze_translator: bool = False):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
-        validate.config(locals())  # the numeric options among the arguments: finite, in range
         for flag, w in (("--encoder-reconstruction-weight", encoder_reconstruction_weight),
                         ("--decoder-reconstruction-weight", decoder_reconstruction_weight)):
             if not w >= 0:
                 raise UserError(f"{flag} must be >= 0, got {w}")
+        validate.config(locals())  # then every numeric argument: finite, in range (fairseq_metabt/validate.py)
         if freeze_translator and not (encoder_reconstruction_weight > 0 or decoder_reconstruction_weight > 0):
             raise UserError("--freeze-translator trains only the reconstructors, but both reconstruction weights "
                             "are 0", "give --encoder-reconstruction-weight or --decoder-reconstruction-weight > 0")

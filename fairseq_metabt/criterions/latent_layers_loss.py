@@ -90,10 +90,10 @@ class LatentLayersLossCriterion(LabelSmoothedCrossEntropyCriterion):
                  latent_prior="uniform", latent_lk_weight=0.0, latent_lk_utilisation="aggregated",
                  latent_lk_form="sampled", ignore_prefix_size=0, report_accuracy=False):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
-        validate.config(locals())  # the numeric options among the arguments: finite, in range
         if latent_kl_weight < 0 or latent_lk_weight < 0:
             raise UserError(f"--latent-kl-weight and --latent-lk-weight must be >= 0, "
                              f"got {latent_kl_weight} and {latent_lk_weight}")
+        validate.config(locals())  # then every numeric argument: finite, in range (fairseq_metabt/validate.py)
         self.kl_weight = latent_kl_weight
         self.kl_anneal_updates = latent_kl_anneal_updates
         self.prior = str(latent_prior)

@@ -96,8 +96,8 @@ class StgsReconstructionCriterion(LabelSmoothedCrossEntropyCriterion):
                  report_accuracy: bool = False, stgs_tau: float = 2.0, stgs_beta: float = 0.0,
                  stgs_max_len_a: float = 1.2, stgs_max_len_b: int = 10, reconstruction_weight: float = 1.0):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
-        validate.config(locals())  # the numeric options among the arguments: finite, in range
         validate_stgs_args(stgs_tau, stgs_beta, reconstruction_weight)
+        validate.config(locals())  # then every numeric argument: finite, in range (fairseq_metabt/validate.py)
         if not hasattr(task, "target_tags"):
             raise UserError("stgs_reconstruction needs --task bidirectional_translation (tagged corpus plus "
                              "its swap, so one model translates and reconstructs).")

@@ -66,7 +66,6 @@ class PlateauUpdatesSchedule(FairseqLRScheduler):
 
     def __init__(self, cfg: PlateauUpdatesConfig, optimizer):
         super().__init__(cfg, optimizer)
-        validate.config(cfg)
         if isinstance(cfg.lr, Collection) and len(cfg.lr) > 1:
             raise UserError("--lr-scheduler plateau_updates takes one --lr (got several)")
         if not 0.0 < cfg.lr_shrink < 1.0:
@@ -76,6 +75,7 @@ class PlateauUpdatesSchedule(FairseqLRScheduler):
         if cfg.patience is None or cfg.patience <= 0:
             raise UserError("--lr-scheduler plateau_updates counts validations without improvement as fairseq's "
                             "early stopping does: pass --patience P (> --lr-patience) and --validate-interval-updates")
+        validate.config(cfg)  # then finite and in range
         if cfg.lr_patience >= cfg.patience:  # legal (e.g. a smoke test with --patience 1), but say what it means
             logger.warning("--lr-patience %d >= --patience %d: the run stops before the learning rate is ever "
                            "reduced (use --lr-patience < --patience to anneal before stopping)",

@@ -116,7 +116,6 @@ class LatentDepthTranslationTask(MultilingualTranslationTask):
 
     def __init__(self, args, dicts, training):
         super().__init__(args, dicts, training)
-        validate.config(args)  # the task's, model's and criterion's options (one namespace)
         if args.latent_inner_steps < 1:
             raise UserError(f"--latent-inner-steps must be >= 1, got {args.latent_inner_steps}")
         self.latent_side, self.latent_lang_list = latent_languages(args.lang_pairs, args.latent_lang_side)
@@ -124,6 +123,7 @@ class LatentDepthTranslationTask(MultilingualTranslationTask):
             raise UserError("one-to-many latent depth needs --decoder-langtok: the shared decoder must be "
                              "told the target language")
         check_gate_lr(args)
+        validate.config(args)  # then the task's, model's and criterion's numeric options: finite, in range
         self.reset_gate_state()
 
     def reset_gate_state(self) -> None:
