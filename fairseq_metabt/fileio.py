@@ -86,16 +86,17 @@ def check_output(path: str, flag: str = "output", inputs: Inputs = (), must_be_n
     if not path:
         raise UserError(f"{flag} is an empty path", f"pass a file name to {flag}")
     target = os.path.realpath(path) if os.path.islink(path) else os.path.abspath(path)
+    try:
+        st = os.stat(path)  # what the path leads to, links followed (also /proc's fd links)
+    except (FileNotFoundError, NotADirectoryError):
+        st = None  # a new name (or a link to one): created at the link's target; a bad parent is named below
+    except OSError as e:
+        raise UserError(f"{flag} {path} cannot be written ({os.strerror(e.errno)})", "choose another path") from e
     for in_flag, in_path in inputs:
-        if in_path and os.path.exists(in_path) and os.path.lexists(target) and _same_file(target, in_path):
+        if st is not None and in_path and os.path.exists(in_path) and _same_file(path, in_path):
             raise UserError(f"{flag} {path} is {in_flag} {in_path}, an input of this command: writing it "
                             "would destroy what is being read", f"choose another file for {flag}")
-    if os.path.lexists(target):
-        try:
-            st = os.stat(target)
-        except OSError as e:  # e.g. a link to a missing directory
-            raise UserError(f"{flag} {path} cannot be written ({os.strerror(e.errno)})",
-                            "choose another path") from e
+    if st is not None:
         if stat.S_ISDIR(st.st_mode):
             raise UserError(f"{flag} {path} is a directory", f"pass a file name to {flag}, e.g. {path}/out")
         if not stat.S_ISREG(st.st_mode):
@@ -103,9 +104,18 @@ def check_output(path: str, flag: str = "output", inputs: Inputs = (), must_be_n
                     else "a device node")
             raise UserError(f"{flag} {path} is {kind}, not a regular file; refusing to replace it",
                             f"pass a regular file or a new name to {flag}")
+    for where in (os.path.abspath(path), target):  # e.g. /dev/stdout redirected to a file
+        top = "/" + where.split(os.sep)[1] if where.count(os.sep) > 1 else where
+        if top in ("/dev", "/proc", "/sys"):
+            raise UserError(f"{flag} {path} lies in {top}, which holds devices and process files, not results",
+                            f"pass a regular file to {flag}")
+    if st is not None:
+        if not (os.path.lexists(target) and _same_file(path, target)):  # e.g. /dev/stdout redirected
+            raise UserError(f"{flag} {path} leads to a file that cannot be replaced by name",
+                            f"pass a regular file or a new name to {flag}")
         if must_be_new:
             raise UserError(f"{flag} {path} exists", f"pass --force to replace it, or choose another file for {flag}")
-        if not st.st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) or not os.access(target, os.W_OK):
+        if not st.st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) or not os.access(path, os.W_OK):
             raise UserError(f"{flag} {path} is read-only", "make it writable (chmod u+w) or choose another file")
     parent = os.path.dirname(target)
     probe = parent

@@ -62,13 +62,17 @@ def test_symlink_is_written_through(tmp_path):
     assert os.path.islink(link) and json.loads(target.read_text()) == {"bleu": 1.0}
 
 
-@pytest.mark.parametrize("kind", ["device", "fifo", "directory", "read-only", "input", "parent-is-a-file"])
+@pytest.mark.parametrize("kind", ["device", "stdout", "fifo", "directory", "read-only", "input",
+                                  "parent-is-a-file"])
 def test_refused_outputs(kind, tmp_path):
     keep = tmp_path / "keep.txt"
     keep.write_text("mine\n")
     inputs = [("the reference", str(keep))]
     if kind == "device":
         path, expected = "/dev/null", "is a device node, not a regular file"
+    elif kind == "stdout":  # whatever stdout is (a terminal, a pipe, a file), it is not replaced by name
+        path = "/dev/stdout"
+        expected = "lies in /dev, which holds devices" if os.path.isfile(path) else "not a regular file"
     elif kind == "fifo":
         path = str(tmp_path / "fifo")
         os.mkfifo(path)
