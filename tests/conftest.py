@@ -164,3 +164,21 @@ def central_differences(params, objective, eps: float = 1e-6):
             down = objective()
             flat[k] = old
             yield p, k, (up - down) / (2 * eps)
+
+
+# The fast subset, for iteration (`bash scripts/test.sh -m fast`: about 2-3 minutes on 2 cores): the unit
+# modules that check the math against brute force and run no fairseq CLI, plus single tests marked
+# `@pytest.mark.fast` in the slower modules. The whole suite (what CI runs) stays the reference.
+FAST_MODULES = {"test_latent_depth_unit", "test_modules_gradients", "test_modules_gumbel", "test_modules_reinforce",
+                "test_modules_sampling", "test_dds_unit", "test_dds_rewards", "test_stgs_reconstruction",
+                "test_catalog_corpus", "test_synthetic", "test_registration", "test_compat", "test_recipe_pool"}
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "fast: the quick subset for iteration (bash scripts/test.sh -m fast)")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in FAST_MODULES:
+            item.add_marker(pytest.mark.fast)

@@ -70,6 +70,7 @@ def test_capped_run_is_flagged_and_early_stop_is_converged(quickstart_bin, tmp_p
         ("--finetune-from-model", True, 12, 4)]
 
 
+@pytest.mark.fast
 def test_classify_log_lines():
     proto = Protocol(patience=3, validate_interval_updates=10, max_update=100)
     stopped = "x | INFO | fairseq_cli.train | early stop since valid performance hasn't improved for last 3 runs\n"
@@ -200,6 +201,7 @@ def test_precondition_says_when_the_baseline_had_not_converged(tmp_path):
     assert s2["preconditions"][0]["holds"] is True
 
 
+@pytest.mark.fast
 def test_results_md_is_generated_from_the_json_summaries(tmp_path):
     """docs/results.md is exactly what `python -m fairseq_metabt.evidence docs` makes of docs/results/*.json."""
     results_dir = os.path.join(ROOT, "docs", "results")
@@ -230,6 +232,7 @@ def test_results_md_is_generated_from_the_json_summaries(tmp_path):
 
 # --- seed-level interval and verdict (fairseq_metabt/evidence/seeds.py) ----------------------------------
 
+@pytest.mark.fast
 def test_seed_level_verdicts_on_hypotheses_whose_answer_is_known():
     """A system that wins on one seed only is `level` (the pooled sentence test calls it significant);
     identical outputs give Δ 0 and `level`; a win on every seed and sentence is `better`, a loss `worse`."""
@@ -257,6 +260,7 @@ def test_seed_level_verdicts_on_hypotheses_whose_answer_is_known():
     assert seeds.seed_level([everywhere_better(1)], "bleu", n_resamples=20)["verdict"] == "level"
 
 
+@pytest.mark.fast
 def test_seed_level_interval_matches_a_brute_force_computation():
     """Per-seed Δ are sacrebleu's corpus scores; the sentence component is the variance of the seed-mean Δ over
     resampled test sets scored by sacrebleu.corpus_bleu itself; the interval is mean ± t(n−1)·SE."""
@@ -286,6 +290,7 @@ def test_seed_level_interval_matches_a_brute_force_computation():
     assert out["hi"] == pytest.approx(mean + t.ppf(0.975, 3) * se, abs=2e-3)
 
 
+@pytest.mark.fast
 def test_kept_summaries_get_seed_level_verdicts_from_their_per_seed_scores(tmp_path):
     """`verdicts` adds intervals to a summary kept without hypotheses, and says their sentence part is missing."""
     kept = {"title": "t", "control": "c", "pair": "x-y", "systems": {
@@ -306,6 +311,7 @@ def test_kept_summaries_get_seed_level_verdicts_from_their_per_seed_scores(tmp_p
     assert "provenance not recorded by the tools" in out and "| level* |" in out
 
 
+@pytest.mark.fast
 def test_caveats_name_mixed_commits_dirty_trees_and_reset_resumes(tmp_path):
     work = str(tmp_path)
     refs = _corpus(1, n=80)
