@@ -135,7 +135,46 @@ def open_text(path: str, mode: str = "r") -> IO[str]:
     Opened for writing, ``path`` passes :func:`check_output` first (never a device, FIFO or directory)."""
     if any(c in mode for c in "wax+"):
         check_output(path)
+        return _DiskErrorsReported(open(path, mode, encoding="utf-8", newline="\n"), path)  # type: ignore
     return open(path, mode, encoding="utf-8", newline="\n")
+
+
+class _DiskErrorsReported:
+    """A file open for writing whose full-disk and permission errors are :class:`UserError` s (:func:`disk_errors`)."""
+
+    def __init__(self, f: IO[str], path: str):
+        self._f, self._path = f, path
+
+    def _report(self, e: OSError) -> None:
+        with disk_errors(self._path):
+            raise e
+
+    def write(self, text: str) -> int:
+        try:
+            return self._f.write(text)
+        except OSError as e:
+            self._report(e)
+            raise
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def close(self) -> None:
+        try:
+            self._f.close()
+        except OSError as e:
+            self._report(e)
+            raise
+
+    def __enter__(self) -> "_DiskErrorsReported":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
 
 
 def _umask_mode() -> int:

@@ -321,3 +321,19 @@ def test_recipe_flags_refused(args, expected, tmp_path):
 def test_recipe_seeds_accepted(tmp_path):
     proc = recipe(tmp_path, "--seeds", " 3  1 2 ")
     assert proc.returncode == 0 and proc.stdout.strip() == "SEEDS=3 1 2", proc.stderr
+
+
+def test_full_disk_while_writing_text(tmp_path, monkeypatch):
+    """Every text writer (the synthetic generator, sentencepiece-encoded files) names the disk too."""
+    class Full:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def close(self):
+            pass
+
+    path = str(tmp_path / "mono.xx")
+    monkeypatch.setattr(fileio, "open", lambda *a, **k: Full(), raising=False)
+    with fileio.open_text(path, "w") as f:
+        line = user_error(f.write, "a sentence\n")
+    assert f"no space left on the disk holding {tmp_path} while writing {path}" in line
