@@ -12,6 +12,11 @@ binarised with fairseq's own preprocessing code against that one dictionary.
 See docs/data.md for the output layout.  Works unchanged on real corpora in the
 raw layout.
 
+Extra bitext subsets: ``metadev.SRC-TGT.SRC``/``.TGT`` files of a pair (as written by
+``scripts/split_meta_dev.py``) are binarised as the subset ``metadev`` of that pair, with the same
+dictionary (``--meta-dev-subset metadev``); ``RAW_DIR/meta_dev.json``, the record of the split, is copied
+into ``prepare.json`` (``meta_dev_split``).
+
 ``BIN_DIR/prepare.json`` records the sha256 of every raw file (``raw_files``)
 and the options: ``evaluate.py`` checks its reference against it, and
 ``--reuse`` keeps a preparation only when the corpus and options are the
@@ -31,7 +36,9 @@ from typing import Dict, List, Optional
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from fairseq_metabt import fileio, validate  # noqa: E402
-from fairseq_metabt.data.raw_layout import SPLITS, RawLayout, raw_checksums, scan_raw_dir  # noqa: E402
+from fairseq_metabt.data.raw_layout import (  # noqa: E402
+    SPLITS, RawLayout, RawLayoutError, check_text, raw_checksums, scan_raw_dir, sha256_file,
+)
 from fairseq_metabt.data.tagging import lang_tags  # noqa: E402
 from fairseq_metabt.errors import UserError, cli  # noqa: E402
 
@@ -39,6 +46,9 @@ logger = logging.getLogger("prepare_data")
 
 
 TOOL = "prepare_data.py"
+# bitext subsets beyond the raw layout's train/valid/test, binarised under their own name when present
+EXTRA_SPLITS = ("metadev",)
+META_DEV_RECORD = "meta_dev.json"
 
 
 class PrepareError(UserError):
@@ -187,9 +197,34 @@ def prepare(
         return _prepare(raw_dir, bin_dir, vocab_size, model_type, seed, force, spm_model, dict_path, workers, reuse)
 
 
+def extra_bitext(layout: RawLayout) -> Dict[tuple, Dict[str, tuple]]:
+    """``{pair: {split: (src file, tgt file)}}`` of the :data:`EXTRA_SPLITS` files of the layout's pairs,
+    checked as the raw layout's own (both sides, line-aligned, non-empty, clean text)."""
+    out: Dict[tuple, Dict[str, tuple]] = {}
+    for s, t in layout.pairs:
+        for split in EXTRA_SPLITS:
+            files = tuple(os.path.join(layout.root, f"{split}.{s}-{t}.{lang}") for lang in (s, t))
+            present = [os.path.isfile(f) for f in files]
+            if not any(present):
+                continue
+            if not all(present):
+                missing = files[present.index(False)]
+                raise RawLayoutError(f"missing file {missing}: the {split} split of {s}-{t} has only one side",
+                                     "add the other side (one translation per line) or remove the file that is there")
+            ns, nt = check_text(files[0]), check_text(files[1])
+            if ns != nt or ns == 0:
+                raise RawLayoutError(f"{files[0]} has {ns} lines but {files[1]} has {nt}",
+                                     "give two non-empty files where line i of one translates line i of the other")
+            out.setdefault((s, t), {})[split] = files
+    return out
+
+
 def _prepare(raw_dir, bin_dir, vocab_size, model_type, seed, force, spm_model, dict_path, workers, reuse) -> dict:
     layout = scan_raw_dir(raw_dir)
     checksums = raw_checksums(layout)
+    extras = extra_bitext(layout)
+    checksums.update({os.path.basename(f): sha256_file(f)
+                      for splits in extras.values() for files in splits.values() for f in files})
     options = {"vocab_size": vocab_size, "model_type": model_type, "seed": seed,
                "spm_model": _sha256_or_none(spm_model), "dict": _sha256_or_none(dict_path)}
     summary_path = os.path.join(bin_dir, "prepare.json")
@@ -211,7 +246,7 @@ def _prepare(raw_dir, bin_dir, vocab_size, model_type, seed, force, spm_model, d
                                 TOOL)
     before = set(_files_under(bin_dir))
     record = fileio.OutputRecord(bin_dir, TOOL)
-    record.prepare(planned_outputs(layout, train_spm=spm_model is None), force, PrepareError)
+    record.prepare(planned_outputs(layout, train_spm=spm_model is None, extras=extras), force, PrepareError)
     spm_dir = os.path.join(bin_dir, "spm")
     os.makedirs(spm_dir, exist_ok=True)
     langs = layout.languages
@@ -238,6 +273,10 @@ def _prepare(raw_dir, bin_dir, vocab_size, model_type, seed, force, spm_model, d
     for lang, raw in layout.mono.items():
         encode_file(sp, raw, os.path.join(spm_dir, os.path.basename(raw)))
         encoded_train.append(os.path.join(spm_dir, os.path.basename(raw)))
+    for splits in extras.values():
+        for files in splits.values():
+            for raw in files:
+                encode_file(sp, raw, os.path.join(spm_dir, os.path.basename(raw)))
 
     # 3. one joint dictionary, with a tag per language
     joint = os.path.join(bin_dir, "dict.txt")
@@ -261,6 +300,16 @@ def _prepare(raw_dir, bin_dir, vocab_size, model_type, seed, force, spm_model, d
             for ext in ("bin", "idx"):
                 shutil.move(os.path.join(tmp, f"train.{lang}-None.{lang}.{ext}"),
                             os.path.join(bin_dir, f"mono.{lang}.{ext}"))
+    for (s, t), splits in sorted(extras.items()):  # binarised as train in a scratch directory, then renamed
+        for split in splits:
+            with tempfile.TemporaryDirectory() as tmp:
+                fairseq_preprocess(["--source-lang", s, "--target-lang", t, "--destdir", tmp, "--srcdict", joint,
+                                    "--tgtdict", joint, "--workers", str(workers),
+                                    "--trainpref", os.path.join(spm_dir, f"{split}.{s}-{t}")])
+                for lang in (s, t):
+                    for ext in ("bin", "idx"):
+                        shutil.move(os.path.join(tmp, f"train.{s}-{t}.{lang}.{ext}"),
+                                    os.path.join(bin_dir, f"{split}.{s}-{t}.{lang}.{ext}"))
     for lang in langs:  # fairseq's tasks look up dict.LANG.txt
         target = os.path.join(bin_dir, f"dict.{lang}.txt")
         if not os.path.exists(target) or not filecmp.cmp(joint, target, shallow=False):
@@ -272,12 +321,21 @@ def _prepare(raw_dir, bin_dir, vocab_size, model_type, seed, force, spm_model, d
         "dictionary": os.path.abspath(joint),
         "languages": langs,
         "pairs": [f"{s}-{t}" for s, t in layout.pairs],
-        "splits": {f"{s}-{t}": sorted(sp_) for (s, t), sp_ in layout.bitext.items()},
+        "splits": {f"{s}-{t}": sorted(sp_) + sorted(extras.get((s, t), {})) for (s, t), sp_ in layout.bitext.items()},
         "mono": sorted(layout.mono),
         "vocab_size": sum(1 for _ in fileio.open_text(joint)),
         "raw_files": checksums,  # sha256 of every raw file: evaluate.py and --reuse check them
         "options": options,
     }
+    split_record = os.path.join(layout.root, META_DEV_RECORD)
+    if extras and os.path.isfile(split_record):  # how the dev set was split (scripts/split_meta_dev.py)
+        import json
+
+        with fileio.open_text(split_record) as f:
+            try:
+                summary["meta_dev_split"] = json.load(f)
+            except ValueError:
+                logger.warning("%s is not valid JSON: the meta-dev split is not recorded", split_record)
     # everything this run created is recorded (for the next --force), then prepare.json marks it complete
     record.write(set(record.files() or []) | (set(_files_under(bin_dir)) - before) | {"prepare.json"})
     fileio.write_json(summary_path, summary)
@@ -327,7 +385,8 @@ def _reusable(summary_path: str, layout: RawLayout, checksums: Dict[str, str], o
     return old
 
 
-def planned_outputs(layout: RawLayout, train_spm: bool) -> List[str]:
+def planned_outputs(layout: RawLayout, train_spm: bool, extras: Optional[Dict[tuple, Dict[str, tuple]]] = None
+                    ) -> List[str]:
     """Every file :func:`prepare` writes into BIN_DIR (names relative to it)."""
     names = ["spm.model", "dict.txt", "prepare.json", "preprocess.log"] + (["spm.vocab"] if train_spm else [])
     names += [f"dict.{lang}.txt" for lang in layout.languages]
@@ -337,6 +396,10 @@ def planned_outputs(layout: RawLayout, train_spm: bool) -> List[str]:
             names += [f"{split}.{s}-{t}.{lang}.{ext}" for lang in (s, t) for ext in ("bin", "idx")]
     for lang, raw in layout.mono.items():
         names += ["spm/" + os.path.basename(raw)] + [f"mono.{lang}.{ext}" for ext in ("bin", "idx")]
+    for (s, t), splits in (extras or {}).items():
+        for split, files in splits.items():
+            names += ["spm/" + os.path.basename(f) for f in files]
+            names += [f"{split}.{s}-{t}.{lang}.{ext}" for lang in (s, t) for ext in ("bin", "idx")]
     return names
 
 

@@ -6,26 +6,40 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RECIPE_USAGE='Quickstart: does back-translation, and does meta back-translation, help on this corpus?
 
-  bash scripts/quickstart.sh [shared flags] [--systems "baseline baseline_ft bt metabt"]
+  bash scripts/quickstart.sh [shared flags] [--systems "baseline baseline_ft bt_mle_dev metabt"] [--meta-dev PREFIX]
 
 Default corpus: the synthetic `domain` preset (corpus seed 1): 2,000 out-of-domain SRC-TGT training pairs,
 in-domain dev (300) and test (1,000) sets, and 4,000 in-domain TGT sentences of monolingual text -- the
 low-resource setting in which back-translation is expected to help. With --raw-dir, your corpus needs
 train/valid/test.SRC-TGT.* and mono.TGT (docs/data.md).
 
+Dev sets: MetaBT learns from a dev set (its reward), so it gets one that no system selects on. The SRC-TGT dev
+set is cut by line parity (scripts/split_meta_dev.py, into WORK/raw_split): lines 1, 3, 5, ... are the
+selection dev set (`valid`: early stopping, the plateau lr and checkpoint choice of EVERY system), lines
+2, 4, 6, ... the meta-dev set (`metadev`: the MetaBT reward, and extra bitext of bt_mle_dev); no system stops or
+selects on `metadev`. --meta-dev PREFIX takes the meta-dev pairs from PREFIX.SRC/PREFIX.TGT instead and
+keeps the whole dev set for selection. The split is recorded in WORK/bin/prepare.json and with the corpus in
+summary.json.
+
 Systems (all SRC->TGT except backward):
   baseline     plain fairseq `translation`, trained to dev convergence (early stopping)
-  (backward    TGT->SRC, trained the same way: the back-translation model of bt, bt_mle and metabt;
-               trained whenever one of them is listed, or when `backward` is)
+  (backward    TGT->SRC, trained the same way: the back-translation model of bt, bt_mle, bt_mle_dev and
+               metabt; trained whenever one of them is listed, or when `backward` is)
   then, each fine-tuned from the baseline with ONE schedule and stopping rule (lr FT_LR, warm-up FT_WARMUP):
   baseline_ft  the baseline continued on the bitext alone: the control, and the convergence check
-  bt           back-translation: pseudo-sources sampled by the frozen backward model (--freeze-backward)
+  bt           back-translation: pseudo-sources sampled by the frozen backward model (--freeze-backward); not
+               run by default
   bt_mle       the same, with the backward model also trained by MLE on the bitext (--meta-weight 0); not run
-               by default (list it in --systems): it separates the meta reward from MLE on the backward model
-  metabt       meta back-translation: the backward model trained by the meta reward + MLE
+               by default: it separates the meta reward from MLE on the backward model
+  bt_mle_dev   bt_mle with the meta-dev pairs added to the bitext of both models (--extra-bitext-subsets
+               metadev): the control that sees the same labelled data as metabt, the strongest one
+  metabt       meta back-translation: the backward model trained by the meta reward (on metadev) + MLE
+Default systems: baseline baseline_ft bt_mle_dev metabt (chosen for the 30-minute budget on 2 free cores;
+list bt and bt_mle in --systems to add them, one more fine-tuning run each). The table names the control of
+each Δ: baseline_ft in the table, and under it metabt against bt_mle_dev (and against bt_mle when both run).
 Independent trainings run JOBS at a time (default: one per core, one thread each); each system is scored
 as soon as it has converged. Logs: WORK/logs/. Results: WORK/results/summary.json (Δ and p against
-baseline_ft) and the printed table.
+baseline_ft, metabt against bt_mle_dev / bt_mle) and the printed table.
 Knobs (environment): ARCH (transformer_lowres_tiny), MAX_TOKENS (2048), LR (2e-3), WARMUP (100) for
 pre-training; FT_MAX_TOKENS (MAX_TOKENS), FT_LR (1e-3), FT_WARMUP (50) for fine-tuning; SIZES (synthetic
 sizes); JOBS (cores).'
@@ -34,12 +48,21 @@ PATIENCE=5; VALIDATE_EVERY=50; MAX_UPDATE=8000
 # shellcheck source=recipe_lib.sh
 source "$ROOT/scripts/recipe_lib.sh"
 recipe_parse "$@"
-SYSTEMS="baseline baseline_ft bt metabt"
+SYSTEMS="baseline baseline_ft bt_mle_dev metabt"; META_DEV=""
 set -- "${RECIPE_ARGS[@]+"${RECIPE_ARGS[@]}"}"
 while [ $# -gt 0 ]; do
   case "$1" in
+    --systems|--meta-dev) [ $# -ge 2 ] || recipe_die "$1 needs a value (see --help)" ;;&
     --systems) SYSTEMS="$2"; shift 2 ;;
+    --meta-dev) d="$(cd "$(dirname "$2")" 2>/dev/null && pwd)" || recipe_die \
+                  "--meta-dev $2: no directory $(dirname "$2") (give the prefix of files PREFIX.$SRC, PREFIX.$TGT)"
+                META_DEV="$d/$(basename "$2")"; shift 2 ;;
     *) recipe_unknown "$1" ;;
+  esac
+done
+for s in $SYSTEMS; do
+  case "$s" in baseline|backward|baseline_ft|bt|bt_mle|bt_mle_dev|metabt) ;;
+    *) recipe_die "--systems: unknown system $s (choose from baseline baseline_ft bt bt_mle bt_mle_dev metabt)" ;;
   esac
 done
 bash "$ROOT/scripts/setup_env.sh"
@@ -52,6 +75,7 @@ start=$(date +%s)
 has() { [[ " $SYSTEMS " == *" $1 "* ]]; }
 
 recipe_corpus 1 domain "$SIZES"
+recipe_meta_dev_split "$RAW" "$SRC" "$TGT" "$META_DEV"  # RAW: the corpus with valid (selection) + metadev
 BIN="$WORK_DIR/bin"
 recipe_prepare "$RAW" "$BIN"
 CPU="$(recipe_cpu_flag)"
@@ -73,7 +97,7 @@ train_eval() {  # SYSTEM SEED SAVE_DIR fairseq-train args...
   ev_train "$save" "$@"
   if [ "$sys" != backward ]; then ev_eval "$sys" "$seed" "$save" "$BIN" "$SRC" "$TGT"; fi
 }
-needs_backward() { has backward || has bt || has bt_mle || has metabt; }
+needs_backward() { has backward || has bt || has bt_mle || has bt_mle_dev || has metabt; }
 
 # stage 1, pre-training: both directions to dev convergence (JOBS of them at a time)
 for seed in $SEEDS; do
@@ -87,7 +111,7 @@ ev_pool_wait
 
 # stage 2, fine-tuning from the stage-1 checkpoints: one schedule and stopping rule for the control and
 # every method (the slowest systems start first, so the lanes finish together)
-for sys in metabt bt_mle bt baseline_ft; do
+for sys in metabt bt_mle_dev bt_mle bt baseline_ft; do
   has "$sys" || continue
   for seed in $SEEDS; do
     run="$WORK_DIR/seed$seed"
@@ -97,17 +121,19 @@ for sys in metabt bt_mle bt baseline_ft; do
                          --finetune-from-model "$run/baseline/checkpoint_best.pt") ;;
       bt) ARGS=("${BT[@]}" "${INIT[@]}" --freeze-backward) ;;
       bt_mle) ARGS=("${BT[@]}" "${INIT[@]}" --meta-weight 0) ;;
-      metabt) ARGS=("${BT[@]}" "${INIT[@]}") ;;
+      bt_mle_dev) ARGS=("${BT[@]}" "${INIT[@]}" --meta-weight 0 --extra-bitext-subsets metadev) ;;
+      metabt) ARGS=("${BT[@]}" "${INIT[@]}" --meta-dev-subset metadev) ;;
     esac
     ev_pool_run "seed$seed.$sys" train_eval "$sys" "$seed" "$run/$sys" "${COMMON[@]}" "${FINETUNE[@]}" --seed "$seed" "${ARGS[@]}"
   done
 done
 ev_pool_wait
 
-ROWS=(); for sys in baseline baseline_ft bt bt_mle metabt; do has "$sys" && ROWS+=("$sys"); done
-ALSO=(); if has metabt && has bt_mle; then ALSO=(--also metabt:bt_mle); fi
+ROWS=(); for sys in baseline baseline_ft bt bt_mle bt_mle_dev metabt; do has "$sys" && ROWS+=("$sys"); done
+ALSO=(); for ctrl in bt_mle_dev bt_mle; do if has metabt && has "$ctrl"; then ALSO+=(metabt:"$ctrl"); fi; done
+[ ${#ALSO[@]} -eq 0 ] || ALSO=(--also "${ALSO[@]}")
 ev_compare --control baseline_ft --systems "${ROWS[@]}" --precondition baseline_ft:baseline \
-  --same-schedule baseline_ft bt bt_mle metabt "${ALSO[@]+"${ALSO[@]}"}" \
+  --same-schedule baseline_ft bt bt_mle bt_mle_dev metabt "${ALSO[@]+"${ALSO[@]}"}" \
   --title "Quickstart: back-translation and meta back-translation ($SRC->$TGT)" \
-  --corpus "${RAW_DIR:-synthetic domain preset, corpus seed 1, $SIZES}"
+  --corpus "${RAW_DIR:-synthetic domain preset, corpus seed 1, $SIZES}; $META_DEV_NOTE"
 echo "quickstart finished in $(( $(date +%s) - start ))s; summary: $WORK_DIR/results/summary.json"

@@ -149,6 +149,20 @@ recipe_prepare() {
   "$PY" "$RECIPE_ROOT/scripts/prepare_data.py" "$raw" "$bin" --reuse "$@"
 }
 
+# recipe_meta_dev_split RAW SRC TGT [PREFIX]: a dev set of MetaBT's own (scripts/split_meta_dev.py). Writes
+# WORK_DIR/raw_split: the corpus RAW with its SRC-TGT dev set cut by line parity into the selection dev set
+# (valid: every system's early stopping, lr plateau and checkpoint choice; lines 1, 3, 5, ...) and the meta-dev
+# set (metadev: MetaBT's reward, bt_mle_dev's extra bitext; lines 2, 4, 6, ...), or, with PREFIX, the meta-dev
+# pairs of PREFIX.SRC/PREFIX.TGT and the dev set kept whole. Every other file is a link to RAW's. Sets RAW to
+# it and META_DEV_NOTE to a one-line description of the split (recipes record it with the corpus).
+recipe_meta_dev_split() {
+  local raw="$1" s="$2" t="$3" prefix="${4:-}" out="$WORK_DIR/raw_split"
+  META_DEV_NOTE="$("$PY" "$RECIPE_ROOT/scripts/split_meta_dev.py" "$raw" "$out" --src "$s" --tgt "$t" \
+                   ${prefix:+--meta-dev "$prefix"})" || exit $?
+  RAW="$out"
+  echo "meta-dev split: $META_DEV_NOTE"
+}
+
 # ev_train SAVE_DIR fairseq-train args...: train to dev convergence under the shared protocol.
 ev_train() {
   local save="$1"; shift

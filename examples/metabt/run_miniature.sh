@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Miniature reproduction of meta back-translation: scripts/quickstart.sh (baseline and backward model trained to
-# dev convergence; baseline_ft, BT, BT + MLE and MetaBT fine-tuned from them with one schedule and stopping rule)
-# over several seeds, with Δ and p against baseline_ft paired by seed, and MetaBT against BT + MLE.
+# dev convergence; baseline_ft, BT, BT + MLE, BT + MLE with the meta-dev pairs as bitext (bt_mle_dev) and MetaBT
+# fine-tuned from them with one schedule and stopping rule) over five seeds, with Δ and p against baseline_ft
+# paired by seed, and MetaBT against bt_mle_dev and BT + MLE. MetaBT's reward reads the meta-dev half of the dev
+# set; every system stops and selects on the other half (scripts/split_meta_dev.py).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-# the miniature of docs/results/metabt.json: every system, BT + MLE included, fine-tuned at lr 2.5e-4
-ARGS=(--seeds "1 2 3" --work-dir "$ROOT/runs/metabt_miniature" --systems "baseline baseline_ft bt bt_mle metabt")
+# the miniature of docs/results/metabt.json: every system, both MLE controls included, fine-tuned at lr 2.5e-4
+ARGS=(--seeds "1 2 3 4 5" --work-dir "$ROOT/runs/metabt_miniature"
+      --systems "baseline baseline_ft bt bt_mle bt_mle_dev metabt")
 export FT_LR="${FT_LR:-2.5e-4}"
 for a in "$@"; do
   if [ "$a" = -h ] || [ "$a" = --help ]; then
-    echo "MetaBT miniature: scripts/quickstart.sh with --seeds \"1 2 3\" --work-dir runs/metabt_miniature,"
-    echo "--systems \"baseline baseline_ft bt bt_mle metabt\" and FT_LR=2.5e-4 by default."
+    echo "MetaBT miniature: scripts/quickstart.sh with --seeds \"1 2 3 4 5\" --work-dir runs/metabt_miniature,"
+    echo "--systems \"baseline baseline_ft bt bt_mle bt_mle_dev metabt\" and FT_LR=2.5e-4 by default."
     echo "Every quickstart flag works here (later flags win):"; echo
     exec bash "$ROOT/scripts/quickstart.sh" --help
   fi

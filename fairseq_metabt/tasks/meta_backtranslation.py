@@ -82,6 +82,7 @@ class MetaBacktranslationConfig(TranslationConfig):
     fp16: bool = II("common.fp16")
     bf16: bool = II("common.bf16")
     ddp_backend: str = II("distributed_training.ddp_backend")
+    valid_subset: str = II("dataset.valid_subset")
     distributed_world_size: int = II("distributed_training.distributed_world_size")
     mono_data: Optional[str] = field(
         default=None,
@@ -100,7 +101,16 @@ class MetaBacktranslationConfig(TranslationConfig):
                           "related pairs, or both"},
     )
     meta_dev_subset: str = field(
-        default="valid", metadata={"help": "split whose gradient drives the meta reward (D_dev)"}
+        default="valid",
+        metadata={"help": "split whose gradient drives the meta reward (D_dev); give it a split of its own "
+                          "(the recipes: metadev, scripts/split_meta_dev.py), not the --valid-subset that "
+                          "early stopping and checkpoint choice read"},
+    )
+    extra_bitext_subsets: Optional[str] = field(
+        default=None,
+        metadata={"help": "comma-separated SRC-TGT subsets (e.g. metadev) added to the training bitext of both "
+                          "models: the forward model's batches and the backward model's MLE (the bt_mle_dev "
+                          "control: BT + MLE with the meta-dev pairs as labelled data)"},
     )
     meta_dev_max_tokens: int = field(
         default=2048, metadata={"help": "tokens per dev batch for the dev gradient d"}
@@ -213,6 +223,10 @@ class MetaBacktranslationTask(TranslationTask):
     @staticmethod
     def _check_config(cfg: MetaBacktranslationConfig) -> None:
         GenerationSettings(cfg.bt_generation, cfg.bt_beam, cfg.bt_temperature)  # validates
+        if cfg.bt_generation != "sample" and cfg.meta_weight > 0 and not cfg.freeze_backward:
+            raise UserError(f"--bt-generation {cfg.bt_generation} with the meta reward on: REINFORCE needs "
+                            "pseudo-sources sampled from the backward model (on-policy)",
+                            "use --bt-generation sample, or --meta-weight 0 / --freeze-backward for the BT controls")
         if not cfg.freeze_backward:
             amp.refuse_half_precision(cfg, "meta_backtranslation", "the backward model has its own fp32 optimizer, "
                                       "and fairseq would cast it to half precision (or pass --freeze-backward)")
@@ -248,19 +262,59 @@ class MetaBacktranslationTask(TranslationTask):
     def _mono_prefix(self) -> str:
         return mono_prefix(self.cfg.data, self.cfg.target_lang, self.cfg.mono_data)
 
+    def _valid_subsets(self) -> List[str]:
+        try:
+            return [v for v in str(self.cfg.valid_subset).split(",") if v]
+        except Exception:  # a config outside fairseq-train (no dataset.valid_subset to read)
+            return []
+
+    def _extra_bitexts(self) -> List[LanguagePairDataset]:
+        """The --extra-bitext-subsets pairs (SRC-TGT, either stored direction), refused when a selection split."""
+        out = []
+        data_path = utils.split_paths(self.cfg.data)[0]
+        src, tgt = self.cfg.source_lang, self.cfg.target_lang
+        for sub in filter(None, (x.strip() for x in (self.cfg.extra_bitext_subsets or "").split(","))):
+            if sub in self._valid_subsets() or sub == self.cfg.train_subset:
+                raise UserError(f"--extra-bitext-subsets {sub}: that split is already "
+                                f"{'the training data' if sub == self.cfg.train_subset else '--valid-subset'}; "
+                                "training on the split that early stopping and checkpoint choice read would "
+                                "select on training data", "give a split of its own, e.g. metadev")
+            if not any(os.path.exists(os.path.join(data_path, f"{sub}.{a}-{b}.{src}.idx"))
+                       for a, b in ((src, tgt), (tgt, src))):
+                raise UserFileError(f"--extra-bitext-subsets {sub}: {data_path}/{sub}.{src}-{tgt}.{src}.bin/.idx "
+                                    "not found", "prepare it with scripts/split_meta_dev.py and "
+                                    "scripts/prepare_data.py, or drop it")
+            out.append(load_langpair_dataset(
+                data_path, sub, src, self.src_dict, tgt, self.tgt_dict, combine=False,
+                dataset_impl=self.cfg.dataset_impl, upsample_primary=1,
+                left_pad_source=self.cfg.left_pad_source, left_pad_target=self.cfg.left_pad_target,
+                max_source_positions=self.cfg.max_source_positions,
+                max_target_positions=self.cfg.max_target_positions))
+        return out
+
+    @staticmethod
+    def _concat_bitext(parts: List[LanguagePairDataset], src_dict, tgt_dict, cfg) -> LanguagePairDataset:
+        return LanguagePairDataset(
+            ConcatDataset([d.src for d in parts]), np.concatenate([d.src_sizes for d in parts]), src_dict,
+            ConcatDataset([d.tgt for d in parts]), np.concatenate([d.tgt_sizes for d in parts]), tgt_dict,
+            left_pad_source=cfg.left_pad_source, left_pad_target=cfg.left_pad_target)
+
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         super().load_dataset(split, epoch, combine, **kwargs)
         if split != self.cfg.train_subset:
             return
         bitext = self.datasets[split]
+        extra = self._extra_bitexts()
+        if extra:
+            # more SRC-TGT pairs (e.g. the meta-dev set): in theta's batches and, reversed, in psi's MLE
+            logger.info("training bitext: %d pairs of %s + %s pairs of --extra-bitext-subsets %s", len(bitext), split,
+                        " + ".join(str(len(d)) for d in extra), self.cfg.extra_bitext_subsets)
+            bitext = self._concat_bitext([bitext] + extra, self.src_dict, self.tgt_dict, self.cfg)
         related = self._related_bitexts(split)
         if related:
             # the multilingual setting: the forward model also trains on S'-T (one joint dictionary)
             parts = [bitext] + related
-            bitext = LanguagePairDataset(
-                ConcatDataset([d.src for d in parts]), np.concatenate([d.src_sizes for d in parts]), self.src_dict,
-                ConcatDataset([d.tgt for d in parts]), np.concatenate([d.tgt_sizes for d in parts]), self.tgt_dict,
-                left_pad_source=self.cfg.left_pad_source, left_pad_target=self.cfg.left_pad_target)
+            bitext = self._concat_bitext(parts, self.src_dict, self.tgt_dict, self.cfg)
             self._bitext_offsets = np.cumsum([len(d) for d in parts])
             missing = missing_tags(self.src_dict, self._bitext_langs)
             if missing:
@@ -312,7 +366,12 @@ class MetaBacktranslationTask(TranslationTask):
         data_path = utils.split_paths(self.cfg.data)[0]
         src, tgt = self.cfg.source_lang, self.cfg.target_lang
         prefix = os.path.join(data_path, f"{split}.{src}-{tgt}.{src}")
-        if not os.path.exists(prefix + ".idx"):
+        if split in self._valid_subsets():
+            logger.warning("--meta-dev-subset %s is also a --valid-subset: the meta reward learns from the split "
+                           "that early stopping and checkpoint choice read; give it a split of its own "
+                           "(scripts/split_meta_dev.py)", split)
+        if not any(os.path.exists(os.path.join(data_path, f"{split}.{a}-{b}.{src}.idx"))
+                   for a, b in ((src, tgt), (tgt, src))):
             raise UserFileError(
                 f"--meta-dev-subset {split}: {prefix}.bin/.idx not found. The meta reward needs a dev set "
                 f"of {src}-{tgt}; prepare one (valid.{src}-{tgt}.*) or choose another split."
