@@ -165,6 +165,7 @@ def _rewrite(path: str, edit) -> None:
 
 @pytest.mark.parametrize("case,expected", [
     ("bom", "train.aa-bb.aa, line 1, column 1: the file starts with a UTF-8 byte-order mark"),
+    ("bom-inside", "mono.aa, line 3, column 1: byte-order mark (U+FEFF) inside the file"),
     ("nul", "train.aa-bb.bb, line 2, column 4: NUL byte (0x00)"),
     ("blank", "valid.aa-bb.aa, line 3: the line is empty or holds only whitespace"),
     ("both-directions", "the pair aa-bb is stored in both directions"),
@@ -173,6 +174,9 @@ def test_raw_text_refused(case, expected, tmp_path, prepare_main, capsys):
     raw = tiny_corpus(tmp_path / "raw")
     if case == "bom":
         _rewrite(os.path.join(raw, "train.aa-bb.aa"), lambda d: b"\xef\xbb\xbf" + d)
+    elif case == "bom-inside":  # two files concatenated with cat, the second with its BOM
+        with open(os.path.join(raw, "mono.aa"), "wb") as f:
+            f.write("first file\nstill the first\n\ufeffsecond file\n".encode("utf-8"))
     elif case == "nul":
         _rewrite(os.path.join(raw, "train.aa-bb.bb"), lambda d: d.replace(b"bb train line 1 ", b"bb \x00train line 1 "))
     elif case == "blank":

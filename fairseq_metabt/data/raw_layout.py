@@ -25,7 +25,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from fairseq_metabt.errors import UserError
 
@@ -105,7 +105,7 @@ def check_text(path: str) -> int:
             cr, nul = block.find(b"\r"), block.find(b"\x00")
             first_bad = min([i for i in (cr, nul) if i >= 0], default=len(block))
             try:
-                block[:first_bad].decode("utf-8")
+                text = block[:first_bad].decode("utf-8")
             except UnicodeDecodeError as e:
                 _raise_at(path, block, lines, e.start, f"byte 0x{block[e.start]:02x} is not UTF-8",
                           "re-encode the file as UTF-8, e.g. iconv -f LATIN1 -t UTF-8 FILE")
@@ -116,8 +116,12 @@ def check_text(path: str) -> int:
             if first_bad == nul:
                 _raise_at(path, block, lines, nul, "NUL byte (0x00): fairseq would read it as an unknown token",
                           "remove every NUL byte, e.g. tr -d '\\000' < FILE > FILE.new")
-            text = block.decode("utf-8")
-            blank = _BLANK_LINE.search(text)
+            bom = text.find("\ufeff")  # a byte-order mark inside the file (files concatenated with cat)
+            if bom >= 0:
+                _raise_at(path, block, lines, len(text[:bom].encode("utf-8")), "byte-order mark (U+FEFF) inside the "
+                          "file: it would become part of the sentence", "remove every U+FEFF, e.g. "
+                          "sed -i 's/\\xEF\\xBB\\xBF//g' FILE")
+            blank = _BLANK_LINE.search(text)  # no \r or NUL here: the whole block was decoded
             if blank is not None and blank.start() < len(text):
                 line = lines + text.count("\n", 0, blank.start()) + 1
                 raise RawLayoutError(
@@ -144,34 +148,37 @@ def raw_checksums(layout: "RawLayout") -> Dict[str, str]:
     return {os.path.basename(p): sha256_file(p) for p in layout.files()}
 
 
-def _read_lines(path: str) -> List[str]:
-    with open(path, encoding="utf-8", newline="\n") as f:
-        return [line.rstrip("\n") for line in f]
+def _pair_hashes(src: str, tgt: str) -> Iterator[int]:
+    """A hash of each (source line, target line) of a bitext, streamed."""
+    with open(src, encoding="utf-8", newline="\n") as fs, open(tgt, encoding="utf-8", newline="\n") as ft:
+        for a, b in zip(fs, ft):
+            yield hash((a.rstrip("\n"), b.rstrip("\n")))
 
 
 def overlap_warnings(layout: "RawLayout") -> List[str]:
     """Warnings for held-out bitext that shares sentence pairs with train or with the other held-out split.
 
-    A pair counts as shared when both its sides occur together in the other split; counts are of lines."""
+    A pair counts as shared when both its sides occur together in the other split; counts are of lines.
+    Only the held-out splits are kept in memory (as hashes); train is streamed."""
     out = []
     for (s, t), splits in sorted(layout.bitext.items()):
-        pairs = {split: list(zip(_read_lines(a), _read_lines(b))) for split, (a, b) in splits.items()}
-        train = {hash(p) for p in pairs["train"]}
-        for split in ("valid", "test"):
-            if split in pairs:
-                n = sum(hash(p) in train for p in pairs[split])
-                if n:
-                    out.append(f"{n} of the {len(pairs[split])} sentence pairs of {split}.{s}-{t} also occur in "
-                               f"train.{s}-{t}: scores on {split} are partly measured on training data")
-        if "valid" in pairs and "test" in pairs:
-            if pairs["valid"] == pairs["test"]:
+        held = {split: list(_pair_hashes(*splits[split])) for split in ("valid", "test") if split in splits}
+        wanted = set().union(*held.values()) if held else set()
+        in_train = {h for h in _pair_hashes(*splits["train"]) if h in wanted}
+        for split, hashes in held.items():
+            n = sum(h in in_train for h in hashes)
+            if n:
+                out.append(f"{n} of the {len(hashes)} sentence pairs of {split}.{s}-{t} also occur in "
+                           f"train.{s}-{t}: scores on {split} are partly measured on training data")
+        if len(held) == 2:
+            if held["valid"] == held["test"]:
                 out.append(f"test.{s}-{t} is identical to valid.{s}-{t}: the test score is not held out from "
                            "model selection (early stopping, checkpoint choice)")
             else:
-                valid = {hash(p) for p in pairs["valid"]}
-                n = sum(hash(p) in valid for p in pairs["test"])
+                valid = set(held["valid"])
+                n = sum(h in valid for h in held["test"])
                 if n:
-                    out.append(f"{n} of the {len(pairs['test'])} sentence pairs of test.{s}-{t} also occur in "
+                    out.append(f"{n} of the {len(held['test'])} sentence pairs of test.{s}-{t} also occur in "
                                f"valid.{s}-{t}: the test score is partly measured on the dev set")
     return out
 
