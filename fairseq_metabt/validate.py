@@ -42,7 +42,8 @@ RULES: Dict[str, str] = {
     "dds_dev_max_tokens": ">=1", "dds_dev_max_batches": ">=0", "dds_update_interval": ">=1",
     "dds_start_update": ">=0", "dds_scorer_iters": ">=1", "dds_scorer_batch": ">=1", "dds_scorer_lr": ">=0",
     "dds_scorer_hidden": ">=1", "dds_probe_tokens": ">=0", "dds_alpha1": "[0,1]", "dds_alpha2": "[0,1]",
-    "dds_temperature": ">0", "dds_tcs_temperature": ">0", "dds_grad_sketch_dim": ">=0", "dds_taylor_eps": ">0",
+    "dds_temperature": ">0", "dds_tcs_temperature": ">0", "dds_scorer_kl_weight": ">0",
+    "dds_grad_sketch_dim": ">=0", "dds_taylor_eps": ">0",
     # latent depth (task, model, criterion)
     "latent_inner_steps": ">=1", "latent_gate_lr": ">0", "latent_tau": ">0", "latent_tau_min": ">0",
     "latent_tau_anneal_rate": ">=0", "latent_soft_updates": ">=0", "latent_logit_init": "any",

@@ -86,7 +86,8 @@ recipe_check_seeds() {
   for s in "${seeds[@]}"; do
     [[ "$s" =~ ^[0-9]+$ ]] || recipe_die "--seeds takes non-negative integers, got '$s' (e.g. --seeds \"1 2 3\")"
     s=$((10#$s))
-    [[ "$seen" != *" $s "* ]] || recipe_die "--seeds lists seed $s twice: two trainings would share one directory (list each seed once)"
+    [[ "$seen" != *" $s "* ]] ||
+      recipe_die "--seeds lists seed $s twice: two trainings would share one directory (list each seed once)"
     seen="$seen$s "
   done
   SEEDS="${seen# }"; SEEDS="${SEEDS% }"
@@ -99,11 +100,13 @@ recipe_check_languages() {
   RELATED_LIST=()
   IFS=',' read -r -a RELATED_LIST <<< "$RELATED"
   for l in "$SRC" "$TGT" "${RELATED_LIST[@]}"; do
-    [[ "$l" =~ ^[A-Za-z0-9_]+$ ]] || recipe_die "'$l' is not a language code (--src/--tgt/--related take codes such as lrl or de: letters, digits, _; --related separates them with commas)"
+    [[ "$l" =~ ^[A-Za-z0-9_]+$ ]] || recipe_die "'$l' is not a language code (--src/--tgt/--related take codes" \
+      "such as lrl or de: letters, digits, _; --related separates them with commas)"
   done
   [ "$SRC" != "$TGT" ] || recipe_die "--src and --tgt are both $SRC (give two different languages)"
   for l in "${RELATED_LIST[@]}"; do
-    [ "$l" != "$SRC" ] && [ "$l" != "$TGT" ] || recipe_die "--related $RELATED contains $l, which is --src or --tgt (list only the other languages)"
+    [ "$l" != "$SRC" ] && [ "$l" != "$TGT" ] ||
+      recipe_die "--related $RELATED contains $l, which is --src or --tgt (list only the other languages)"
     [[ "$seen" != *" $l "* ]] || recipe_die "--related lists $l twice (list each language once)"
     seen="$seen$l "
   done
@@ -115,7 +118,8 @@ recipe_check_work_dir() {
   if [ -e "$WORK_DIR" ] && [ ! -d "$WORK_DIR" ]; then
     recipe_die "--work-dir $WORK_DIR exists and is not a directory (give a new or existing directory)"
   fi
-  mkdir -p "$WORK_DIR" 2>/dev/null || recipe_die "--work-dir $WORK_DIR cannot be created (check the path and its permissions, or choose another)"
+  mkdir -p "$WORK_DIR" 2>/dev/null ||
+    recipe_die "--work-dir $WORK_DIR cannot be created (check the path and its permissions, or choose another)"
   [ -w "$WORK_DIR" ] || recipe_die "--work-dir $WORK_DIR is not writable (make it writable or choose another)"
   WORK_DIR="$(cd "$WORK_DIR" && pwd)"
 }

@@ -536,8 +536,8 @@ def evaluate_main():
 def test_evaluate_hyps_onto_the_reference(quickstart_bin, raw_dir, plain_checkpoint, evaluate_main, capsys):
     """The issue's case: --hyps REF overwrote the reference (the next evaluation scored 100.00)."""
     ref = os.path.join(raw_dir, "test.lrl-tgt.tgt")
-    line = main_fails(evaluate_main, [quickstart_bin, "--path", plain_checkpoint, "-s", "lrl", "-t", "tgt",
-                                      "--hyps", ref], capsys, raw_dir, quickstart_bin, os.path.dirname(plain_checkpoint))
+    argv = [quickstart_bin, "--path", plain_checkpoint, "-s", "lrl", "-t", "tgt", "--hyps", ref]
+    line = main_fails(evaluate_main, argv, capsys, raw_dir, quickstart_bin, os.path.dirname(plain_checkpoint))
     assert f"--hyps {ref} is the reference" in line and "an input of this command" in line
 
 
