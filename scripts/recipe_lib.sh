@@ -208,9 +208,26 @@ RECIPE_JOBS="${JOBS:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/n
 [[ "$RECIPE_JOBS" =~ ^[1-9][0-9]*$ ]] || recipe_die "JOBS must be a positive integer, got '$RECIPE_JOBS'"
 EV_NAMES=()
 
+# ev_progress_start: with the first job, a monitor that prints a line per running system at each of its
+# dev validations and an overall line (python -m fairseq_metabt.evidence progress); stopped when the recipe
+# exits. PROGRESS_POLL (seconds, default 10) sets how often it looks at the logs.
+# It is started outside the recipe's job table (a subshell that exits at once), so that the lanes
+# (`jobs`) and the barriers (`wait`) see only the trainings.
+ev_progress_start() {
+  [ -z "${EV_PROGRESS_PID:-}" ] || return 0
+  mkdir -p "$WORK_DIR/logs"
+  local pidfile="$WORK_DIR/logs/.progress.pid"
+  ( "$PY" -m fairseq_metabt.evidence progress --work-dir "$WORK_DIR" --patience "$PATIENCE" \
+      --validate-every "$VALIDATE_EVERY" --metric "${METRIC:-loss}" --poll "${PROGRESS_POLL:-10}" \
+      --parent-pid $$ & echo $! > "$pidfile" )
+  EV_PROGRESS_PID="$(cat "$pidfile")"
+  trap 'kill "$EV_PROGRESS_PID" 2>/dev/null || true' EXIT
+}
+
 # ev_pool_run NAME command...: run a command (a shell function or program) as a background job.
 ev_pool_run() {
   local name="$1"; shift
+  ev_progress_start
   while [ "$(jobs -rp | wc -l)" -ge "$RECIPE_JOBS" ]; do sleep 1; done
   mkdir -p "$WORK_DIR/logs"
   local log="$WORK_DIR/logs/$name.log" rcfile="$WORK_DIR/logs/$name.rc"

@@ -81,7 +81,7 @@ def test_bad_shared_flags_are_one_line_errors(handwritten, tmp_path):
 # tiny settings: one seed, a few updates, the smallest model; the point is the interface, not the scores
 TINY = ["--seeds", "1", "--patience", "1", "--validate-every", "4", "--max-update", "8"]
 TINY_ENV = {"ARCH": "transformer_lowres_tiny", "WARMUP": "1", "FT_WARMUP": "1", "MAX_TOKENS": "1024",
-            "WARMUP_ITER": "1", "BEAM": "1", "EVAL_SUBSETS": "test"}
+            "WARMUP_ITER": "1", "BEAM": "1", "EVAL_SUBSETS": "test", "PROGRESS_POLL": "1"}
 
 CASES = {
     "quickstart": ["--src", "de", "--tgt", "en", "--systems", "baseline baseline_ft bt"],
@@ -122,6 +122,15 @@ def test_recipe_runs_on_a_handwritten_corpus(name, handwritten, tmp_path):
     assert s["provenance"]["knobs"]["ARCH"] == "transformer_lowres_tiny" and s["provenance"]["commit"]
     assert {"torch", "fairseq", "sacrebleu", "sentencepiece"} <= set(s["provenance"]["versions"])
     assert "| verdict | p (pooled) |" in out
+    # the progress monitor ran beside the jobs and is gone with the recipe
+    with open(os.path.join(work, "logs", ".progress.pid"), encoding="utf-8") as f:
+        monitor = int(f.read())
+    try:  # (the pid may since belong to another process: look for the monitor's own command line)
+        with open(f"/proc/{monitor}/cmdline", encoding="utf-8", errors="replace") as f:
+            cmdline = f.read()
+    except FileNotFoundError:
+        cmdline = ""
+    assert not ("fairseq_metabt.evidence" in cmdline and work in cmdline), cmdline
     assert "en" in " ".join(entries)
     if name == "latent_depth":  # the pruned plain Transformers compute what the gated model computes
         for pair, entry in entries.items():

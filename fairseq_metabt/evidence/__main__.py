@@ -11,6 +11,9 @@
                                              seed-level 95 % interval and verdict, pooled p, updates,
                                              convergence, and the provenance of every run
     table    SUMMARY.json                    print a summary's table(s)
+    progress --work-dir W [--patience P] [--validate-every V] [--metric M] [--parent-pid PID]
+                                             print a line per running job at each validation, and an
+                                             overall line (recipes start it with their first job)
     verdicts SUMMARY.json ...                add seed-level intervals and verdicts to summaries kept before
                                              they were computed (from their per-seed scores), in place
     docs     [--results-dir docs/results] [--out docs/results.md]
@@ -158,6 +161,25 @@ def cmd_table(argv: List[str]) -> int:
     return 0
 
 
+def cmd_progress(argv: List[str]) -> int:
+    from fairseq_metabt.evidence import progress
+
+    p = argparse.ArgumentParser(prog="python -m fairseq_metabt.evidence progress",
+                                description="follow a running recipe's job logs (WORK/logs/*.log)")
+    p.add_argument("--work-dir", required=True)
+    p.add_argument("--patience", type=int, default=5)
+    p.add_argument("--validate-every", type=int, default=50)
+    p.add_argument("--metric", default="loss")
+    p.add_argument("--maximize", action="store_true")
+    p.add_argument("--poll", type=float, default=10.0, help="seconds between looks at the logs")
+    p.add_argument("--parent-pid", type=int, help="stop when this process (the recipe) has exited")
+    p.add_argument("--once", action="store_true", help="look once and exit")
+    a = p.parse_args(argv)
+    progress.monitor(a.work_dir, a.patience, a.validate_every, a.metric, a.maximize, a.poll, a.parent_pid,
+                     max_polls=1 if a.once else None)
+    return 0
+
+
 def cmd_verdicts(argv: List[str]) -> int:
     from fairseq_metabt.evidence import summary
     from fairseq_metabt.evidence.io import atomic_write_json, read_json
@@ -186,7 +208,8 @@ def cmd_docs(argv: List[str]) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare, "table": cmd_table,
-            "verdicts": cmd_verdicts, "docs": cmd_docs}
+            "verdicts": cmd_verdicts, "progress": cmd_progress,
+            "docs": cmd_docs}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -1,0 +1,61 @@
+"""Recipe progress (fairseq_metabt/evidence/progress.py): lines read from job logs in fairseq's own format."""
+import io
+import os
+
+import pytest
+
+from fairseq_metabt.evidence import progress
+
+pytestmark = pytest.mark.fast
+
+
+def _valid(stamp, update, loss, best=None):
+    tail = f" | best_loss {best}" if best is not None else ""
+    return (f"2026-12-05 {stamp} | INFO | valid | epoch 001 | valid on 'valid' subset | loss {loss} | nll_loss "
+            f"{loss} | ppl 9.9 | wps 100 | wpb 300 | bsz 20 | num_updates {update}{tail}\n")
+
+
+def test_job_state_reads_update_best_patience_left_and_rate():
+    log = ("=== train backward (fairseq-train, early stopping: patience 3 x 50 updates) ===\n"
+           + _valid("10:00:00", 50, 5.0) + "[evidence] /w/backward: converged (early stop); best loss 5.0\n"
+           "=== train metabt (fairseq-train, early stopping: patience 3 x 50 updates) ===\n"
+           + _valid("10:01:00", 50, 4.0) + _valid("10:02:00", 100, 3.5, 3.5) + _valid("10:03:40", 150, 3.6, 3.5)
+           + _valid("10:05:20", 200, 3.7, 3.5))
+    st = progress.job_state(log, patience=3, validate_every=50)
+    assert (st["stage"], st["update"], st["value"], st["best"], st["best_update"]) == ("metabt", 200, 3.7, 3.5, 100)
+    assert st["left"] == 1 and not st["finished"]  # two validations without a new best, patience 3
+    assert st["s_per_update"] == pytest.approx((5 * 60 + 20 - 60) / 150)  # the last three intervals
+    line = progress.format_job("seed1.metabt", st)
+    assert line == ("[progress] seed1.metabt (metabt): update 200, dev loss 3.700, best 3.500 at 100, early stop "
+                    "after 1 more validations without a new best, 1.73 s/update")
+    assert progress.job_state("=== train x (..) ===\n", 3, 50) is None  # no validation yet
+
+
+def test_monitor_prints_each_new_validation_once_and_an_overall_line(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    head = "=== train baseline (fairseq-train, early stopping: patience 2 x 10 updates) ===\n"
+    (logs / "seed1.baseline.log").write_text(head + _valid("10:00:00", 10, 6.0) + _valid("10:00:20", 20, 5.0, 5.0))
+    (logs / "seed1.backward.log").write_text(head.replace("baseline", "backward"))
+    out = io.StringIO()
+    progress.monitor(str(tmp_path), 2, 10, poll=0, out=out, max_polls=1)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("[progress] seed1.baseline (baseline): update 20, dev loss 5.000, best 5.000 at 20")
+    assert lines[0].endswith(", 2.00 s/update")
+    assert lines[1].startswith("[progress] ") and "0 jobs done, 2 running" in lines[1]
+    assert "stop within ~40 s" in lines[1]  # 2 validations left x 10 updates x 2 s
+    # nothing new: nothing printed; a new validation: one more line; a finished job counts as done
+    out2 = io.StringIO()
+    progress.monitor(str(tmp_path), 2, 10, poll=0, out=out2, max_polls=1)
+    assert out2.getvalue().count("seed1.baseline") == 1  # a fresh monitor reports the current state once
+    with open(logs / "seed1.baseline.log", "a") as f:
+        f.write(_valid("10:00:40", 30, 4.0, 4.0) + "[evidence] x: converged (early stop)\n")
+    (logs / "seed1.baseline.rc").write_text("0\n")
+    (logs / "seed1.backward.log").write_text(head.replace("baseline", "backward") + _valid("10:00:05", 10, 7.0))
+    jobs = progress.scan(str(tmp_path), 2, 10)
+    assert jobs["seed1.baseline"]["status"] == "done" and jobs["seed1.backward"]["status"] == "running"
+    assert "1 jobs done, 1 running" in progress.overall(jobs, 125, 10)
+    assert progress.overall(jobs, 125, 10).startswith("[progress] 2 min elapsed")
+    (logs / "seed1.backward.rc").write_text("1\n")
+    assert "1 FAILED" in progress.overall(progress.scan(str(tmp_path), 2, 10), 5, 10)
+    assert os.path.exists(logs / "seed1.backward.rc")
