@@ -52,6 +52,9 @@ def run_fairseq_train(name: str, argv: List[str], log_path: str) -> Measurement:
     """Run fairseq-train in a child process; read speed from its JSON train_inner logs."""
     exe = os.path.join(os.path.dirname(sys.executable), "fairseq-train")
     cmd = [exe if os.path.exists(exe) else "fairseq-train"] + argv
+    from fairseq_metabt import fileio
+
+    fileio.check_output(log_path)  # a log is never written over an input, a device or a directory
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)

@@ -81,6 +81,9 @@ def run_one(name: str, argv: List[str], log_path: str, timeout: int) -> Dict:
     exe = os.path.join(os.path.dirname(sys.executable), "fairseq-train")
     cmd = [exe if os.path.exists(exe) else "fairseq-train"] + argv
     started = time.time()
+    from fairseq_metabt import fileio
+
+    fileio.check_output(log_path)  # a log is never written over an input, a device or a directory
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         try:

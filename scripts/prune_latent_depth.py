@@ -37,6 +37,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from fairseq_metabt.errors import UserError
     from fairseq_metabt.modules.latent_depth_pruning import prune_checkpoint
 
+    fileio.output_directory(args.out_dir, "--out-dir")  # before any work: an existing file is no directory
+
     state = checkpoints.load(args.checkpoint, "CHECKPOINT")
     model_args = state["cfg"]["model"]
     langs_known = [x for x in str(getattr(model_args, "latent_langs", "") or "").split(",") if x]

@@ -148,6 +148,16 @@ def test_output_directory_that_is_a_file(tmp_path, prepare_main, capsys):
     assert "exists and is not a directory" in line
 
 
+def test_prune_out_dir_that_is_a_file(tmp_path, capsys):
+    """scripts/prune_latent_depth.py --out-dir FILE: the one-line error before any work, the file kept."""
+    out = tmp_path / "exports"
+    out.write_text("mine")
+    ckpt = tmp_path / "checkpoint_best.pt"
+    ckpt.write_bytes(b"not looked at")
+    line = main_fails(_script("prune_latent_depth").main, [str(ckpt), "--out-dir", str(out)], capsys, str(tmp_path))
+    assert "--out-dir" in line and "exists and is not a directory" in line
+
+
 @pytest.mark.parametrize("argv,expected", [(["--workers", "0"], "--workers must be >= 1, got 0"),
                                            (["--seed", "-1"], "--seed must be >= 0, got -1")])
 def test_prepare_numeric_options(argv, expected, tmp_path, prepare_main, capsys):

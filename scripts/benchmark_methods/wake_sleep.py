@@ -50,6 +50,9 @@ def _tool(name):
 
 
 def _run(cmd, log):
+    from fairseq_metabt import fileio
+
+    fileio.check_output(log)  # a log is never written over an input, a device or a directory
     with open(log, "w") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
     text = open(log).read()
