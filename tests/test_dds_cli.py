@@ -57,11 +57,14 @@ def test_training_logs_distribution_rewards_and_saves_state(trained):
     for lang in ("lrl", "hrl", "unra", "unrb", "nsy"):
         for key in ("dds_p_", "dds_r_", "dds_use_"):
             assert f"{key}{lang}=" in line, (key, lang, line)
-    assert "dds_ema_mib=" in line
+    for key in ("dds_ema_mib=", "dds_entropy=", "dds_kl_prior=", "dds_reward_std=", "dds_reward_gap="):
+        assert key in line, (key, line)
     recs = records(save)
     assert [r["update"] for r in recs] == [2, 4, 6]
     for r in recs:
         assert abs(sum(r["p"]) - 1) < 1e-4 and len(r["reward"]) == 5
+        # the entropy of p, its KL to the prior, and the reward spread: std across languages vs best - mean
+        assert r["entropy"] > 0 and r["kl_prior"] >= 0 and r["reward_std"] > 0 and r["reward_gap"] > 0, r
     assert recs[0]["p"] != recs[-1]["p"], "the scorer moved the distribution"
     state = torch.load(os.path.join(save, "checkpoint_last.pt"))["extra_state"]["DDSTranslationTask"]
     assert state["scorer_updates"] == 3 and state["last_update"] == 6
@@ -134,6 +137,22 @@ def test_fixed_priors_are_the_baselines(multiway_bin, tmp_path):
     assert "TCS prior from vocabulary overlap" in out
     p = dict(zip(records(save)[0]["langs"], records(save)[0]["p"]))
     assert p["lrl"] + p["hrl"] > 0.8, p
+
+
+def test_fixed_order_does_not_move(multiway_bin, tmp_path):
+    """The `fixed_order` control: each target draws the first available language of a ranking given on the
+    command line, from the first update to the last (lrl wherever a target has it, then hrl, ...)."""
+    save = str(tmp_path / "order")
+    out = run(dds_args(multiway_bin, save, 4, "--dds-init", "order", "--dds-order", "lrl,hrl,unrb,nsy,unra",
+                       "--dds-update-scorer", "false")).stdout
+    assert "fixed order lrl > hrl > unrb > nsy > unra" in out
+    recs = records(save)
+    assert len(recs) == 2 and recs[0]["p"] == recs[-1]["p"] and not recs[-1]["learned"]
+    p = dict(zip(recs[0]["langs"], recs[0]["p"]))
+    assert p["lrl"] + p["hrl"] > 0.9, p  # the rest: targets that neither lrl nor hrl translates
+    assert recs[0]["entropy"] < 1e-6  # one language per target: a ranking, not a weighting
+    out = fails(dds_args(multiway_bin, str(tmp_path / "bad"), 2, "--dds-init", "order", "--dds-order", "lrl,hrl"))
+    assert "--dds-order lrl,hrl must rank every language of --lang-pairs exactly once" in out
 
 
 def test_bounded_gradient_memory(multiway_bin, tmp_path):

@@ -141,3 +141,30 @@ def test_criterion_trains_with_fairseq_and_resumes_identically(quickstart_bin, t
     for i in sa:
         assert torch.allclose(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"], atol=1e-9), i
     assert_same_weights(a, b)
+
+
+def test_dev_gradient_is_the_training_criterion():
+    """Line 7's dev gradient uses the loss training minimises (label-smoothed here, per token), not the NLL."""
+    torch.manual_seed(0)
+    d = tiny_dictionary()
+    model = tiny_transformer(d, seed=3).double()
+    task = _task(d)
+    crit = DDSWeightedCrossEntropyCriterion(task, False, 0.1, dds_dev_max_tokens=10_000, dds_scorer_lr=1e-2,
+                                            dds_taylor_eps=1e-4)
+    theta = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    crit(model, random_batch(d, n=4, seed=5))
+    with torch.no_grad():
+        for p in theta:
+            p.add_(torch.randn_like(p) * 1e-2)
+    crit(model, random_batch(d, n=4, seed=6))
+    dev = task.datasets["valid"]
+    batch = dev.collater([dev[i] for i in range(len(dev))])
+    model.eval()
+    smoothed = crit._example_losses(model, batch).sum() / float(batch["ntokens"])
+    want = G.flatten(torch.autograd.grad(smoothed, theta, allow_unused=True), theta)
+    nll = -sequence_log_probs(model, batch, d.pad()).sum() / float(batch["ntokens"])
+    old = G.flatten(torch.autograd.grad(nll, theta, allow_unused=True), theta)
+    got = crit.last_dev_gradient
+    assert torch.allclose(got.double(), want.double(), atol=1e-6)
+    assert not torch.allclose(got.double(), old.double(), atol=1e-4)

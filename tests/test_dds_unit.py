@@ -156,7 +156,8 @@ def _cfg(**kw):
     base = dict(dds_update_interval=2, dds_scorer_iters=1, dds_scorer_batch=4, dds_dev_max_tokens=100,
                 dds_scorer_hidden=8, dds_alpha1=0.9, dds_alpha2=0.1, dds_scorer_lr=1e-4, dds_temperature=5.0,
                 dds_tcs_temperature=0.1, dds_grad_sketch_dim=0, dds_dev_max_batches=0, dds_start_update=0,
-                dds_probe_tokens=0, dds_grad_source="fresh", dds_reward="cosine")
+                dds_probe_tokens=0, dds_grad_source="fresh", dds_reward="cosine", dds_scorer_kl_weight=0.1,
+                dds_init="uniform", dds_order=None)
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -170,6 +171,8 @@ def _cfg(**kw):
     (dict(dds_start_update=-1), "--dds-start-update must be >= 0"),
     (dict(dds_grad_sketch_dim=8), "--dds-grad-sketch-dim bounds the EMAs of --dds-grad-source ema"),
     (dict(dds_grad_sketch_dim=8, dds_grad_source="ema", dds_reward="adam"), "--dds-reward adam scales each"),
+    (dict(dds_scorer_kl_weight=0.0), "--dds-scorer-kl-weight must be > 0"),
+    (dict(dds_order="lrl,hrl"), "--dds-order ranks the languages of --dds-init order"),
 ])
 def test_bad_settings_are_named(kw, msg):
     check_dds_config(_cfg())

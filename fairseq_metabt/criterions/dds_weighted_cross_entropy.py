@@ -9,7 +9,8 @@ loss keeps its usual scale).
 After fairseq's optimizer step (theta_{t-1} -> theta_t), at the start of the
 next training call, the criterion
 
-* takes the dev gradient ``d = grad J(theta_t, D_dev)`` on one dev batch (line 7),
+* takes the dev gradient ``d = grad J(theta_t, D_dev)`` on one dev batch (line 7), J being the
+  training criterion (label-smoothed, per token), the same loss as the rewarded ``l_i``,
 * computes ``r_i = d . grad l_i(theta_{t-1})`` for the previous batch by the
   Taylor trick (Eq. 7, ``modules/gradients.per_example_dot_taylor``) as a
   central difference around a shadow copy of theta_{t-1} (line 8; two forwards
@@ -45,7 +46,7 @@ from fairseq_metabt.errors import UserError, UserFileError
 from fairseq_metabt.models.dual_transformer import unwrap
 from fairseq_metabt.modules import amp
 from fairseq_metabt.modules import gradients as G
-from fairseq_metabt.modules.generation import eval_mode, sequence_log_probs
+from fairseq_metabt.modules.generation import eval_mode
 from fairseq_metabt.modules.reinforce import policy_gradient_loss
 from fairseq_metabt.modules.scorer import ExampleScorer
 
@@ -149,9 +150,9 @@ class DDSWeightedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
         dev = self._dev_batch()
         if theta[0].is_cuda:
             dev = utils.move_to_cuda(dev)
-        with eval_mode(inner):  # line 7: d = grad J(theta_t, D_dev)
-            nll = -sequence_log_probs(inner, dev, self.padding_idx).sum() / max(float(dev["ntokens"]), 1.0)
-            d = G.flatten(torch.autograd.grad(nll, theta, allow_unused=True), theta)
+        with eval_mode(inner):  # line 7: d = grad J(theta_t, D_dev), J the training criterion per token
+            dev_loss = self._example_losses(inner, dev).sum() / max(float(dev["ntokens"]), 1.0)
+            d = G.flatten(torch.autograd.grad(dev_loss, theta, allow_unused=True), theta)
         G.all_reduce_mean_(d)
         if not bool(torch.isfinite(d).all()) or float(d.norm()) == 0.0:
             return {}

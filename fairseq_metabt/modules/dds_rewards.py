@@ -4,6 +4,8 @@
   implementation, A.1), dot (Eq. 13 as derived) or ``adam``: the cosine after the per-coordinate step
   scale of the model's Adam, ``grad[S_i] * P`` with ``P ~ sqrt(1 - beta2^t) / sqrt(v)`` (Eq. 17).
 * :func:`adam_step_scale` — that ``P`` read from fairseq's optimizer state.
+* :func:`reward_spread` — how far the rewards of one scorer update stand apart: their std across
+  languages against the gap between the best and their mean (logged with every scorer update).
 * :class:`LanguageGradientEMA` — the EMA path of Alg. 2 line 7 (``--dds-grad-source ema``), with the
   EMA counted in tokens so that a rarely sampled language is not averaged over fewer tokens (which
   lowers its cosine: a bias against it), stale languages flagged, and non-finite gradients kept out.
@@ -31,6 +33,18 @@ def language_reward(g: torch.Tensor, dev: torch.Tensor, kind: str = "cosine",
         return 0.0, False
     r, ok = G.similarity(g, dev, kind)
     return (float(r), True) if ok else (0.0, False)
+
+
+def reward_spread(rewards: torch.Tensor, valid: Optional[torch.Tensor] = None) -> Tuple[float, float]:
+    """``(std, gap)`` of the valid rewards across languages: the population std and ``max - mean``
+    (0, 0 with fewer than two valid rewards).  A gap of about one std or two is what noise gives; a
+    language that leads by several stds, update after update, is a signal."""
+    r = rewards.detach().double().reshape(-1)
+    if valid is not None:
+        r = r[valid.bool().reshape(-1).to(r.device)]
+    if r.numel() < 2:
+        return 0.0, 0.0
+    return float(r.std(unbiased=False)), float(r.max() - r.mean())
 
 
 def adam_step_scale(optimizer, params: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -7,13 +7,18 @@
   distribution over languages.
 * :func:`language_reinforce_loss` — Alg. 2 line 11: the scorer's loss whose
   gradient is ``-(1/B) sum_j sum_i r_i grad log p(S_i | y_j; psi)``.
-* :func:`language_objective_loss` — the same with a choice of objective: Alg. 2 as
-  written, rewards centred within each availability set, or the exact expected
-  reward ``sum_i p(S_i | y) r_i`` (no sampled languages).
+* :func:`language_objective_loss` — the same with a choice of objective: ``kl`` (the
+  default: the expected reward minus ``lambda KL(p || prior)``), Alg. 2 as written,
+  rewards centred within each availability set, or the exact expected reward
+  ``sum_i p(S_i | y) r_i`` (no sampled languages).
+* :func:`update_scorer` — the one place of the scorer's update (Alg. 2 lines 9–13):
+  E Adam steps of one objective; the task and the tests both call it.
+* :func:`kl_target` — the closed-form maximiser of the ``kl`` objective,
+  ``p*(i | y) ∝ prior(i | y) exp(r_i / lambda)``.
 * :class:`ExampleScorer` — Alg. 1: a small MLP over per-example features whose
   softmax over the batch weights the examples.
 """
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -88,12 +93,16 @@ def language_reinforce_loss(scorer: LanguageScorer, avail: torch.Tensor, rewards
     return policy_gradient_loss(logp[avail], advantages) / avail.shape[0]
 
 
-OBJECTIVES = ("alg2", "centered", "exact")
+OBJECTIVES = ("kl", "alg2", "centered", "exact")
+DEFAULT_OBJECTIVE = "kl"
+DEFAULT_KL_WEIGHT = 0.1  # lambda: a reward gap of 0.1 (cosine units) over the p-mean multiplies p by e
 
 
 def language_objective_loss(scorer: LanguageScorer, avail: torch.Tensor, rewards: torch.Tensor,
                             valid: Optional[torch.Tensor] = None, objective: str = "alg2",
-                            weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+                            weights: Optional[torch.Tensor] = None,
+                            prior_log_probs: Optional[torch.Tensor] = None,
+                            kl_weight: float = DEFAULT_KL_WEIGHT) -> torch.Tensor:
     """The scorer's loss (minus its objective) over targets ``avail`` (B, n) weighted by ``weights`` (B,)
     (default ``1/B``: B targets drawn uniformly, Alg. 2 line 10).  Only ``valid`` rewards (n,) count.
 
@@ -105,6 +114,14 @@ def language_objective_loss(scorer: LanguageScorer, avail: torch.Tensor, rewards
     * ``exact``: ``-sum_j w_j sum_{i in A_j} p(i | y_j) r_i``, the expected reward itself, whose gradient
       is ``sum_i p_i (r_i - sum_k p_k r_k) grad z_i`` (shift-invariant, no sampled language).  An invalid
       language's reward is replaced by the p-weighted mean of the valid ones in its set (no push).
+    * ``kl`` (the default): ``-sum_j w_j [sum_{i in A_j} p(i | y_j) r_i - lambda KL(p(.|y_j) || p0(.|y_j))]``,
+      the ``exact`` objective with a KL penalty towards the prior ``p0`` (``prior_log_probs`` (B, n), the
+      scorer's log-probabilities at its initialisation; ``kl_weight`` = lambda > 0).  Its logit gradient
+      is ``p_i [(r_i - rbar_p) - lambda (log(p_i / p0_i) - KL)]``, zero exactly at
+      ``p*(i | y) ∝ p0(i | y) exp(r_i / lambda)`` (:func:`kl_target`): a weighting, never a ranking,
+      whatever the optimiser.  Equal rewards keep p at the prior; rewards that are noise of spread sigma
+      move log p by about sigma / lambda around it and do not accumulate over scorer updates (the
+      anchor is the prior, not the previous p); a consistent gap g multiplies the odds by exp(g / lambda).
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown scorer objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
@@ -133,7 +150,70 @@ def language_objective_loss(scorer: LanguageScorer, avail: torch.Tensor, rewards
         r_eff = torch.where(ok, r, fill.expand_as(r))
         r_eff = torch.where(avail, r_eff, torch.zeros_like(r_eff))
     # + the references as a constant (sum_i p_i = 1): the value is the expected reward, the gradient unchanged
-    return -(w[:, None] * p * r_eff).sum() - (w * ref.squeeze(-1) * ok.any(-1).to(w)).sum()
+    loss = -(w[:, None] * p * r_eff).sum() - (w * ref.squeeze(-1) * ok.any(-1).to(w)).sum()
+    if objective == "kl":
+        if prior_log_probs is None:
+            raise ValueError("the kl objective needs the prior's log-probabilities of the same targets")
+        if not kl_weight > 0:
+            raise ValueError(f"the kl objective needs a weight lambda > 0, got {kl_weight}")
+        logp0 = prior_log_probs.to(logp).detach()
+        diff = torch.where(avail, logp - logp0, torch.zeros_like(logp))
+        loss = loss + kl_weight * (w[:, None] * p * diff).sum()
+    return loss
+
+
+def kl_target(prior_probs: torch.Tensor, rewards: torch.Tensor, kl_weight: float = DEFAULT_KL_WEIGHT) -> torch.Tensor:
+    """The maximiser of the ``kl`` objective for every reward valid: ``p*(i|y) ∝ p0(i|y) exp(r_i / lambda)``
+    over the available languages (rows of ``prior_probs`` (B, n); zeros stay zero)."""
+    logp0 = prior_probs.double().log()
+    z = logp0 + rewards.double().expand_as(logp0) / kl_weight
+    return torch.softmax(z.masked_fill(prior_probs <= 0, float("-inf")), dim=-1).to(prior_probs.dtype)
+
+
+def update_scorer(scorer: LanguageScorer, optimizer: torch.optim.Optimizer, rewards: torch.Tensor,
+                  valid: Optional[torch.Tensor], objective: str, iters: int,
+                  targets: Callable[[int], Tuple[torch.Tensor, Optional[torch.Tensor]]],
+                  prior: Optional[LanguageScorer] = None, kl_weight: float = DEFAULT_KL_WEIGHT) -> None:
+    """Alg. 2 lines 9–13: ``iters`` (E) optimiser steps of ``objective`` (:func:`language_objective_loss`).
+
+    ``targets(it)`` gives step ``it``'s availability vectors (B, n) and their weights (B,) or None (= 1/B):
+    B targets drawn uniformly (line 10), or every availability pattern weighted by its share of the
+    targets.  ``prior`` (``kl`` only): the frozen scorer whose distribution anchors the KL penalty.
+    The update of ``kl``, in full::
+
+        psi <- Adam(psi, grad_psi L),  L = -sum_j w_j [ sum_{i in A_j} p(i|y_j) r_i
+                                                       - lambda sum_{i in A_j} p(i|y_j) log(p(i|y_j) / p0(i|y_j)) ]
+    """
+    if objective == "kl" and prior is None:
+        raise ValueError("the kl objective needs the prior scorer")
+    for it in range(iters):
+        avail, weights = targets(it)
+        prior_logp = None
+        if objective == "kl":
+            with torch.no_grad():
+                prior_logp = prior.log_probs(avail)
+        loss = language_objective_loss(scorer, avail, rewards, valid, objective, weights, prior_logp, kl_weight)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+@torch.no_grad()
+def distribution_stats(probs: torch.Tensor, prior_probs: Optional[torch.Tensor] = None,
+                       weights: Optional[torch.Tensor] = None) -> Tuple[float, float]:
+    """Mean entropy ``E_y H(p(.|y))`` (nats) and mean ``E_y KL(p(.|y) || p0(.|y))`` of rows ``probs`` (P, n)
+    weighted by ``weights`` (P,) (default uniform); the KL is 0 without a prior."""
+    probs = probs.double()
+    w = torch.full((len(probs),), 1.0 / max(len(probs), 1), dtype=torch.float64) if weights is None \
+        else weights.double() / weights.double().sum()
+    logp = torch.where(probs > 0, probs.log(), torch.zeros_like(probs))
+    entropy = float((w * -(probs * logp).sum(-1)).sum())
+    kl = 0.0
+    if prior_probs is not None:
+        p0 = prior_probs.double()
+        logp0 = torch.where(p0 > 0, p0.log(), torch.zeros_like(p0))
+        kl = float((w * (probs * (logp - logp0)).sum(-1)).sum())
+    return entropy, kl
 
 
 class ExampleScorer(nn.Module):

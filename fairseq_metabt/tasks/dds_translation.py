@@ -15,10 +15,15 @@ Task ``dds_translation`` reads top to bottom against Alg. 2 (``docs/methods/dds.
   EMAs of each group's share of the training gradient, ``modules/dds_rewards.py``);
   ``r_i`` = cosine, dot, or cosine after Adam's step scale (A.1).
 * scorer (lines 9–13), from ``--dds-start-update`` on: E Adam steps of the
-  objective ``--dds-scorer-objective`` (Alg. 2 as written, centred within each
-  availability set, or the exact expected reward) on B uniformly drawn targets.
-* priors: ``--dds-init uniform|datasize|temperature|tcs`` and
-  ``--dds-update-scorer false`` give the baselines through the same code.
+  objective ``--dds-scorer-objective`` (``modules/scorer.update_scorer``): by
+  default ``kl``, the expected reward minus ``--dds-scorer-kl-weight`` times
+  KL(p || prior), whose maximiser ``p ∝ prior exp(r / lambda)`` keeps p a
+  weighting; or Alg. 2 as written, centred within each availability set, or
+  the exact expected reward (``kl`` and ``exact`` over every availability
+  pattern, the others on B uniformly drawn targets).
+* priors: ``--dds-init uniform|datasize|temperature|tcs|order`` and
+  ``--dds-update-scorer false`` give the baselines through the same code
+  (``order``: a fixed ranking, the first available language of ``--dds-order``).
 
 Scorer, its optimizer, EMAs, rewards and counters go through
 ``get_checkpoint_dict``/``set_checkpoint_dict``; every random draw is a
@@ -27,6 +32,7 @@ and every worker makes the same scorer decisions.
 """
 # no "from __future__ import annotations": fairseq reads the config dataclass field types at runtime
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -52,16 +58,19 @@ from fairseq_metabt.modules import amp
 from fairseq_metabt.modules import gradients as G
 from fairseq_metabt.modules.dds_rewards import LanguageGradientEMA, adam_step_scale, language_reward
 from fairseq_metabt.modules.generation import eval_mode
-from fairseq_metabt.modules.scorer import LanguageScorer, language_objective_loss
+from fairseq_metabt.modules.dds_rewards import reward_spread
+from fairseq_metabt.modules.scorer import (DEFAULT_KL_WEIGHT, DEFAULT_OBJECTIVE, LanguageScorer, distribution_stats,
+                                           update_scorer)
 
 logger = logging.getLogger(__name__)
 
 REWARD_CHOICES = ChoiceEnum(["cosine", "dot", "adam"])
-OBJECTIVE_CHOICES = ChoiceEnum(["alg2", "centered", "exact"])
+OBJECTIVE_CHOICES = ChoiceEnum(["kl", "alg2", "centered", "exact"])
 GRAD_SOURCE_CHOICES = ChoiceEnum(["fresh", "ema"])
 GRAD_MODE_CHOICES = ChoiceEnum(["train", "eval"])
 UNIT_CHOICES = ChoiceEnum(["updates", "sentences"])
-INIT_CHOICES = ChoiceEnum(["uniform", "datasize", "temperature", "tcs"])
+INIT_CHOICES = ChoiceEnum(["uniform", "datasize", "temperature", "tcs", "order"])
+ORDER_GAP = 20.0  # --dds-init order: log-weight step between two ranks (the next language gets e^-20 ≈ 2e-9)
 BOOL_CHOICES = ChoiceEnum(["true", "false"])
 SAMPLING_CHOICES = ChoiceEnum(["auto", "target", "language"])
 LOG_NAME = "dds_log.jsonl"
@@ -108,10 +117,18 @@ class DDSTranslationConfig(TranslationConfig):
         default=32, metadata={"help": "hidden units of the scorer's 2-layer perceptron (authors' scripts: 32)"}
     )
     dds_scorer_objective: OBJECTIVE_CHOICES = field(
-        default="alg2",
-        metadata={"help": "alg2: Alg. 2 line 11 as written; centered: rewards minus their mean within each "
-                          "target's availability set (a shared reward keeps the prior); exact: the expected reward "
-                          "sum_i p(S_i|y) r_i over all targets' availability patterns (no sampling)"},
+        default=DEFAULT_OBJECTIVE,
+        metadata={"help": "kl: the expected reward minus lambda KL(p || prior) over all availability patterns, "
+                          "maximised by p ∝ prior exp(r / lambda): a weighting that noise cannot saturate; alg2: "
+                          "Alg. 2 line 11 as written (acts as p ∝ r); centered: rewards minus their mean within each "
+                          "target's availability set (a shared reward keeps the prior; saturates into a ranking); "
+                          "exact: the expected reward sum_i p(S_i|y) r_i over all patterns (kl with lambda = 0)"},
+    )
+    dds_scorer_kl_weight: float = field(
+        default=DEFAULT_KL_WEIGHT,
+        metadata={"help": "lambda of --dds-scorer-objective kl: a reward gap g over the p-weighted mean multiplies "
+                          "a language's odds by exp(g / lambda) relative to the prior (0.1: a cosine gap of 0.1 "
+                          "gives a factor e)"},
     )
     dds_grad_source: GRAD_SOURCE_CHOICES = field(
         default="fresh",
@@ -143,8 +160,14 @@ class DDSTranslationConfig(TranslationConfig):
     )
     dds_init: INIT_CHOICES = field(
         default="uniform",
-        metadata={"help": "initial p(S_i|y): uniform, datasize (∝ size), temperature (∝ size^(1/T)), or tcs "
-                          "(imitate target-conditioned sampling by vocabulary overlap with the dev pair's language)"},
+        metadata={"help": "initial p(S_i|y): uniform, datasize (∝ size), temperature (∝ size^(1/T)), tcs "
+                          "(imitate target-conditioned sampling by vocabulary overlap with the dev pair's language), "
+                          "or order (a fixed ranking: each target draws the first available language of --dds-order)"},
+    )
+    dds_order: Optional[str] = field(
+        default=None,
+        metadata={"help": "--dds-init order: comma-separated ranking of all languages, best first (default: by "
+                          "vocabulary overlap with the dev pair's language, the dev language first)"},
     )
     dds_temperature: float = field(default=5.0, metadata={"help": "T of --dds-init temperature"})
     dds_tcs_temperature: float = field(
@@ -221,9 +244,13 @@ def check_dds_config(cfg) -> None:
         if not 0.0 <= value <= 1.0:
             raise UserError(f"{name} must be in [0, 1], got {value}")
     for name, value in (("--dds-scorer-lr", cfg.dds_scorer_lr), ("--dds-temperature", cfg.dds_temperature),
-                        ("--dds-tcs-temperature", cfg.dds_tcs_temperature)):
+                        ("--dds-tcs-temperature", cfg.dds_tcs_temperature),
+                        ("--dds-scorer-kl-weight", cfg.dds_scorer_kl_weight)):
         if not value > 0:
             raise UserError(f"{name} must be > 0, got {value}")
+    if cfg.dds_order and cfg.dds_init != "order":
+        raise UserError(f"--dds-order ranks the languages of --dds-init order; this run has --dds-init "
+                         f"{cfg.dds_init}: add --dds-init order or drop --dds-order")
     if cfg.dds_grad_sketch_dim < 0:
         raise UserError(f"--dds-grad-sketch-dim must be >= 0 (0: no sketch), got {cfg.dds_grad_sketch_dim}")
     if cfg.dds_grad_sketch_dim and cfg.dds_grad_source != "ema":
@@ -275,6 +302,7 @@ class DDSTranslationTask(TranslationTask):
                                  f"lacks {', '.join(missing)}; prepare the data with scripts/prepare_data.py")
         n = max(len(self.langs), 1)
         self.scorer = LanguageScorer(n, cfg.dds_scorer_hidden, seed=cfg.seed)
+        self.prior_scorer = self._frozen(self.scorer)  # p0 of the kl objective: psi right after the prior
         self.scorer_optimizer = torch.optim.Adam(self.scorer.parameters(), lr=cfg.dds_scorer_lr)
         self.ema: Optional[LanguageGradientEMA] = None  # --dds-grad-source ema, built at the first update
         self._ema_state: Optional[Dict] = None  # restored before the EMA exists
@@ -300,6 +328,13 @@ class DDSTranslationTask(TranslationTask):
         self._pending: Optional[Dict] = None
         self._dev = None
         self._model = self._optimizer = None  # set during a scorer update only
+
+    @staticmethod
+    def _frozen(scorer: LanguageScorer) -> LanguageScorer:
+        out = copy.deepcopy(scorer)
+        for p in out.parameters():
+            p.requires_grad_(False)
+        return out
 
     @property
     def updates_scorer(self) -> bool:
@@ -378,6 +413,24 @@ class DDSTranslationTask(TranslationTask):
             kl = self.scorer.imitate(patterns, q.expand(len(patterns), -1).clone())
             logger.info("dds: TCS prior from vocabulary overlap %s (imitation KL %.4f)",
                         dict(zip(self.langs, [round(o, 3) for o in overlap])), kl)
+        elif init == "order":
+            order = self.language_order(ds)
+            rank = {lang: k for k, lang in enumerate(order)}
+            self.scorer.set_prior([-ORDER_GAP * rank[lang] for lang in self.langs])
+            logger.info("dds: fixed order %s (each target draws its first available language)", " > ".join(order))
+        self.prior_scorer.load_state_dict(self.scorer.state_dict())
+
+    def language_order(self, ds: LanguageSampledDataset) -> List[str]:
+        """``--dds-order`` checked against the languages, or by default the ranking by vocabulary overlap with
+        the dev pair's language (itself first: its overlap is 1), ties in ``--lang-pairs`` order."""
+        if self.cfg.dds_order:
+            order = [x.strip() for x in self.cfg.dds_order.split(",") if x.strip()]
+            if sorted(order) != sorted(self.langs):
+                raise UserError(f"--dds-order {self.cfg.dds_order} must rank every language of --lang-pairs exactly "
+                                 f"once: {','.join(self.langs)}")
+            return order
+        overlap = self.vocabulary_overlap(ds)
+        return [self.langs[i] for i in sorted(range(len(self.langs)), key=lambda i: (-overlap[i], i))]
 
     def vocabulary_overlap(self, ds: LanguageSampledDataset) -> List[float]:
         """TCS heuristic: the share of a language's token types also used by the dev pair's language."""
@@ -557,8 +610,16 @@ class DDSTranslationTask(TranslationTask):
                     batch = utils.move_to_cuda(batch)
                 with amp.autocast(optimizer, theta):
                     loss, sample_size, _ = self._criterion(inner, batch)
-                grads = torch.autograd.grad(loss * scale if scale != 1.0 else loss, theta, allow_unused=True)
-                total.add_(G.flatten(grads, theta), alpha=1.0 / scale)
+                grads = list(torch.autograd.grad(loss * scale if scale != 1.0 else loss, theta, allow_unused=True))
+                # added parameter by parameter into the running total (no flat copy of the gradient), each
+                # parameter's gradient released once added: at most total + one gradient's worth at a time
+                offset = 0
+                for k, p in enumerate(theta):
+                    if grads[k] is not None:
+                        total[offset:offset + p.numel()].add_(grads[k].detach().reshape(-1).float(),
+                                                              alpha=1.0 / scale)
+                        grads[k] = None
+                    offset += p.numel()
                 size += float(sample_size)
         G.all_reduce_mean_(total)
         G.all_reduce_mean_(size)
@@ -602,18 +663,16 @@ class DDSTranslationTask(TranslationTask):
             self._model = self._optimizer = None
             objective = "centered" if self.cfg.dds_reward_centering else self.cfg.dds_scorer_objective
             ds = self.train_data
-            for it in range(self.cfg.dds_scorer_iters):
-                if objective == "exact":  # every availability pattern, weighted by its share of the targets
-                    avail = torch.from_numpy(ds.index.patterns)
-                    counts = np.bincount(ds.index.pattern_of, minlength=len(avail))
-                    weights = torch.from_numpy(counts / counts.sum())
-                else:
-                    gen = seeded_generator(self.cfg.seed, update_num, it, 29)
-                    avail, weights = ds.sample_targets(self.cfg.dds_scorer_batch, gen), None
-                loss = language_objective_loss(self.scorer, avail, self.rewards, self.reward_valid, objective, weights)
-                self.scorer_optimizer.zero_grad()
-                loss.backward()
-                self.scorer_optimizer.step()
+
+            def targets(it: int):
+                if objective in ("exact", "kl"):  # every availability pattern, weighted by its share of the targets
+                    return torch.from_numpy(ds.index.patterns), self._pattern_weights()
+                gen = seeded_generator(self.cfg.seed, update_num, it, 29)
+                return ds.sample_targets(self.cfg.dds_scorer_batch, gen), None
+
+            update_scorer(self.scorer, self.scorer_optimizer, self.rewards, self.reward_valid, objective,
+                          self.cfg.dds_scorer_iters, targets, prior=self.prior_scorer,
+                          kl_weight=self.cfg.dds_scorer_kl_weight)
         self.scorer_updates += 1
         self.last_scorer_update = self.last_update
         self._refresh_table()
@@ -628,7 +687,13 @@ class DDSTranslationTask(TranslationTask):
         n = len(self.langs)
         dev = self.dev_gradient(update_num)
         step_scale = adam_step_scale(optimizer, self._theta) if self.cfg.dds_reward == "adam" else None
-        self._scorer_bytes = (2 + (step_scale is not None)) * dev.numel() * 4
+        adam = int(step_scale is not None)
+        # the peak of this scorer update's transient fp32 vectors of D = |theta| coordinates: fresh
+        # gradients hold the dev gradient, the running total and one backward's gradients (3 D; + the
+        # step scale with the adam reward); the EMA path the dev gradient and one language's mean
+        # (2 D; + the step scale and the scaled mean with adam; a sketch adds the dev's k coordinates)
+        self._scorer_bytes = ((2 + 2 * adam) * dev.numel() + (self._sketch.dim_out if self._sketch is not None else 0)
+                              if self.ema is not None else (3 + adam) * dev.numel()) * 4
         if self.ema is not None:
             if self._sketch is not None:
                 dev = self._sketch(dev)
@@ -641,6 +706,24 @@ class DDSTranslationTask(TranslationTask):
             rewards[lang], valid[lang] = language_reward(self.language_gradient(lang, update_num), dev,
                                                          self.cfg.dds_reward, step_scale)
         self.rewards, self.reward_valid = rewards, valid
+
+    def _pattern_weights(self) -> torch.Tensor:
+        """Each availability pattern's share of the training targets."""
+        ds = self.train_data
+        counts = np.bincount(ds.index.pattern_of, minlength=len(ds.index.patterns))
+        return torch.from_numpy(counts / counts.sum())
+
+    def scorer_stats(self) -> Dict[str, float]:
+        """Mean entropy of p(.|y) and its KL to the prior over the targets (nats), and the reward spread:
+        std of the valid rewards across languages vs the gap between the best and their mean."""
+        ds = self.train_data
+        out = {}
+        if ds is not None and self.pattern_probs is not None:
+            with torch.no_grad():
+                prior = self.prior_scorer.probs(torch.from_numpy(ds.index.patterns))
+            out["entropy"], out["kl_prior"] = distribution_stats(self.pattern_probs, prior, self._pattern_weights())
+        out["reward_std"], out["reward_gap"] = reward_spread(self.rewards, self.reward_valid)
+        return out
 
     def _check_replicas(self) -> None:
         """With several workers the scorer must be identical on every rank: compare checksums."""
@@ -685,6 +768,7 @@ class DDSTranslationTask(TranslationTask):
                   "reward": [round(float(x), 6) for x in self.rewards],
                   "valid": [bool(x) for x in self.reward_valid], "stale": [bool(x) for x in self.stale],
                   "learned": bool(learned), "usage": [round(float(x) / total, 6) for x in usage]}
+        record.update({k: round(v, 6) for k, v in self.scorer_stats().items()})
         if not self._resumed:  # a fresh run starts a fresh log; an old one is kept aside, not appended to
             path = self.log_path()
             if os.path.exists(path):
@@ -715,9 +799,15 @@ class DDSTranslationTask(TranslationTask):
             if dist is not None:
                 metrics.log_scalar(f"dds_p_{lang}", float(dist[i]), weight=1, round=4)
             metrics.log_scalar(f"dds_r_{lang}", float(self.rewards[i]), weight=1, round=4)
+        stats = self.scorer_stats()
+        if "entropy" in stats:
+            metrics.log_scalar("dds_entropy", stats["entropy"], weight=1, round=4)
+            metrics.log_scalar("dds_kl_prior", stats["kl_prior"], weight=1, round=4)
         if self.updates_scorer:
             metrics.log_scalar("dds_ema_mib", self.memory_bytes() / 2**20, weight=1, round=3)
             metrics.log_scalar("dds_valid", float(self.reward_valid.sum()), weight=1, round=1)
+            metrics.log_scalar("dds_reward_std", stats["reward_std"], weight=1, round=4)
+            metrics.log_scalar("dds_reward_gap", stats["reward_gap"], weight=1, round=4)
         if self.nonfinite_updates:
             metrics.log_scalar("dds_nonfinite", float(self.nonfinite_updates), weight=1, round=1)
 
@@ -725,6 +815,7 @@ class DDSTranslationTask(TranslationTask):
     def get_checkpoint_dict(self) -> Dict[str, dict]:
         ema = self.ema.state_dict() if self.ema is not None else self._ema_state
         state = {"langs": list(self.langs), "scorer": self.scorer.state_dict(),
+                 "prior_scorer": self.prior_scorer.state_dict(),
                  "scorer_optimizer": self.scorer_optimizer.state_dict(), "ema": ema,
                  "rewards": self.rewards.clone(), "reward_valid": self.reward_valid.clone(),
                  "stale": self.stale.clone(), "usage": self.usage.clone(), "scorer_updates": self.scorer_updates,
@@ -739,6 +830,12 @@ class DDSTranslationTask(TranslationTask):
             raise UserError(f"the checkpoint was trained with languages {state['langs']}, this run has {self.langs}: "
                              "resume with the same --lang-pairs (or start a new --save-dir)")
         self.scorer.load_state_dict(state["scorer"])
+        if "prior_scorer" in state:
+            self.prior_scorer.load_state_dict(state["prior_scorer"])
+        else:  # a checkpoint of an older version: the scorer as saved becomes the kl objective's anchor
+            logger.warning("dds: the checkpoint holds no prior scorer (older version); the kl objective anchors "
+                           "to the scorer as saved")
+            self.prior_scorer.load_state_dict(state["scorer"])
         self.scorer_optimizer.load_state_dict(state["scorer_optimizer"])
         ema = state.get("ema")
         if isinstance(ema, dict):
