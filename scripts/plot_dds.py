@@ -5,8 +5,10 @@
 
 Reads ``RUN_DIR/dds_log.jsonl`` (one record every K updates: the language
 distribution E_y p(S_i | y; psi), rewards and realised usage) and draws the
-distribution over updates (top) and the per-language rewards (bottom) into
-``RUN_DIR/dds_languages.png``.
+distribution over updates (top), the per-language rewards with their spread
+(std across languages, dashed, and the gap between the best and the mean,
+dotted) and, where the log has it, the mean entropy of p(.|y) and its KL to
+the prior (bottom), into ``RUN_DIR/dds_languages.png``.
 """
 import argparse
 import json
@@ -47,16 +49,27 @@ def plot(records: List[dict], out: str, title: Optional[str] = None) -> str:
 
     langs = records[0]["langs"]
     x = [r["update"] for r in records]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    stats = all("entropy" in r for r in records)  # logs of older versions have no entropy or spread
+    rows, ratios = (3, [2, 1, 1]) if stats else (2, [2, 1])
+    fig, axes = plt.subplots(rows, 1, figsize=(7, 6 + 2 * stats), sharex=True, gridspec_kw={"height_ratios": ratios})
+    top, bottom = axes[0], axes[1]
     for i, lang in enumerate(langs):
         top.plot(x, [r["p"][i] for r in records], label=lang, linewidth=1.8)
         bottom.plot(x, [r["reward"][i] for r in records], label=lang, linewidth=1.2)
+    if stats:
+        bottom.plot(x, [r["reward_std"] for r in records], "k--", linewidth=1, label="std across languages")
+        bottom.plot(x, [r["reward_gap"] for r in records], "k:", linewidth=1, label="best - mean")
+        bottom.legend(loc="upper right", fontsize=7, ncol=2)
+        axes[2].plot(x, [r["entropy"] for r in records], "k-", linewidth=1.5, label="entropy of p(.|y)")
+        axes[2].plot(x, [r["kl_prior"] for r in records], "k--", linewidth=1.2, label="KL(p || prior)")
+        axes[2].set_ylabel("nats")
+        axes[2].legend(loc="upper right", fontsize=7)
     top.set_ylabel("p(language)")
     top.set_ylim(0, 1)
     top.legend(loc="upper right", ncol=min(len(langs), 4), fontsize=8)
     top.set_title(title or f"DDS language usage (dev pair {records[0].get('dev_pair', '?')})")
     bottom.set_ylabel("reward")
-    bottom.set_xlabel("update")
+    axes[-1].set_xlabel("update")
     bottom.axhline(0, color="grey", linewidth=0.5)
     fig.tight_layout()
     with fileio.atomic_path(out) as tmp:

@@ -161,7 +161,7 @@ def test_bounded_gradient_memory(multiway_bin, tmp_path):
     assert "sketched to 256" in out
     d = int(re.search(r"gradient EMAs over (\d+) parameters", out).group(1))
     # everything DDS keeps: EMAs, shares and their mark (k each, fp32), the int32+int8 hash, and the
-    # scorer update's dev gradient and its accumulator (D fp32 each)
+    # scorer update's peak: the dev gradient's running total and one backward's gradients (D fp32 each)
     expect = ((5 + 5 + 1) * 256 * 4 + d * 5 + 2 * d * 4) / 2**20
     got = float(re.search(r"dds_ema_mib=([0-9.]+)", last_inner(out)).group(1))
     assert abs(got - expect) < 2e-3, (got, expect)

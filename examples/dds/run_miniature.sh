@@ -1,22 +1,28 @@
 #!/usr/bin/env bash
 # Miniature reproduction of DDS for multilingual NMT (Wang et al. 2020, Table 2 and Fig. 4/5) through the
-# evidence protocol: uniform, temperature, related, TCS, DDS and TCS+DDS, all through task dds_translation,
-# each trained to dev convergence (early stopping), several seeds; BLEU/chrF on the SRC-TGT test set with Δ
-# and p against `uniform`, paired by seed, and the language-usage plot of TCS+DDS and DDS.
+# evidence protocol: uniform, temperature, related, TCS, DDS, TCS+DDS and fixed_order (a fixed ranking), all
+# through task dds_translation, each trained to dev convergence (early stopping), several seeds; BLEU/chrF on
+# the SRC-TGT test set with Δ and p against `uniform` (and DDS against related and fixed_order, TCS+DDS against
+# TCS), paired by seed, and the language-usage plot of TCS+DDS and DDS.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 RECIPE_USAGE='DDS miniature: which source languages help the low-resource pair?
 
   bash examples/dds/run_miniature.sh [shared flags] [--interval 50] [--scorer-lr 1e-4]
-       [--arch transformer_lowres_small] [--systems "uniform temperature related tcs dds tcs_dds"]
-       [--related-lang hrl] [--objective centered|alg2|exact] [--extra-train "fairseq-train args"]
+       [--arch transformer_lowres_small] [--systems "uniform temperature related tcs dds tcs_dds fixed_order"]
+       [--related-lang hrl] [--objective kl|centered|alg2|exact] [--kl-weight 0.1] [--fixed-order L1,L2,...]
+       [--extra-train "fairseq-train args"]
 
 --src is the low-resource source language whose SRC-TGT dev set DDS optimises; --related lists the other source
 languages (all translating into --tgt); --related-lang names the one the `related` system adds (default: the
 first of --related). Default data: the synthetic `multilingual` preset with --multiway (generated into
-WORK/raw/seed1). dds and tcs_dds update the scorer with --objective (default centered: rewards centred within
-each availability set; alg2 = Alg. 2 as written; exact), from update WARMUP on; extra systems dds_alg2,
-tcs_dds_alg2 use Alg. 2 as written. Old flags --lrl,
+WORK/raw/seed1). dds and tcs_dds update the scorer with --objective (default kl: the expected reward minus
+--kl-weight times KL(p || prior), which keeps p a weighting; centered: the kept 2026-12-01 run'"'"'s objective;
+alg2 = Alg. 2 as written; exact), from update WARMUP on, at psi lr 1e-4 (A.2); extra systems dds_centered,
+tcs_dds_centered, dds_alg2, tcs_dds_alg2 use those objectives. fixed_order: every target draws the first
+available language of a ranking fixed from the start (--dds-init order), the control for "the scorer becomes
+a fixed ranking"; --fixed-order gives the ranking (default on the synthetic preset: lrl,hrl,unrb,nsy,unra, the
+order the kept DDS runs settled on; on other data the ranking by vocabulary overlap with --src). Old flags --lrl,
 --pivot, --langs are accepted as aliases. Results: WORK/results/summary.json, the table, and
 WORK/seedS/SYSTEM/dds_languages.png (copied to examples/dds/language_usage_{tcs_dds,dds}.png).
 Every system trains at lr LR (2e-3) after WARMUP (200) updates and halves it after LR_PATIENCE (2) validations
@@ -29,13 +35,14 @@ PATIENCE=5; VALIDATE_EVERY=50; MAX_UPDATE=8000
 # shellcheck source=../../scripts/recipe_lib.sh
 source "$ROOT/scripts/recipe_lib.sh"
 recipe_parse "$@"
-K=50; SLR=1e-4; ARCH=transformer_lowres_tiny; EXTRA_TRAIN=""; REL=""; OBJECTIVE=centered
-SYSTEMS="uniform temperature related tcs dds tcs_dds"
+K=50; SLR=1e-4; ARCH=transformer_lowres_tiny; EXTRA_TRAIN=""; REL=""; OBJECTIVE=kl; KLW=0.1; ORDER=""
+SYSTEMS="uniform temperature related tcs dds tcs_dds fixed_order"
 set -- "${RECIPE_ARGS[@]+"${RECIPE_ARGS[@]}"}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --interval) K="$2"; shift 2;; --objective) OBJECTIVE="$2"; shift 2;; --scorer-lr) SLR="$2"; shift 2;; --arch) ARCH="$2"; shift 2;;
     --systems) SYSTEMS="$2"; shift 2;; --extra-train) EXTRA_TRAIN="$2"; shift 2;; --related-lang) REL="$2"; shift 2;;
+    --kl-weight) KLW="$2"; shift 2;; --fixed-order) ORDER="$2"; shift 2;;
     --lrl) SRC="$2"; shift 2;; --pivot) TGT="$2"; shift 2;;
     --langs) read -r -a L <<< "$2"; SRC="${L[0]}"; RELATED="$(IFS=,; echo "${L[*]:1}")"; RELATED_LIST=("${L[@]:1}"); shift 2;;
     *) recipe_unknown "$1";;
@@ -43,6 +50,10 @@ while [ $# -gt 0 ]; do
 done
 [ ${#RELATED_LIST[@]} -ge 1 ] || recipe_die "DDS needs other source languages: --related L1,L2,..."
 REL="${REL:-${RELATED_LIST[0]}}"
+# fixed_order's ranking: given, or on the synthetic preset's languages the order the kept DDS runs settled on
+# (docs/results/dds.notes.md), or else the task's default (vocabulary overlap with SRC, SRC first)
+if [ -z "$ORDER" ] && [ -z "$RAW_DIR" ] && [ "$SRC,$RELATED" = "lrl,hrl,unra,unrb,nsy" ]; then ORDER="lrl,hrl,unrb,nsy,unra"; fi
+ORDER_ARGS=(--dds-init order); [ -z "$ORDER" ] || ORDER_ARGS+=(--dds-order "$ORDER")
 [ -n "$RAW_DIR" ] && for l in "${RELATED_LIST[@]}"; do recipe_check_pair "$RAW_DIR" "$l" "$TGT"; done
 set -- $SEEDS; FIRST_SEED="$1"
 recipe_corpus 1 multilingual \
@@ -58,7 +69,7 @@ COMMON=("$DATA" --user-dir "$USER_DIR" --task dds_translation --dds-dev-lang-pai
         --arch "$ARCH" --optimizer adam --adam-betas "(0.9,0.98)" --lr "${LR:-2e-3}"
         --lr-scheduler plateau_updates --lr-shrink 0.5 --lr-patience "${LR_PATIENCE:-2}" --warmup-updates "${WARMUP:-200}"
         --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --max-tokens 2048
-        --dds-update-interval "$K" --dds-scorer-lr "$SLR" $(recipe_cpu_flag) --num-workers 0
+        --dds-update-interval "$K" --dds-scorer-lr "$SLR" --dds-scorer-kl-weight "$KLW" $(recipe_cpu_flag) --num-workers 0
         --log-format simple --log-interval 100 --no-progress-bar --ddp-backend legacy_ddp)
 
 dds_system() {  # SYSTEM SEED: train to convergence, score, plot the language usage
@@ -70,6 +81,9 @@ dds_system() {  # SYSTEM SEED: train to convergence, score, plot the language us
     tcs)         args=(--dds-init tcs --dds-update-scorer false);;
     dds)         args=(--dds-init uniform "${LEARN[@]}" --dds-scorer-objective "$OBJECTIVE");;
     tcs_dds)     args=(--dds-init tcs "${LEARN[@]}" --dds-scorer-objective "$OBJECTIVE");;
+    fixed_order) args=("${ORDER_ARGS[@]}" --dds-update-scorer false);;
+    dds_centered) args=(--dds-init uniform "${LEARN[@]}" --dds-scorer-objective centered);;  # the kept run's
+    tcs_dds_centered) args=(--dds-init tcs "${LEARN[@]}" --dds-scorer-objective centered);;
     dds_alg2)    args=(--dds-init uniform "${LEARN[@]}" --dds-scorer-objective alg2);;  # Alg. 2 as written
     tcs_dds_alg2) args=(--dds-init tcs "${LEARN[@]}" --dds-scorer-objective alg2);;
   esac
@@ -79,7 +93,7 @@ dds_system() {  # SYSTEM SEED: train to convergence, score, plot the language us
   if [ -f "$out/dds_log.jsonl" ]; then "$PY" "$ROOT/scripts/plot_dds.py" "$out" --title "$sys, seed $seed" >/dev/null; fi
 }
 for sys in $SYSTEMS; do
-  case "$sys" in uniform|temperature|related|tcs|dds|tcs_dds|dds_alg2|tcs_dds_alg2) ;;
+  case "$sys" in uniform|temperature|related|tcs|dds|tcs_dds|fixed_order|dds_centered|tcs_dds_centered|dds_alg2|tcs_dds_alg2) ;;
     *) recipe_die "unknown system $sys (see --help)";; esac
 done
 # every (system, seed) is independent: JOBS of them at a time
@@ -89,7 +103,12 @@ for sys in tcs_dds dds; do
   png="$WORK_DIR/seed$FIRST_SEED/$sys/dds_languages.png"
   if [ -f "$png" ] && [ -z "$RAW_DIR" ]; then cp "$png" "$ROOT/examples/dds/language_usage_$sys.png"; fi
 done
-ALSO=(); if [[ " $SYSTEMS " == *" tcs_dds "* && " $SYSTEMS " == *" tcs "* ]]; then ALSO=(--also tcs_dds:tcs); fi
+# DDS against the rules that could explain its gain: related, the fixed ranking; TCS+DDS against TCS
+ALSO=()
+for pair in dds:related dds:fixed_order tcs_dds:tcs; do
+  if [[ " $SYSTEMS " == *" ${pair%%:*} "* && " $SYSTEMS " == *" ${pair##*:} "* ]]; then ALSO+=("$pair"); fi
+done
+[ ${#ALSO[@]} -eq 0 ] || ALSO=(--also "${ALSO[@]}")
 # shellcheck disable=SC2086
 ev_compare --control uniform --systems $SYSTEMS --same-schedule $SYSTEMS "${ALSO[@]+"${ALSO[@]}"}" \
   --title "DDS, miniature: $SRC-$TGT test, sources $SRC,$RELATED" \

@@ -690,10 +690,10 @@ class DDSTranslationTask(TranslationTask):
         adam = int(step_scale is not None)
         # the peak of this scorer update's transient fp32 vectors of D = |theta| coordinates: fresh
         # gradients hold the dev gradient, the running total and one backward's gradients (3 D; + the
-        # step scale with the adam reward); the EMA path the dev gradient and one language's mean
-        # (2 D; + the step scale and the scaled mean with adam; a sketch adds the dev's k coordinates)
-        self._scorer_bytes = ((2 + 2 * adam) * dev.numel() + (self._sketch.dim_out if self._sketch is not None else 0)
-                              if self.ema is not None else (3 + adam) * dev.numel()) * 4
+        # step scale with the adam reward); the EMA path the dev gradient and one language's mean, or
+        # while the dev gradient is taken its running total and one backward's gradients (2 D; + the
+        # step scale and the scaled mean with adam)
+        self._scorer_bytes = ((2 + 2 * adam) if self.ema is not None else (3 + adam)) * dev.numel() * 4
         if self.ema is not None:
             if self._sketch is not None:
                 dev = self._sketch(dev)
