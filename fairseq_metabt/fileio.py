@@ -333,3 +333,18 @@ class OutputRecord:
 
     def write(self, names: Iterable[str]) -> None:
         write_json(self.path, {"tool": self.tool, "files": sorted(set(names) | {RECORD_NAME})})
+
+
+def set_aside(path: str) -> Optional[str]:
+    """Move an existing file out of the way to ``PATH.prevK`` (the first free K) and return where it went.
+
+    A symbolic link stays where it is and its target is moved, so that the next write goes through the
+    link as every write of the plugin does; nothing is deleted. ``None`` when there was nothing to move."""
+    real = os.path.realpath(path)
+    if not os.path.exists(real):
+        return None
+    k = 0
+    while os.path.lexists(f"{real}.prev{k}"):
+        k += 1
+    os.replace(real, f"{real}.prev{k}")
+    return f"{real}.prev{k}"

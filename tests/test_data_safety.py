@@ -353,3 +353,18 @@ def test_full_disk_while_writing_text(tmp_path, monkeypatch):
     with fileio.open_text(path, "w") as f:
         line = user_error(f.write, "a sentence\n")
     assert f"no space left on the disk holding {tmp_path} while writing {path}" in line
+
+
+def test_set_aside_moves_a_link_target_and_keeps_the_link(tmp_path):
+    """An earlier run's log (DDS's dds_log.jsonl) is set aside to PATH.prevK; through a symlink the target moves
+    and the link stays, so the new log is written through it; nothing is deleted."""
+    target, link = tmp_path / "real.jsonl", tmp_path / "dds_log.jsonl"
+    target.write_text("old\n")
+    (tmp_path / "real.jsonl.prev0").write_text("older\n")
+    link.symlink_to(target.name)
+    assert fileio.set_aside(str(link)) == str(tmp_path / "real.jsonl.prev1")
+    assert link.is_symlink() and not target.exists() and (tmp_path / "real.jsonl.prev1").read_text() == "old\n"
+    fileio.write_text(str(link), "new\n")
+    assert link.is_symlink() and target.read_text() == "new\n"
+    assert (tmp_path / "real.jsonl.prev0").read_text() == "older\n"
+    assert fileio.set_aside(str(tmp_path / "none.jsonl")) is None

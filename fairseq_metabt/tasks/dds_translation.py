@@ -770,13 +770,9 @@ class DDSTranslationTask(TranslationTask):
                   "learned": bool(learned), "usage": [round(float(x) / total, 6) for x in usage]}
         record.update({k: round(v, 6) for k, v in self.scorer_stats().items()})
         if not self._resumed:  # a fresh run starts a fresh log; an old one is kept aside, not appended to
-            path = self.log_path()
-            if os.path.exists(path):
-                k = 0
-                while os.path.exists(f"{path}.prev{k}"):
-                    k += 1
-                os.replace(path, f"{path}.prev{k}")
-                logger.warning("dds: %s belongs to an earlier run; moved to %s.prev%d", path, path, k)
+            kept = fileio.set_aside(self.log_path())
+            if kept:
+                logger.warning("dds: %s belongs to an earlier run; moved to %s", self.log_path(), kept)
             self._resumed = True
         self._write_log(self._read_log() + [record])
 
