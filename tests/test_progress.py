@@ -55,6 +55,9 @@ def test_monitor_prints_each_new_validation_once_and_an_overall_line(tmp_path):
     jobs = progress.scan(str(tmp_path), 2, 10)
     assert jobs["seed1.baseline"]["status"] == "done" and jobs["seed1.backward"]["status"] == "running"
     assert "1 jobs done, 1 running" in progress.overall(jobs, 125, 10)
+    # one validation of backward's stage so far: no rate, so no time is promised for it
+    assert "stop within" not in progress.overall(jobs, 125, 10)
+    assert "1 running job(s) not yet timed" in progress.overall(jobs, 125, 10)
     assert progress.overall(jobs, 125, 10).startswith("[progress] 2 min elapsed")
     (logs / "seed1.backward.rc").write_text("1\n")
     assert "1 FAILED" in progress.overall(progress.scan(str(tmp_path), 2, 10), 5, 10)

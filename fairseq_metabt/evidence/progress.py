@@ -88,16 +88,22 @@ def scan(work_dir: str, patience: int, validate_every: int, metric: str = "loss"
 
 def overall(jobs: Dict[str, Dict[str, object]], elapsed: float, validate_every: int) -> str:
     count = {k: sum(1 for j in jobs.values() if j["status"] == k) for k in ("done", "running", "failed")}
-    bound = 0.0
+    bound, unmeasured = 0.0, 0
     for j in jobs.values():
         st = j["state"]
-        if j["status"] == "running" and st and st["s_per_update"] is not None:
+        if j["status"] != "running":
+            continue
+        if st and not st["finished"] and st["s_per_update"] is not None:
             bound = max(bound, st["left"] * validate_every * st["s_per_update"])
+        else:  # no two validations of its current stage yet: no rate to extrapolate from
+            unmeasured += 1
     line = (f"[progress] {_minutes(elapsed)} elapsed: {count['done']} jobs done, {count['running']} running"
             + (f", {count['failed']} FAILED" if count["failed"] else ""))
-    if count["running"]:
+    if count["running"] > unmeasured:
         line += (f"; the running systems stop within ~{_minutes(bound)} if their dev score stops improving now "
                  "(each new best adds up to the patience again; queued jobs start as lanes free up)")
+    if unmeasured:
+        line += f"; {unmeasured} running job(s) not yet timed (fewer than two validations in their stage)"
     return line
 
 
