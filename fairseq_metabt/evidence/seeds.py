@@ -48,8 +48,11 @@ def _metric(name: str):
 
 def sentence_stats(hyps: Sequence[str], refs: Sequence[str], metric: str) -> np.ndarray:
     """Per-sentence sufficient statistics of sacrebleu's corpus ``metric`` (rows add up to the corpus)."""
+    from fairseq_metabt.evidence.significance import quiet_sacrebleu
+
     m = _metric(metric)
-    return np.asarray(m._extract_corpus_statistics(list(hyps), [list(refs)]), dtype=np.float64)
+    with quiet_sacrebleu():
+        return np.asarray(m._extract_corpus_statistics(list(hyps), [list(refs)]), dtype=np.float64)
 
 
 def corpus_score(stats: np.ndarray, metric: str, _cache: Dict[str, object] = {}) -> float:

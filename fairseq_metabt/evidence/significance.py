@@ -5,13 +5,27 @@ nothing here re-implements them. Seeds are pooled by concatenating each seed's t
 system's and the control's hypotheses of the *same* seed side by side, so the pairing is by
 seed and by sentence.
 """
+import contextlib
 import logging
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 from fairseq_metabt.errors import UserError
 
 DEFAULT_TEST = "ar"  # paired approximate randomisation (two-sided); "bs" = paired bootstrap resampling
 DEFAULT_SAMPLES = 2000
+
+
+@contextlib.contextmanager
+def quiet_sacrebleu() -> Iterator[None]:
+    """Silence sacrebleu's per-call tokenisation warnings (e.g. " ." endings of synthetic text), which would
+    otherwise flood the table once per scored resample."""
+    sb_log = logging.getLogger("sacrebleu")
+    level = sb_log.level
+    sb_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        sb_log.setLevel(level)
 
 
 def paired_test(control: Sequence[str], system: Sequence[str], refs: Sequence[str], test_type: str = DEFAULT_TEST,
@@ -31,17 +45,13 @@ def paired_test(control: Sequence[str], system: Sequence[str], refs: Sequence[st
     # sacrebleu seeds its resampling from SACREBLEU_SEED (default 12345): pin it so p is reproducible.
     old = os.environ.get("SACREBLEU_SEED")
     os.environ["SACREBLEU_SEED"] = str(seed)
-    # sacrebleu's per-call tokenisation warnings (e.g. " ." endings of synthetic text) would flood the table
-    sb_log = logging.getLogger("sacrebleu")
-    level = sb_log.level
-    sb_log.setLevel(logging.ERROR)
     try:
-        metrics = {"bleu": sacrebleu.metrics.BLEU(), "chrf": sacrebleu.metrics.CHRF()}
-        test = PairedTest([("baseline", list(control)), ("system", list(system))], metrics, [list(refs)],
-                          test_type=test_type, n_samples=n_samples)
-        _, scores = test()
+        with quiet_sacrebleu():
+            metrics = {"bleu": sacrebleu.metrics.BLEU(), "chrf": sacrebleu.metrics.CHRF()}
+            test = PairedTest([("baseline", list(control)), ("system", list(system))], metrics, [list(refs)],
+                              test_type=test_type, n_samples=n_samples)
+            _, scores = test()
     finally:
-        sb_log.setLevel(level)
         if old is None:
             os.environ.pop("SACREBLEU_SEED", None)
         else:
