@@ -96,7 +96,9 @@ def _excepthook(exc_type, exc, tb) -> None:
         sys.stdout.flush()
     except Exception:  # a closed stdout must not hide the message
         pass
-    report(exc)
+    # the process's own stderr: torch.distributed's excepthook (installed by init_process_group around this
+    # one) captures sys.stderr in a buffer it prints only when we return, and we never return (os._exit)
+    report(exc, sys.__stderr__ or sys.stderr)
     # sys.exit() is ignored inside an excepthook: run the exit handlers ourselves, then leave with 2.
     try:
         atexit._run_exitfuncs()

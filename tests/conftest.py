@@ -45,13 +45,23 @@ def fails(cmd: List[str]) -> str:
     return proc.stdout
 
 
-def two_workers(train_args: List[str], log_dir: str, timeout: int = 900) -> str:
+def two_workers(train_args: List[str], log_dir: str, timeout: int = 900, env: Optional[dict] = None,
+                train_bin: Optional[str] = None, expect_ok: bool = True) -> str:
     """``scripts/train_ddp.sh 2 ARGS`` (fairseq-train's arguments, without the program): both gloo ranks
-    must train; rank 0's output is returned, the other rank's log is ``log_dir/rank1.log``."""
-    env = cli_env()
-    env["DDP_LOG_DIR"] = log_dir
+    must train; rank 0's output is returned, the other rank's log is ``log_dir/rank1.log``.
+
+    ``env``: extra environment; ``train_bin``: the program instead of fairseq-train (``$FAIRSEQ_TRAIN``,
+    e.g. tests/amp_probe.py); ``expect_ok=False``: the run must fail, its output is returned."""
+    full_env = cli_env()
+    full_env.update(env or {})
+    full_env["DDP_LOG_DIR"] = log_dir
+    if train_bin:
+        full_env["FAIRSEQ_TRAIN"] = train_bin
     proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "train_ddp.sh"), "2", *train_args],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=timeout)
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env, timeout=timeout)
+    if not expect_ok:
+        assert proc.returncode != 0, proc.stdout[-4000:]
+        return proc.stdout
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert "training on 2 devices" in proc.stdout, proc.stdout[-4000:]
     return proc.stdout

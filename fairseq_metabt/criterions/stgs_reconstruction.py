@@ -17,7 +17,7 @@ over tokens (as in Eq. 3–4) and can be label smoothed.
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from fairseq import utils
@@ -28,10 +28,12 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
     label_smoothed_nll_loss,
 )
 from fairseq.logging import metrics
+from omegaconf import II
 from torch import Tensor
 
 from fairseq_metabt import validate
 from fairseq_metabt.errors import UserError
+from fairseq_metabt.modules import ddp
 from fairseq_metabt.modules.free_running import (
     FreeRunningSample,
     encode_soft,
@@ -55,6 +57,8 @@ class StgsReconstructionConfig(LabelSmoothedCrossEntropyCriterionConfig):
     reconstruction_weight: float = field(
         default=1.0, metadata={"help": "λ in L = L_T + λ·L_R (0 trains L_T alone, e.g. to pre-train)"}
     )
+    ddp_backend: str = II("distributed_training.ddp_backend")
+    distributed_world_size: int = II("distributed_training.distributed_world_size")
 
 
 def validate_stgs_args(tau: float, beta: float, weight: float) -> None:
@@ -94,9 +98,15 @@ class StgsReconstructionCriterion(LabelSmoothedCrossEntropyCriterion):
 
     def __init__(self, task, sentence_avg: bool, label_smoothing: float, ignore_prefix_size: int = 0,
                  report_accuracy: bool = False, stgs_tau: float = 2.0, stgs_beta: float = 0.0,
-                 stgs_max_len_a: float = 1.2, stgs_max_len_b: int = 10, reconstruction_weight: float = 1.0):
+                 stgs_max_len_a: float = 1.2, stgs_max_len_b: int = 10, reconstruction_weight: float = 1.0,
+                 ddp_backend: Optional[str] = None, distributed_world_size: int = 1):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         validate_stgs_args(stgs_tau, stgs_beta, reconstruction_weight)
+        # also at weight 0: the translation loss shares the encoder pass with the round trip
+        ddp.refuse_pytorch_ddp({"ddp_backend": ddp_backend, "distributed_world_size": distributed_world_size},
+                               "stgs_reconstruction", "it calls the encoder and decoder directly (one encoder pass "
+                               "for the translation loss and the round trip), not through torch's DDP wrapper, so "
+                               "DDP would all-reduce no gradient and the workers would drift apart")
         validate.config(locals())  # then every numeric argument: finite, in range (fairseq_metabt/validate.py)
         if not hasattr(task, "target_tags"):
             raise UserError("stgs_reconstruction needs --task bidirectional_translation (tagged corpus plus "

@@ -130,3 +130,32 @@ def refuse_half_precision(cfg, component: str, why: str) -> None:
         if value is True:  # an unresolved "${common.fp16}" (a config built by hand) is not
             raise UserError(f"{component} does not support --{flag} (or --memory-efficient-{flag}): {why}",
                             "use --amp (mixed precision with fp32 weights) or fp32")
+
+
+def moment_scale(optimizer) -> float:
+    """How many times smaller than the true gradient the gradients in fairseq's Adam moments are, for the
+    step just taken (call it after a step that was not skipped): the loss scale under fairseq's ``--amp``,
+    else 1.
+
+    fairseq's ``AMPOptimizer`` unscales the gradients twice: ``clip_grad_norm`` unscales the torch
+    optimizer (``scaler.unscale_(self.optimizer)``), then ``step`` hands its FairseqOptimizer wrapper to
+    ``scaler.step``, which torch has not seen unscaled and so unscales again.  Adam then averages
+    ``g / s``: ``exp_avg`` is ``1/s`` and ``exp_avg_sq`` ``1/s^2`` of the unscaled run's (its step is
+    nearly scale-free, ``m / sqrt(v)``, but a reward that reads the moments is not).  ``s`` is the scale
+    of the step just taken: the scaler's current one, halved back when this step's ``update()`` grew it
+    (its growth tracker restarts at 0 only then, for a step that was not skipped).
+
+    Exact while the scale was constant over Adam's averaging window (``1 / (1 - beta2)`` updates); for
+    that many updates after the scale changes (an overflow halves it, ``growth_interval`` clean updates
+    double it) the older terms are off by the change squared.  1 when the scaler is disabled (fairseq's
+    CUDA scaler on a CPU) or steps the torch optimizer itself (no second unscale)."""
+    if not is_amp(optimizer):
+        return 1.0
+    scaler = optimizer.scaler
+    if not scaler.is_enabled() or type(optimizer).step is not _amp_optimizer_type().step \
+            or type(scaler).step is not torch.amp.GradScaler.step:
+        return 1.0
+    scale = float(scaler.get_scale())
+    if int(scaler._get_growth_tracker()) == 0:  # this step's update() just multiplied the scale
+        scale /= float(scaler.get_growth_factor())
+    return scale

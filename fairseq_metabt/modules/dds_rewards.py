@@ -52,17 +52,10 @@ def adam_step_scale(optimizer, params: Sequence[torch.Tensor]) -> torch.Tensor:
     ``g'(x)`` without the learning rate (a common factor, irrelevant to a cosine).  ``optimizer`` is
     fairseq's: its ``.optimizer`` is the torch optimizer whose state is keyed by the model's parameters
     (fp32, ``--amp`` or ``--memory-efficient-fp16``; plain ``--fp16`` keeps flat fp32 copies instead)."""
-    torch_opt = getattr(optimizer, "optimizer", optimizer)
-    groups = {id(p): g for g in torch_opt.param_groups for p in g["params"]}
     out, found = [], 0
-    for p in params:
-        state = torch_opt.state.get(p, {})
-        group = groups.get(id(p))
-        if "exp_avg_sq" in state and group is not None:
-            beta2, eps = group["betas"][1], group["eps"]
-            step = float(state["step"]) if "step" in state else 1.0
-            v = state["exp_avg_sq"].detach().float().reshape(-1)
-            out.append((1.0 - beta2 ** step) ** 0.5 / (v.sqrt() + eps))
+    for p, mom in zip(params, G.adam_moments(optimizer, params)):  # --amp's double unscale corrected there
+        if mom is not None:
+            out.append((1.0 - mom.beta2 ** mom.step) ** 0.5 / (mom.exp_avg_sq.reshape(-1).sqrt() + mom.eps))
             found += 1
         else:  # no step taken yet for this parameter: plain gradient (SGD, Eq. 13)
             out.append(torch.ones(p.numel(), device=p.device))

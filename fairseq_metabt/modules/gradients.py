@@ -13,7 +13,7 @@ pass per example:
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -351,6 +351,44 @@ def loss_scale(optimizer) -> float:
     if grad_scaler is not None:
         return float(grad_scaler.get_scale())
     return 1.0
+
+
+class AdamMoments(NamedTuple):
+    """One parameter's Adam state as an unscaled fp32 run would hold it (see :func:`adam_moments`)."""
+
+    exp_avg: torch.Tensor  # m_t, fp32, the parameter's shape
+    exp_avg_sq: torch.Tensor  # v_t
+    step: float  # t
+    beta1: float
+    beta2: float
+    eps: float
+
+
+def adam_moments(optimizer, params: Sequence[torch.Tensor]) -> List[Optional[AdamMoments]]:
+    """Adam's moments of ``params`` in fairseq's optimizer (``None`` for a parameter without Adam state),
+    corrected for fairseq's ``--amp`` double unscale (:func:`amp.moment_scale`): the one place the plugin
+    reads optimizer moments (DDS's ``--dds-reward adam``, Eq. 17; MetaBT's Adam preconditioner, Eq. 18).
+
+    ``optimizer``: fairseq's (its ``.optimizer`` is the torch optimizer, state keyed by the parameters:
+    fp32, ``--amp`` or ``--memory-efficient-fp16``) or a torch optimizer."""
+    from fairseq_metabt.modules import amp
+
+    torch_opt = getattr(optimizer, "optimizer", optimizer)
+    s = amp.moment_scale(optimizer)
+    groups = {id(p): g for g in torch_opt.param_groups for p in g["params"]}
+    out: List[Optional[AdamMoments]] = []
+    for p in params:
+        state, group = torch_opt.state.get(p, {}), groups.get(id(p))
+        if "exp_avg_sq" not in state or group is None:
+            out.append(None)
+            continue
+        beta1, beta2 = group["betas"]
+        m, v = state["exp_avg"].detach().float(), state["exp_avg_sq"].detach().float()
+        if s != 1.0:  # built from g / s: m scales with 1/s, v with 1/s^2
+            m, v = m * s, v * (s * s)
+        step = float(state["step"]) if "step" in state else 1.0
+        out.append(AdamMoments(m, v, step, float(beta1), float(beta2), float(group["eps"])))
+    return out
 
 
 def checksum(tensors: Iterable[torch.Tensor]) -> float:

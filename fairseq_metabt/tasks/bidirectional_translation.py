@@ -24,6 +24,7 @@ from fairseq_metabt import validate
 from fairseq_metabt.data.bidirectional import load_bidirectional_pair, reverse_tag_map, target_tag_prefix
 from fairseq_metabt.data.tagging import lang_tag, missing_tags
 from fairseq_metabt.errors import UserError
+from fairseq_metabt.modules import amp
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,12 @@ class BidirectionalTranslationTask(TranslationTask):
         super().__init__(cfg, src_dict, tgt_dict)
         validate.config(cfg)
         self.tag_map = reverse_tag_map(src_dict, cfg.source_lang, cfg.target_lang)
+
+    @amp.amp_train_step
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        """fairseq's step, under the plugin's autocast: fairseq's own autocasts on CUDA only, so without this
+        ``--amp --cpu`` would run STGS in fp32 and the CPU tests would not exercise the bf16 path."""
+        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
     @property
     def both_directions_splits(self) -> List[str]:

@@ -54,7 +54,7 @@ from fairseq_metabt.data.language_sampler import LanguageSampledDataset, margina
 from fairseq_metabt.data.tagging import lang_tag
 from fairseq_metabt.errors import UserError, UserFileError
 from fairseq_metabt.models.dual_transformer import unwrap
-from fairseq_metabt.modules import amp
+from fairseq_metabt.modules import amp, ddp
 from fairseq_metabt.modules import gradients as G
 from fairseq_metabt.modules.dds_rewards import LanguageGradientEMA, adam_step_scale, language_reward
 from fairseq_metabt.modules.generation import eval_mode
@@ -80,6 +80,9 @@ LOG_NAME = "dds_log.jsonl"
 class DDSTranslationConfig(TranslationConfig):
     seed: int = II("common.seed")
     save_dir: str = II("checkpoint.save_dir")
+    ddp_backend: str = II("distributed_training.ddp_backend")
+    distributed_world_size: int = II("distributed_training.distributed_world_size")
+    log_interval: int = II("common.log_interval")
     lang_pairs: Optional[str] = field(
         default=None,
         metadata={"help": "comma-separated training pairs sharing one side: S1-T,S2-T,... (many-to-one) or "
@@ -256,6 +259,11 @@ def check_dds_config(cfg) -> None:
     if cfg.dds_grad_sketch_dim and cfg.dds_grad_source != "ema":
         raise UserError("--dds-grad-sketch-dim bounds the EMAs of --dds-grad-source ema; fresh gradients keep no "
                          "EMA (use --dds-grad-params to restrict them), so drop the sketch or choose ema")
+    if cfg.dds_grad_source == "ema" and cfg.dds_update_scorer == "true":
+        ddp.refuse_pytorch_ddp(cfg, "dds_translation --dds-grad-source ema",
+                               "each language's share of the gradient is read between backward passes, and torch's "
+                               "DDP all-reduces inside the last one, so the last language's share would hold every "
+                               "worker's gradient (use --dds-grad-source fresh with pytorch_ddp)")
     if cfg.dds_grad_sketch_dim and cfg.dds_reward == "adam":
         raise UserError("--dds-reward adam scales each coordinate by Adam's step size, which a count sketch mixes: "
                          "drop --dds-grad-sketch-dim or choose --dds-reward cosine")

@@ -51,7 +51,7 @@ from fairseq_metabt.data.mono import generated_pairs, load_mono_dataset, mono_pa
 from fairseq_metabt.data.on_top import BitextWithMonoDataset, pseudo_loss_scale
 from fairseq_metabt.errors import UserError
 from fairseq_metabt.models.dual_transformer import DualTransformerModel, unwrap
-from fairseq_metabt.modules import amp
+from fairseq_metabt.modules import amp, ddp
 from fairseq_metabt.modules import gradients as G
 from fairseq_metabt.modules.generation import GenerationSettings, InStepGenerator
 from fairseq_metabt.tasks.meta_backtranslation import MetaBacktranslationTask
@@ -69,6 +69,9 @@ class WakeSleepConfig(TranslationConfig):
     max_update: int = II("optimization.max_update")
     fp16: bool = II("common.fp16")
     bf16: bool = II("common.bf16")
+    ddp_backend: str = II("distributed_training.ddp_backend")
+    distributed_world_size: int = II("distributed_training.distributed_world_size")
+    log_interval: int = II("common.log_interval")
     mono_source_data: Optional[str] = field(
         default=None,
         metadata={"help": "prefix of the binarised source monotext M_S, drawn from in the sleep phase "
@@ -172,6 +175,9 @@ class WakeSleepTranslationTask(TranslationTask):
     def _check_config(cfg: WakeSleepConfig) -> None:
         amp.refuse_half_precision(cfg, "wake_sleep_translation", "it freezes one direction per phase, which "
                                   "fairseq's half-precision optimizers (flat fp32 copies of all parameters) cannot")
+        ddp.refuse_pytorch_ddp(cfg, "wake_sleep_translation", "it freezes one direction per phase after torch's "
+                               "DDP has hooked every parameter, so the frozen direction never reports a gradient "
+                               "and the second update stops in DDP's reducer")
         for name in ("wake_updates", "sleep_updates"):
             if getattr(cfg, name) < 1:
                 raise UserError(
