@@ -2,6 +2,7 @@
 """Benchmark a method against its plain fairseq baseline, measured in one run.
 
     python scripts/benchmark.py --method baseline [--updates 60] [--arch transformer_lowres_small] [--repeats 1]
+    python scripts/benchmark.py --profile [--data BIN_DIR] [--arch transformer_lowres_tiny] [--repeats 3]
 
 Both systems train with the real ``fairseq-train`` on the same prepared data
 (a synthetic corpus of the method's preset unless ``--bin-dir`` is given), the
@@ -15,6 +16,19 @@ architecture with the same model on plain fairseq.  Other methods live in
 ``build(bin_dir, args)`` returns ``{"method": argv, "baseline": argv}`` for
 fairseq-train (helpers here: ``common_args``, ``plain_transformer_args``,
 ``USER_DIR``).
+
+``--profile`` (issue 31) runs three systems in rotation, ``--repeats`` rounds of
+baseline (``--task translation``), online BT (``meta_backtranslation
+--freeze-backward``) and MetaBT, each a real fairseq-train with one thread
+(the quickstart's setting), so a change in the machine's load falls on all
+three alike.  It prints each round's step times and ratios (BT/baseline,
+MetaBT/BT), their medians, and the phase profile of the BT and MetaBT steps:
+milliseconds per update in each phase the task marks with
+``fairseq_metabt.modules.phases.phase`` (summed over the rounds, warm-up
+updates left out), and the rest of the step (fairseq's own work: batching,
+clipping, logging).  ``--data BIN_DIR`` (or ``--bin-dir``) measures a corpus
+prepared by ``scripts/prepare_data.py``; the language pair is read from its
+``prepare.json``.
 """
 from __future__ import annotations
 
@@ -48,15 +62,16 @@ class Measurement:
     final_loss: float
 
 
-def run_fairseq_train(name: str, argv: List[str], log_path: str) -> Measurement:
-    """Run fairseq-train in a child process; read speed from its JSON train_inner logs."""
+def run_fairseq_train(name: str, argv: List[str], log_path: str, env: Optional[Dict[str, str]] = None) -> Measurement:
+    """Run fairseq-train in a child process (environment ``env``, default this one's); read speed from its
+    JSON train_inner logs."""
     exe = os.path.join(os.path.dirname(sys.executable), "fairseq-train")
     cmd = [exe if os.path.exists(exe) else "fairseq-train"] + argv
     from fairseq_metabt import fileio
 
     fileio.check_output(log_path)  # a log is never written over an input, a device or a directory
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     text = open(log_path).read()
@@ -70,6 +85,128 @@ def run_fairseq_train(name: str, argv: List[str], log_path: str) -> Measurement:
     ups = statistics.median(float(r["ups"]) for r in steady)
     wps = statistics.median(float(r["wps"]) for r in steady)
     return Measurement(name, ups, wps, 1.0 / ups, usage.ru_maxrss / 1024.0, float(records[-1]["loss"]))
+
+
+def run_profiled(name: str, argv: List[str], log_path: str, plugin_parent: Optional[str] = None) -> tuple:
+    """:func:`run_fairseq_train` with the task's phase timers on, one thread: (measurement, phase report).
+    ``plugin_parent``: a folder holding another copy of ``fairseq_metabt`` to import instead of this one."""
+    phases_path = log_path + ".phases.json"
+    env = dict(os.environ, METABT_PHASES=phases_path, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    if plugin_parent:
+        env["PYTHONPATH"] = plugin_parent + os.pathsep + env.get("PYTHONPATH", "")
+        argv = [os.path.join(plugin_parent, "fairseq_metabt") if a == USER_DIR else a for a in argv]
+    if os.path.exists(phases_path):
+        os.remove(phases_path)
+    m = run_fairseq_train(name, argv, log_path, env)
+    report = json.load(open(phases_path)) if os.path.exists(phases_path) else {"updates": 0, "phases": {}}
+    return m, report
+
+
+def pretrained(bin_dir: str, work_dir: str, args) -> List[str]:
+    """``--forward-init``/``--backward-init`` from both directions trained ``--init-updates`` updates (once per
+    work dir), as the quickstart initialises BT and MetaBT: a trained backward model samples pseudo-sources
+    of real length, where a random one runs each to the length limit."""
+    if args.init_updates <= 0:
+        return []
+    out = []
+    for flag, (s, t) in (("--forward-init", (args.source_lang, args.target_lang)),
+                         ("--backward-init", (args.target_lang, args.source_lang))):
+        save = os.path.join(work_dir, f"init.{s}-{t}")
+        ckpt = os.path.join(save, "checkpoint_last.pt")
+        if not os.path.exists(ckpt):
+            sub = argparse.Namespace(**{**vars(args), "source_lang": s, "target_lang": t,
+                                        "updates": args.init_updates})
+            argv = [a for a in common_args(bin_dir, sub) if a != "--no-save"]
+            argv += ["--user-dir", USER_DIR, "--task", "translation", "--arch", args.arch, "--lr", "2e-3",
+                     "--save-dir", save, "--no-epoch-checkpoints"]
+            run_fairseq_train(f"init {s}-{t}", argv, os.path.join(work_dir, f"init.{s}-{t}.log"),
+                              dict(os.environ, OMP_NUM_THREADS="1"))
+        out += [flag, ckpt]
+    return out
+
+
+def profile_runs(bin_dir: str, work_dir: str, args) -> Dict[str, List[str]]:
+    """The three profiled systems: the translation baseline and, on the same forward model, BT and MetaBT."""
+    common = common_args(bin_dir, args) + ["--user-dir", USER_DIR]
+    dual = ["--task", "meta_backtranslation", "--arch", args.arch.replace("transformer_lowres_", "dual_transformer_"),
+            "--bt-generation", "sample", "--backward-lr", "1e-4", "--meta-reward", "cosine",
+            "--meta-dev-max-tokens", str(args.meta_dev_max_tokens)] + pretrained(bin_dir, work_dir, args)
+    return {"baseline": common + ["--task", "translation", "--arch", args.arch],
+            "bt": common + dual + ["--freeze-backward"],
+            "metabt": common + dual}
+
+
+def phase_table(name: str, reports: List[Dict], step_s: float) -> List[str]:
+    """Rows ``phase  ms/update  % of step`` summed over ``reports``; the step is the timers' own wall time per
+    update (``step_s`` of the reports, weighted by updates), the rest of it fairseq's."""
+    updates = sum(r["updates"] for r in reports)
+    timed = [(r["step_s"], r["updates"]) for r in reports if r.get("step_s") == r.get("step_s") and r["updates"]]
+    if timed:
+        step_s = sum(s * n for s, n in timed) / sum(n for _, n in timed)
+    totals: Dict[str, float] = {}
+    for r in reports:
+        for k, v in r["phases"].items():
+            totals[k] = totals.get(k, 0.0) + v["s"]
+    if not updates:
+        return [f"{name}: no phases recorded (raise --updates)"]
+    rows = [f"{name} phases (ms per update over {updates} updates; step {1000 * step_s:.0f} ms):"]
+    for k, v in sorted(totals.items(), key=lambda kv: -kv[1]):
+        ms = 1000 * v / updates
+        rows.append(f"  {k:26s} {ms:8.1f} ms {100 * ms / (1000 * step_s):5.1f}%")
+    rest = 1000 * step_s - 1000 * sum(totals.values()) / updates
+    rows.append(f"  {'(rest: fairseq, data)':26s} {rest:8.1f} ms {100 * rest / (1000 * step_s):5.1f}%")
+    return rows
+
+
+def profile(bin_dir: str, work_dir: str, args) -> int:
+    """``--profile``: baseline, BT and MetaBT in rotation; ratios per round, medians, phase tables."""
+    started = time.time()
+    runs = profile_runs(bin_dir, work_dir, args)
+    parents = {k: None for k in runs}
+    if args.compare:  # another copy of the plugin (e.g. an earlier commit): its BT and MetaBT join the rotation
+        for role in ("bt", "metabt"):
+            runs[f"{role}@before"], parents[f"{role}@before"] = runs[role], os.path.abspath(args.compare)
+    steps: Dict[str, List[float]] = {k: [] for k in runs}
+    reports: Dict[str, List[Dict]] = {k: [] for k in runs}
+    for rep in range(args.repeats):
+        for role in runs:
+            log = os.path.join(work_dir, f"profile.{role}.{rep + 1}.log")
+            m, report = run_profiled(role, runs[role], log, parents[role])
+            steps[role].append(m.step_time_s)
+            reports[role].append(report)
+            print(f"round {rep + 1} {role:8s} updates/s={m.updates_per_s:.3f} step_time={m.step_time_s:.3f}s "
+                  f"peak_rss={m.peak_rss_mib:.0f}MiB loss={m.final_loss:.3f}", flush=True)
+        print(f"round {rep + 1}: " + " ".join(f"{name}={value:.3f}" for name, value in
+                                               _ratios({k: v[-1:] for k, v in steps.items()}).items()), flush=True)
+    med = {k: statistics.median(v) for k, v in steps.items()}
+    for role in ("bt", "metabt"):
+        print("\n".join(phase_table(role, reports[role], med[role])))
+    print(f"data={bin_dir} arch={args.arch} max_tokens={args.max_tokens} updates={args.updates} "
+          f"init_updates={args.init_updates} repeats={args.repeats} wall={time.time() - started:.0f}s logs={work_dir}")
+    print("steps (median): " + " ".join(f"{k} {v:.3f}s" for k, v in med.items()))
+    print("ratio " + " ".join(f"{name}={value:.3f}" for name, value in _ratios(steps).items()))
+    return 0
+
+
+def _ratios(steps: Dict[str, List[float]]) -> Dict[str, float]:
+    """Median over rounds of each round's step ratios: bt/baseline, metabt/bt (and the --compare copy's)."""
+    out = {}
+    for suffix in ("@before", ""):
+        if f"bt{suffix}" not in steps:
+            continue
+        out[f"bt{suffix}/baseline"] = statistics.median(b / a for a, b in zip(steps["baseline"], steps[f"bt{suffix}"]))
+        out[f"metabt{suffix}/bt{suffix}"] = statistics.median(
+            b / a for a, b in zip(steps[f"bt{suffix}"], steps[f"metabt{suffix}"]))
+    return out
+
+
+def prepared_pair(bin_dir: str) -> tuple:
+    """(source, target) of a directory prepared by scripts/prepare_data.py: its first pair."""
+    path = os.path.join(bin_dir, "prepare.json")
+    if not os.path.exists(path):
+        raise SystemExit(f"benchmark: {path} not found; give -s/-t, or prepare the data with scripts/prepare_data.py")
+    src, _, tgt = json.load(open(path))["pairs"][0].partition("-")
+    return src, tgt
 
 
 def common_args(bin_dir: str, args) -> List[str]:
@@ -152,8 +289,11 @@ def ensure_data(work_dir: str, seed: int, preset: str = "quickstart", sizes: Opt
 def main(argv: Optional[List[str]] = None) -> int:
     methods = load_methods()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--method", required=True, choices=sorted(methods))
-    p.add_argument("--bin-dir", help="prepared data (default: synthetic quickstart corpus in --work-dir)")
+    p.add_argument("--method", choices=sorted(methods))
+    p.add_argument("--profile", action="store_true",
+                   help="baseline, online BT and MetaBT in rotation: step ratios and the phase profile of BT/MetaBT")
+    p.add_argument("--bin-dir", "--data", dest="bin_dir",
+                   help="prepared data (default: synthetic quickstart corpus in --work-dir)")
     p.add_argument("--work-dir", help="where data and logs go (default: a temporary directory)")
     p.add_argument("-s", "--source-lang", help="default: the method's")
     p.add_argument("-t", "--target-lang", help="default: the method's")
@@ -162,10 +302,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--log-interval", type=int, default=10)
     p.add_argument("--max-tokens", type=int, default=2048)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--meta-dev-max-tokens", type=int, default=2048,
+                   help="--profile: tokens per dev batch of MetaBT's dev gradient (the task's default)")
+    p.add_argument("--init-updates", type=int, default=300,
+                   help="--profile: train both directions this many updates first and initialise BT and MetaBT "
+                        "from them, as the quickstart does (0: random models, whose samples run to the length limit)")
+    p.add_argument("--compare", metavar="DIR",
+                   help="--profile: a folder holding another copy of fairseq_metabt (e.g. "
+                        "`git archive COMMIT fairseq_metabt | tar -x -C DIR`); its BT and MetaBT join the rotation")
     p.add_argument("--repeats", type=int, default=1,
                    help="baseline/method pairs, run alternately; the printed ratio is the median of the pairs' ratios "
                         "(alternating cancels slow drifts in the machine's load)")
     args = p.parse_args(argv)
+    if not args.profile and not args.method:
+        p.error("give --method NAME or --profile")
     if args.repeats < 1:
         p.error(f"--repeats must be >= 1, got {args.repeats}")
     if args.updates < 2 * args.log_interval:
@@ -173,6 +323,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="benchmark_")
     os.makedirs(work_dir, exist_ok=True)
+    if args.profile:
+        if args.bin_dir and not (args.source_lang and args.target_lang):
+            args.source_lang, args.target_lang = prepared_pair(args.bin_dir)
+        args.source_lang, args.target_lang = args.source_lang or "lrl", args.target_lang or "tgt"
+        return profile(args.bin_dir or ensure_data(work_dir, args.seed), work_dir, args)
     method = methods[args.method]
     args.source_lang = args.source_lang or method.source_lang
     args.target_lang = args.target_lang or method.target_lang

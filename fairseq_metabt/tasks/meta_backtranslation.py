@@ -62,9 +62,9 @@ from fairseq_metabt.errors import UserError, UserFileError
 from fairseq_metabt.models.dual_transformer import DualTransformerModel, unwrap
 from fairseq_metabt.modules import amp
 from fairseq_metabt.modules import gradients as G
-from fairseq_metabt.modules.generation import (
-    GenerationSettings, InStepGenerator, eval_mode, sampling_log_probs, sequence_log_probs,
-)
+from fairseq_metabt.modules import metabt_rewards as R
+from fairseq_metabt.modules.generation import GenerationSettings, InStepGenerator, eval_mode, sampling_log_probs
+from fairseq_metabt.modules.phases import phase, start_update
 from fairseq_metabt.modules.reinforce import MovingAverageBaseline, policy_gradient_loss
 
 logger = logging.getLogger(__name__)
@@ -496,6 +496,7 @@ class MetaBacktranslationTask(TranslationTask):
         model.train()
         model.set_num_updates(update_num)
         theta = self._theta(dual)
+        start_update(update_num)
         if amp.starts_update(theta) or update_num != self._pending_update:
             self._start_update(dual, update_num)
         self._criterion = criterion
@@ -509,7 +510,8 @@ class MetaBacktranslationTask(TranslationTask):
         psi_rows = self._psi_sources(y_rows, [self.cfg.source_lang] * len(y_rows))
         psi_input = source_input(psi_rows, pad, left_pad=self.cfg.left_pad_source)
         sampler = self._sampler(dual)
-        x_hat = sampler(psi_input)
+        with phase("generation"):
+            x_hat = sampler(psi_input)
         max_len = sampler.max_len(psi_input["src_tokens"])
         keep = [i for i, x in enumerate(x_hat) if x.numel() > 1]  # [eos] alone is an empty pseudo-source
         log["pseudo_empty"] = len(x_hat) - len(keep)
@@ -517,7 +519,8 @@ class MetaBacktranslationTask(TranslationTask):
         log["pseudo_len_sum"] = float(sum(x_hat[i].numel() - 1 for i in keep))
 
         # the bitext part: the baseline's loss on the baseline's batch, normalised by its sample size
-        loss_b, sample_size, logging_output = criterion(model, bitext)
+        with phase("theta_bitext_forward"):
+            loss_b, sample_size, logging_output = criterion(model, bitext)
         total_loss = loss_b.detach()
         log["bitext_loss"], log["bitext_ntokens"] = float(loss_b.detach()), float(bitext["ntokens"])
         pending = {"update": update_num, "pseudo": None}
@@ -525,9 +528,10 @@ class MetaBacktranslationTask(TranslationTask):
             # the pseudo part, on top: w times its own per-token mean (pseudo_loss_scale)
             pseudo = pair_batch([x_hat[i] for i in keep], [y_rows[i] for i in keep], pad, eos, ids=keep)
             pseudo = utils.move_to_cuda(pseudo) if cuda else pseudo
-            net_output = model(**pseudo["net_input"])
-            per_tok, nll_tok = criterion.compute_loss(dual, net_output, pseudo, reduce=False)
-            loss_p = per_tok.sum()
+            with phase("theta_pseudo_forward"):
+                net_output = model(**pseudo["net_input"])
+                per_tok, nll_tok = criterion.compute_loss(dual, net_output, pseudo, reduce=False)
+                loss_p = per_tok.sum()
             pseudo_size = pseudo["nsentences"] if getattr(criterion, "sentence_avg", False) else pseudo["ntokens"]
             scale = pseudo_loss_scale(self.cfg.pseudo_weight, sample_size, pseudo_size)
             log["pseudo_nll"] = float(nll_tok.detach().sum())
@@ -537,13 +541,15 @@ class MetaBacktranslationTask(TranslationTask):
                 # .grad to None), so the copy and the subtraction are only paid with --update-freq > 1
                 fresh = all(p.grad is None for p in theta)
                 before = G.flat_grad(theta) if self.meta_active and not fresh else None
-                optimizer.backward(loss_p * scale)
+                with phase("theta_pseudo_backward"):
+                    optimizer.backward(loss_p * scale)
                 if self.meta_active:
-                    # g: this micro-batch's share of the accumulated gradient, unscaled (a sum over its tokens)
-                    g = G.flat_grad(theta)
-                    if before is not None:
-                        g.sub_(before)
-                    g.div_(scale * G.loss_scale(optimizer))
+                    with phase("pseudo_gradient_copy"):
+                        # g: this micro-batch's share of the accumulated gradient, unscaled (a sum over its tokens)
+                        g = G.flat_grad(theta)
+                        if before is not None:
+                            g.sub_(before)
+                        g.div_(scale * G.loss_scale(optimizer))
                     pending.update(pseudo=pseudo, g=g, ntokens=float(pseudo["ntokens"]))
                 total_loss = total_loss + scale * loss_p.detach()
             if self.meta_active:
@@ -551,7 +557,7 @@ class MetaBacktranslationTask(TranslationTask):
                 # EOS rules), in the mode that sampled it; kept with its graph for step 5
                 back = pair_batch([psi_rows[i] for i in keep], [x_hat[i] for i in keep], pad, eos, ids=keep)
                 back = utils.move_to_cuda(back) if cuda else back
-                with self._psi_trainable(dual), eval_mode(dual.backward_model):
+                with phase("psi_logprob_forward"), self._psi_trainable(dual), eval_mode(dual.backward_model):
                     logp = sampling_log_probs(dual.backward_model, back, self._sampler(dual).settings, pad, eos,
                                               max_len)
                 order = {int(i): k for k, i in enumerate(back["id"].tolist())}
@@ -559,14 +565,15 @@ class MetaBacktranslationTask(TranslationTask):
 
         if ignore_grad:
             loss_b = loss_b * 0
-        optimizer.backward(loss_b)
+        with phase("theta_bitext_backward"):
+            optimizer.backward(loss_b)
 
         # the backward model's MLE on the reversed bitext, into psi's own gradient buffers (a sum over
         # tokens; optimizer_step divides by the update's token count)
         if not self.cfg.freeze_backward and not ignore_grad and self.cfg.backward_mle_weight > 0:
             rev = self.psi_reversed_batch(bitext)
             rev = utils.move_to_cuda(rev) if cuda else rev
-            with self._psi_trainable(dual):
+            with phase("psi_mle"), self._psi_trainable(dual):
                 mle, _, _ = criterion(dual.backward_model, rev)
                 self._scaler(optimizer, dual).scale(mle).backward()
             self._psi_mle_tokens += float(rev["ntokens"])
@@ -584,7 +591,8 @@ class MetaBacktranslationTask(TranslationTask):
     def optimizer_step(self, optimizer, model, update_num):
         dual = unwrap(model)
         if self.cfg.freeze_backward or amp.update_skipped(optimizer):
-            optimizer.step()  # under --amp overflow: the scaler skips theta's step and lowers its scale
+            with phase("theta_step"):
+                optimizer.step()  # under --amp overflow: the scaler skips theta's step and lowers its scale
             self._start_update(dual, None)  # fairseq retries the batch or drops it: no reward, no psi step
             return
         pending = [p for p in self._pending if p.get("g") is not None]
@@ -599,79 +607,78 @@ class MetaBacktranslationTask(TranslationTask):
                     if p.grad is not None:
                         p.grad.mul_(self.cfg.backward_mle_weight / mle_tokens)
         if not self.meta_active:  # BT + MLE: psi by MLE only
-            optimizer.step()
-            self._step_backward(psi, self._scaler(optimizer, dual))
+            with phase("theta_step"):
+                optimizer.step()
+            with phase("psi_step"):
+                self._step_backward(psi, self._scaler(optimizer, dual))
             self.meta_steps += 1
             self._check_replicas(theta, psi)
             return
 
         # g over all micro-batches and workers, normalised per pseudo token
-        ntok = torch.tensor([sum(p["ntokens"] for p in pending)], dtype=torch.float64)
-        g = sum(p["g"] for p in pending) if pending else torch.zeros(sum(t.numel() for t in theta))
-        g = g.to(theta[0].device)
-        G.all_reduce_mean_(g)
-        G.all_reduce_mean_(ntok)
-        have_pseudo = float(ntok) > 0
-        if have_pseudo:
-            g.div_(float(ntok))
+        with phase("reward"):
+            g, have_pseudo = R.pseudo_gradient(pending, theta)
         sentence = self.cfg.meta_reward_granularity == "sentence"
         theta_prev = [p.detach().clone() for p in theta] if sentence and pending else None
 
         # Step 2: theta_{t-1} -> theta_t (fairseq's optimizer; psi is not among its parameters)
-        optimizer.step()
+        with phase("theta_step"):
+            optimizer.step()
 
         # Step 3: d = grad_theta J_dev(theta_t), at the updated forward model
-        d = self._dev_gradient(dual, theta, update_num)
-        G.all_reduce_mean_(d)
-        h = _adam_preconditioner(optimizer, theta) if self.cfg.meta_reward_precondition else None
+        with phase("dev_gradient"):
+            d = self._dev_gradient(dual, theta, update_num)
+            G.all_reduce_mean_(d)
+        with phase("reward"):
+            h = R.adam_preconditioner(optimizer, theta) if self.cfg.meta_reward_precondition else None
 
-        # Step 4: rewards
-        rewards, ok = self.rewards(dual, theta, theta_prev, pending, g, d, h) if have_pseudo else (None, False)
-        n_local = sum(len(p["logp"]) for p in pending)
-        stats = torch.tensor([float(rewards.sum()) if ok else 0.0, float((rewards ** 2).sum()) if ok else 0.0,
-                              float(n_local if ok else 0), 0.0 if ok else 1.0], dtype=torch.float64)
-        G.all_reduce_mean_(stats)
-        skipped = stats[3] > 0  # any worker without a usable reward: all skip the meta term alike
-        mean_r = float(stats[0] / stats[2]) if stats[2] > 0 else float("nan")
+            # Step 4: rewards
+            rewards, ok = self.rewards(dual, theta, theta_prev, pending, g, d, h) if have_pseudo else (None, False)
+            n_local = sum(len(p["logp"]) for p in pending)
+            stats, skipped, mean_r = R.reward_stats(rewards, ok, n_local)
 
         # Step 5: psi <- psi - lr * [-(r - b) grad log q(x_hat|y'; psi) + MLE gradient]
         meta_loss = 0.0
         if not skipped and pending:
-            advantages = self.baseline.advantage(rewards) if sentence else self.baseline.advantage(
-                torch.tensor(mean_r))
-            with self._psi_trainable(dual):
-                offset = 0
-                loss = 0.0
-                for p in pending:
-                    n = len(p["logp"])
-                    a = advantages[offset:offset + n] if sentence else advantages.expand(n)
-                    offset += n
-                    loss = loss + policy_gradient_loss(p["logp"], a.to(p["logp"].device))
-                # mean over this worker's sentences; _step_backward averages over workers
-                loss = loss * (self.cfg.meta_weight / max(n_local, 1))
-                self._scaler(optimizer, dual).scale(loss).backward()
-                meta_loss = float(loss.detach())
+            with phase("psi_reinforce_backward"):
+                advantages = self.baseline.advantage(rewards) if sentence else self.baseline.advantage(
+                    torch.tensor(mean_r))
+                with self._psi_trainable(dual):
+                    offset = 0
+                    loss = 0.0
+                    for p in pending:
+                        n = len(p["logp"])
+                        a = advantages[offset:offset + n] if sentence else advantages.expand(n)
+                        offset += n
+                        loss = loss + policy_gradient_loss(p["logp"], a.to(p["logp"].device))
+                    # mean over this worker's sentences; _step_backward averages over workers
+                    loss = loss * (self.cfg.meta_weight / max(n_local, 1))
+                    self._scaler(optimizer, dual).scale(loss).backward()
+                    meta_loss = float(loss.detach())
         metrics.log_scalar("reward_skipped", float(skipped), weight=1, round=3)
         if not skipped:
             self.baseline.update(mean_r)
         else:
             logger.warning("update %d: no usable meta reward (empty pseudo batch, zero-norm or non-finite "
                            "gradient); the backward model gets only its MLE gradient", update_num)
-        self._step_backward(psi, self._scaler(optimizer, dual))
+        with phase("psi_step"):
+            self._step_backward(psi, self._scaler(optimizer, dual))
         self.meta_steps += 1
 
-        if not skipped:
-            var = max(float(stats[1] / stats[2]) - mean_r ** 2, 0.0) if stats[2] > 0 else 0.0
-            metrics.log_scalar("reward", mean_r, weight=1, round=4)
-            if sentence:
-                metrics.log_scalar("reward_std", math.sqrt(var), weight=1, round=4)
-            metrics.log_scalar("meta_loss", meta_loss, weight=1, round=4)
-        metrics.log_scalar("baseline", self.baseline.value, weight=1, round=4)
-        if have_pseudo:
-            cos, cos_ok = G.similarity(d, g, "cosine")
-            if cos_ok:
-                metrics.log_scalar("similarity", float(cos), weight=1, round=4)
-        self._check_replicas(theta, psi)
+        with phase("logging"):
+            if not skipped:
+                var = max(float(stats[1] / stats[2]) - mean_r ** 2, 0.0) if stats[2] > 0 else 0.0
+                metrics.log_scalar("reward", mean_r, weight=1, round=4)
+                if sentence:
+                    metrics.log_scalar("reward_std", math.sqrt(var), weight=1, round=4)
+                metrics.log_scalar("meta_loss", meta_loss, weight=1, round=4)
+            metrics.log_scalar("baseline", self.baseline.value, weight=1, round=4)
+            if have_pseudo:
+                cos, cos_ok = G.similarity(d, g, "cosine")
+                if cos_ok:
+                    metrics.log_scalar("similarity", float(cos), weight=1, round=4)
+        with phase("checksums"):
+            self._check_replicas(theta, psi)
 
     @staticmethod
     def _check_replicas(theta: List[torch.Tensor], psi: List[torch.Tensor]) -> None:
@@ -682,81 +689,19 @@ class MetaBacktranslationTask(TranslationTask):
         metrics.log_scalar("replica_diff", diff, weight=1, round=6)
 
     def _dev_gradient(self, dual: DualTransformerModel, theta: List[torch.Tensor], update_num: int) -> torch.Tensor:
-        """grad_theta of the mean per-token dev loss (NLL, eval mode: J_dev without dropout noise)."""
+        """Step 3 (Eq. 13): d at theta, on this update's dev batch (:func:`metabt_rewards.dev_gradient`)."""
         batch = self.dev_batch(update_num)
         if theta[0].is_cuda:
             batch = utils.move_to_cuda(batch)
-        with eval_mode(dual):
-            nll = -sequence_log_probs(dual, batch, self.tgt_dict.pad()).sum() / max(float(batch["ntokens"]), 1.0)
-            grads = torch.autograd.grad(nll, theta, allow_unused=True)
-        return G.flatten(grads, theta)
-
-    def sentence_losses(self, dual: DualTransformerModel, batch: Dict) -> torch.Tensor:
-        """Each pair's own per-token mean training loss (the criterion's, e.g. label-smoothed), shape (n,)."""
-        target = batch["target"]
-        net_output = dual(**batch["net_input"])
-        criterion = self._criterion
-        if criterion is not None and hasattr(criterion, "compute_loss"):
-            per_tok, _ = criterion.compute_loss(dual, net_output, batch, reduce=False)
-            losses = per_tok.reshape(target.shape).sum(-1)
-        else:
-            lprobs = dual.get_normalized_probs(net_output, log_probs=True)
-            losses = -lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1).masked_fill(target.eq(self.tgt_dict.pad()),
-                                                                                       0.0).sum(-1)
-        return losses / target.ne(self.tgt_dict.pad()).sum(-1).clamp(min=1)
+        return R.dev_gradient(dual, theta, batch, self.tgt_dict.pad())
 
     def rewards(self, dual: DualTransformerModel, theta: List[torch.Tensor], theta_prev: Optional[List[torch.Tensor]],
                 pending: List[Dict], g: torch.Tensor, d: torch.Tensor, h: Optional[torch.Tensor] = None):
-        """Step 4 (Eq. 17; Eq. 18 with ``h``): the reward(s) of the pseudo pairs, and False when unusable.
-
-        ``g`` is the per-token mean pseudo-pair gradient at theta_{t-1}, ``d`` the dev gradient at
-        theta_t, ``h`` Adam's diagonal preconditioner ``1 / (sqrt(v_hat) + eps)`` or None.  The
-        optimizer's step direction is ``h(g) = h * g``, so
-
-        * batch: ``r = d . h(g)`` (dot) or ``cos(d, h(g))`` (cosine), one value repeated per sentence;
-        * sentence: ``r_i = d . h(g_i)``, divided by ``||d|| ||h(g)||`` for cosine, where ``g_i`` is the
-          gradient of sentence i's *own* per-token mean loss at theta_{t-1} (eval mode), so that
-          ``g = sum_i (n_i / n) g_i`` and ``sum_i (n_i / n) r_i`` is the batch reward: a sentence's
-          reward is on the batch's scale, and identical sentences each get the batch reward.
-        """
-        n = sum(len(p["logp"]) for p in pending)
-        if not pending:
-            return torch.zeros(0), False
-        kind = self.cfg.meta_reward
-        hg = g if h is None else g * h
-        if self.cfg.meta_reward_granularity == "batch":
-            r, ok = G.similarity(d, hg, kind)
-            return r.detach().cpu().expand(n).clone(), ok
-        direction = d if h is None else d * h  # d . h(g_i) = (d * h) . g_i
-        dots = []
-        saved = [p.detach().clone() for p in theta]
-        with torch.no_grad():
-            for p, old in zip(theta, theta_prev):
-                p.copy_(old)
-        try:
-            for p in pending:
-                def loss_fn(batch=p["pseudo"]):
-                    with eval_mode(dual):
-                        return self.sentence_losses(dual, batch)
-
-                if self.cfg.meta_sentence_method == "taylor":
-                    dots.append(G.per_example_dot_taylor(loss_fn, theta, direction, self.cfg.meta_taylor_eps))
-                else:
-                    dots.append(G.per_example_dot_double_backward(loss_fn, theta, direction))
-        except ValueError as e:  # zero or non-finite d
-            logger.warning("per-sentence reward skipped: %s", e)
-            return torch.zeros(0), False
-        finally:
-            with torch.no_grad():
-                for p, new in zip(theta, saved):
-                    p.copy_(new)
-        r = torch.cat(dots).cpu()
-        if kind == "cosine":  # the batch cosine's normalisation, so sentence rewards share its scale
-            norm = float(d.norm() * hg.norm())
-            if not math.isfinite(norm) or norm == 0.0:
-                return r, False
-            r = r / norm
-        return r, bool(torch.isfinite(r).all())
+        """Step 4 (Eq. 17/18) with this task's settings: :func:`metabt_rewards.rewards`."""
+        c = self.cfg
+        settings = R.RewardSettings(c.meta_reward, c.meta_reward_granularity, c.meta_sentence_method,
+                                    c.meta_taylor_eps)
+        return R.rewards(dual, theta, theta_prev, pending, g, d, h, settings, self._criterion, self.tgt_dict.pad())
 
     def _step_backward(self, psi: List[torch.Tensor], scaler: torch.amp.GradScaler) -> None:
         """All-reduce psi's gradient, unscale and clip it, take the backward model's optimizer step, clear it.
@@ -831,23 +776,4 @@ def parse_betas(text: str, flag: str) -> tuple:
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
         raise UserError(f"{flag} {text!r} is not two numbers in [0, 1)", f'write it like {flag} "(0.9, 0.98)"')
     return betas
-
-
-def _adam_preconditioner(optimizer, theta: List[torch.Tensor]) -> torch.Tensor:
-    """1 / (sqrt(v_hat) + eps) from Adam's second moments, read after this update's step: the
-    diagonal preconditioner of Eq. 18, whose step direction is h(g) = g / (sqrt(v_hat) + eps)
-    (momentum left out, as the appendix assumes the moving averages independent of theta)."""
-    torch_opt = optimizer.optimizer
-    parts = []
-    for p in theta:
-        state = torch_opt.state.get(p, {})
-        if "exp_avg_sq" not in state:
-            raise UserError("--meta-reward-precondition needs Adam's second moments on the model parameters "
-                             "(--optimizer adam, fp32 or --amp); they were not found")
-        group = next(gr for gr in torch_opt.param_groups if any(q is p for q in gr["params"]))
-        beta2, eps = group["betas"][1], group["eps"]
-        step = float(state["step"])
-        v_hat = state["exp_avg_sq"].float() / (1.0 - beta2 ** step)
-        parts.append((1.0 / (v_hat.sqrt() + eps)).reshape(-1))
-    return torch.cat(parts)
 

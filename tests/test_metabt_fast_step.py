@@ -1,0 +1,110 @@
+"""Issue 31's faster MetaBT step computes what the step computed before: the pre-issue implementations are
+kept here as references, and the new ones must give the same values and gradients on a fixed seed."""
+import pytest
+import torch
+
+from fairseq_metabt.data.batches import pair_batch, strip_padding
+from fairseq_metabt.modules import phases
+from fairseq_metabt.modules.generation import (
+    GenerationSettings, InStepGenerator, _nucleus, sampling_log_probs, sequence_log_probs,
+)
+from tiny_models import random_batch, tiny_dictionary, tiny_transformer
+
+
+def reference_sampling_log_probs(model, batch, settings, pad, eos, max_len, min_len=1):
+    """The implementation before issue 31: log-softmax, mask, renormalise over (B, T, V)."""
+    sample = settings.mode == "sample"
+    net_output = model(**batch["net_input"])
+    logits = net_output[0]
+    if sample and settings.temperature != 1.0:
+        logits = logits / settings.temperature
+    lprobs = model.get_normalized_probs((logits, *net_output[1:]), log_probs=True).float()
+    steps = lprobs.size(1)
+    ban = torch.zeros(lprobs.shape[1:], dtype=torch.bool, device=lprobs.device)
+    ban[:, pad] = True
+    ban[:min_len, eos] = True
+    if max_len < steps:
+        ban[max_len:, :] = True
+        ban[max_len:, eos] = False
+    lprobs = lprobs.masked_fill(ban, float("-inf"))
+    if sample and settings.sampling_topp > 0:
+        lprobs = lprobs.masked_fill(~_nucleus(lprobs.detach(), settings.sampling_topp), float("-inf"))
+    elif sample and settings.sampling_topk > 0:
+        top = lprobs.detach().topk(min(settings.sampling_topk, lprobs.size(-1)), dim=-1).indices
+        keep = torch.zeros_like(lprobs, dtype=torch.bool).scatter_(-1, top, True)
+        lprobs = lprobs.masked_fill(~keep, float("-inf"))
+    lq = lprobs - torch.logsumexp(lprobs, dim=-1, keepdim=True)
+    target = batch["target"]
+    return lq.gather(-1, target.unsqueeze(-1)).squeeze(-1).masked_fill(target.eq(pad), 0.0).sum(-1)
+
+
+def reference_sequence_log_probs(model, batch, pad):
+    net_output = model(**batch["net_input"])
+    lprobs = model.get_normalized_probs(net_output, log_probs=True)
+    target = batch["target"]
+    return lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1).masked_fill(target.eq(pad), 0.0).sum(-1)
+
+
+def _value_and_grads(fn, model):
+    model.zero_grad()
+    out = fn()
+    (out * torch.linspace(-1.0, 2.0, out.numel())).sum().backward()  # a generic advantage per row
+    return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+def _assert_same(a, b):
+    (va, ga), (vb, gb) = a, b
+    assert torch.allclose(va, vb, rtol=1e-5, atol=1e-5), (va, vb)
+    for x, y in zip(ga, gb):
+        assert torch.allclose(x, y, rtol=1e-4, atol=1e-6), (x - y).abs().max()
+
+
+@pytest.mark.parametrize("settings", [
+    dict(), dict(temperature=0.7), dict(sampling_topk=5), dict(sampling_topp=0.8), dict(temperature=1.3,
+                                                                                        sampling_topp=0.5),
+])
+def test_log_q_and_its_gradient_equal_the_pre_issue_implementation(settings):
+    d = tiny_dictionary()
+    model = tiny_transformer(d, seed=1)
+    batch = random_batch(d, n=6, seed=2)
+    s = GenerationSettings("sample", max_len_a=0, max_len_b=5, **settings)
+    torch.manual_seed(4)
+    samples = InStepGenerator(model, d, s)(batch["net_input"])  # some rows end by the forced EOS at 5
+    back = pair_batch(strip_padding(batch["net_input"]["src_tokens"], d.pad()), samples, d.pad(), d.eos())
+    model.eval()
+    args = (model, back, s, d.pad(), d.eos(), 5)
+    new = _value_and_grads(lambda: sampling_log_probs(*args), model)
+    ref = _value_and_grads(lambda: reference_sampling_log_probs(*args), model)
+    assert bool(torch.isfinite(new[0]).all()) and bool((new[0] < 0).all())
+    _assert_same(new, ref)
+
+
+def test_sequence_log_probs_and_its_gradient_equal_the_pre_issue_implementation():
+    d = tiny_dictionary()
+    model = tiny_transformer(d, seed=5)
+    batch = random_batch(d, n=5, seed=6)
+    model.eval()
+    _assert_same(_value_and_grads(lambda: sequence_log_probs(model, batch, d.pad()), model),
+                 _value_and_grads(lambda: reference_sequence_log_probs(model, batch, d.pad()), model))
+
+
+def test_phases_cost_nothing_when_off_and_time_when_on(monkeypatch):
+    assert not phases.enabled()  # METABT_PHASES is not set in the test environment
+    phases.start_update(100)
+    with phases.phase("x"):
+        pass
+    assert phases.report()["phases"] == {}
+    monkeypatch.setattr(phases, "_PATH", "unused")
+    monkeypatch.setattr(phases, "_totals", {})
+    monkeypatch.setattr(phases, "_updates", set())
+    phases.start_update(phases._SKIP - 1)  # warm-up: not recorded
+    with phases.phase("x"):
+        pass
+    assert phases.report()["phases"] == {}
+    phases.start_update(phases._SKIP)
+    for _ in range(2):
+        with phases.phase("x"):
+            sum(range(1000))
+    rep = phases.report()
+    assert rep["updates"] == 1 and rep["phases"]["x"]["n"] == 2 and rep["phases"]["x"]["s"] > 0
+    monkeypatch.setattr(phases, "_recording", False)
