@@ -253,3 +253,88 @@ ev_pool_wait() {
   EV_NAMES=()
   [ ${#failed[@]} -eq 0 ] || recipe_die "failed: ${failed[*]} (their logs are in $WORK_DIR/logs/)"
 }
+
+# ---- Paper-scale recipes (examples/*/run_paper.sh; docs/reproduce.md) --------------------------------------
+# A paper recipe sources this file, appends PAPER_SHARED_HELP to its RECIPE_USAGE, calls recipe_parse and then
+# paper_parse, converts the public corpus with paper_convert, trains and scores every system with ev_train /
+# ev_eval / ev_compare like the miniatures, and ends with paper_report (the paper's figures beside ours).
+PAPER_SHARED_HELP='Paper-scale flags (every run_paper.sh; docs/reproduce.md):
+  --gpus N             GPUs per training: fairseq-train --distributed-world-size N (default: every visible GPU)
+  --update-freq F      gradient accumulation (default: what keeps the paper'"'"'s batch with --gpus N)
+  --no-amp             train in fp32 (default on GPUs: --amp, fairseq'"'"'s mixed precision)
+  --dry-run            two updates of every system on the CPU with a tiny model, then scoring and the table: checks
+                       the data and the flags end to end (what CI runs); it measures nothing'
+
+# paper_parse: after recipe_parse, take the paper-scale flags out of RECIPE_ARGS (the recipe's own options stay
+# there). Sets PAPER_GPUS, PAPER_AMP, PAPER_DRY_RUN and UPDATE_FREQ (empty: paper_update_freq decides). A dry run
+# keeps the first seed and stops every system after two updates (validation every update, patience 1: the
+# shortest early stop the protocol accepts).
+paper_parse() {
+  local rest=()
+  PAPER_GPUS=""; PAPER_AMP=1; PAPER_DRY_RUN=0; UPDATE_FREQ=""
+  set -- "${RECIPE_ARGS[@]+"${RECIPE_ARGS[@]}"}"
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --gpus|--update-freq)
+        [ $# -ge 2 ] || recipe_die "$1 needs a value (see --help)"
+        [[ "$2" =~ ^[1-9][0-9]*$ ]] || recipe_die "$1 takes a positive integer, got '$2'"
+        if [ "$1" = --gpus ]; then PAPER_GPUS="$2"; else UPDATE_FREQ="$2"; fi
+        shift 2 ;;
+      --no-amp) PAPER_AMP=0; shift ;;
+      --dry-run) PAPER_DRY_RUN=1; shift ;;
+      *) rest+=("$1"); shift ;;
+    esac
+  done
+  RECIPE_ARGS=("${rest[@]+"${rest[@]}"}")
+  if [ "$PAPER_DRY_RUN" = 1 ]; then
+    MAX_UPDATE=2; PATIENCE=1; VALIDATE_EVERY=1; PAPER_GPUS=0; SEEDS="${SEEDS%% *}"
+  elif [ -z "$PAPER_GPUS" ]; then
+    PAPER_GPUS="$("$PY" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)"
+  fi
+}
+
+# paper_warmup N: the paper's warm-up, or 1 update in a dry run (a stage must be able to end after it)
+paper_warmup() { if [ "$PAPER_DRY_RUN" = 1 ]; then echo 1; else echo "$1"; fi; }
+
+# paper_update_freq TOKENS MAX_TOKENS: --update-freq F such that F x MAX_TOKENS x GPUs reaches the paper's
+# TOKENS per update (at least 1); --update-freq given on the command line wins
+paper_update_freq() {
+  if [ -n "$UPDATE_FREQ" ]; then echo "$UPDATE_FREQ"; return; fi
+  local per=$(( $2 * (PAPER_GPUS > 0 ? PAPER_GPUS : 1) ))
+  echo $(( ($1 + per - 1) / per ))
+}
+
+# paper_device_flags TOKENS MAX_TOKENS: the fairseq-train flags of the device: on GPUs fairseq's own launcher
+# (--distributed-world-size, with --amp unless --no-amp) and the --update-freq of paper_update_freq; --cpu
+# otherwise (a dry run, or no GPU visible)
+paper_device_flags() {
+  if [ "$PAPER_GPUS" -gt 0 ]; then
+    echo --distributed-world-size "$PAPER_GPUS" --update-freq "$(paper_update_freq "$1" "$2")"
+    [ "$PAPER_AMP" = 0 ] || echo --amp
+  else
+    # batches of any size: fairseq's batching drops the remainder below a multiple of 8 (the whole dev set of a
+    # dry run's fixture), which only GPUs' tensor cores gain from
+    echo --cpu --update-freq "$(paper_update_freq "$1" "$2")" --required-batch-size-multiple 1
+  fi
+}
+
+# paper_convert prepare_public.py args...: the public corpus in the raw layout, in WORK_DIR/raw (reused when it
+# already holds this conversion; --append adds a second dataset's files). Sets RAW.
+paper_convert() {
+  RAW="$WORK_DIR/raw"
+  "$PY" "$RECIPE_ROOT/scripts/prepare_public.py" --out "$RAW" --reuse "$@" | tail -n 1
+}
+
+# paper_preset_langs PRESET: the languages of a TED preset of scripts/prepare_public.py, space-separated
+paper_preset_langs() {
+  "$PY" -c 'import sys; from fairseq_metabt.data.public_corpora import PRESETS as P
+sys.exit(print(" ".join(P[sys.argv[1]])) if sys.argv[1] in P else "fairseq-metabt: error: unknown --preset "
+         + sys.argv[1] + " (choose one of " + ", ".join(P) + ")")' "$1" || exit 2
+}
+
+# paper_report PAPER SETTING [PAIR]: the paper's reported BLEU beside ours (mean over seeds), from the summary
+paper_report() {
+  echo; echo "=== the paper's figures and ours ==="
+  "$PY" -m fairseq_metabt.data.paper_figures "$WORK_DIR/results/summary.json" --paper "$1" --setting "$2" \
+    ${3:+--pair "$3"}
+}
