@@ -11,7 +11,8 @@
 * ``$AMP_PROBE_OUT`` may contain ``{rank}`` (the ``--distributed-rank``): one file per worker.
 * ``$PROBE_STATE_DIR``: at exit each worker saves what must be identical on every rank -- the model's and
   the criterion's parameters and the task's checkpoint state -- to ``rank<r>.pt`` there.
-* ``$PROBE_DDP_BACKEND=pytorch_ddp``: **test-only patch of fairseq's DDP wrapper.**  fairseq's ``pytorch_ddp``
+* ``$PROBE_DDP_BACKEND=pytorch_ddp``: **test-only patch of fairseq's DDP wrapper**
+  (``train_probe.cpu_pytorch_ddp``, shared with scripts/gpu_check.sh --cpu).  fairseq's ``pytorch_ddp``
   builds ``DistributedDataParallel(model, device_ids=[args.device_id], ...)``, which torch refuses for a CPU
   module; here it is built exactly as fairseq builds it except ``device_ids=None, output_device=None`` (torch's
   documented form for CPU modules), so gloo workers on the CPU run the GPU code path of ``pytorch_ddp``.  The
@@ -24,6 +25,9 @@ import sys
 
 import torch
 from torch.nn.modules.module import register_module_forward_pre_hook
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
+import train_probe  # noqa: E402  (scripts/train_probe.py: rank, trainers, the CPU pytorch_ddp patch)
 
 COUNTS = {"autocast_on": 0, "autocast_off": 0, "dtypes": [], "overflows_forced": 0}
 
@@ -72,58 +76,19 @@ def _force_overflow_at(update: int) -> None:
     Trainer.clip_grad_norm = clip_grad_norm
 
 
-def _rank() -> int:
-    argv = sys.argv
-    return int(argv[argv.index("--distributed-rank") + 1]) if "--distributed-rank" in argv else 0
-
-
 def _write() -> None:
-    with open(os.environ["AMP_PROBE_OUT"].replace("{rank}", str(_rank())), "w") as f:
+    with open(os.environ["AMP_PROBE_OUT"].replace("{rank}", str(train_probe.rank())), "w") as f:
         json.dump(COUNTS, f)
 
 
-_TRAINERS = []
-
-
-def _keep_trainer() -> None:
-    from fairseq.trainer import Trainer
-
-    original = Trainer.__init__
-
-    def __init__(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        _TRAINERS.append(self)
-
-    Trainer.__init__ = __init__
-
-
 def _save_state() -> None:
-    if not _TRAINERS:  # refused at start-up: nothing trained
+    if not train_probe.TRAINERS:  # refused at start-up: nothing trained
         return
-    t = _TRAINERS[-1]
+    t = train_probe.TRAINERS[-1]
     state = {"model": t._model.state_dict(), "criterion": t._criterion.state_dict(),
              "extra": t.task.get_checkpoint_dict() if hasattr(t.task, "get_checkpoint_dict") else {},
              "num_updates": t.get_num_updates()}
-    torch.save(state, os.path.join(os.environ["PROBE_STATE_DIR"], f"rank{_rank()}.pt"))
-
-
-def _cpu_pytorch_ddp(backend: str) -> None:
-    import functools
-
-    from fairseq.models import distributed_fairseq_model as wrapper
-
-    ddp = wrapper.DistributedDataParallel
-
-    @functools.wraps(ddp)
-    def cpu_ddp(*args, **kwargs):
-        kwargs.update(device_ids=None, output_device=None)  # the only change to fairseq's pytorch_ddp wrapping
-        return ddp(*args, **kwargs)
-
-    wrapper.DistributedDataParallel = cpu_ddp
-    argv = sys.argv
-    for i, a in enumerate(argv[:-1]):
-        if a == "--ddp-backend":
-            argv[i + 1] = backend
+    torch.save(state, os.path.join(os.environ["PROBE_STATE_DIR"], f"rank{train_probe.rank()}.pt"))
 
 
 def main() -> None:
@@ -135,10 +100,10 @@ def main() -> None:
     if os.environ.get("AMP_PROBE_OUT"):
         atexit.register(_write)
     if os.environ.get("PROBE_STATE_DIR"):
-        _keep_trainer()
+        train_probe.keep_trainers()
         atexit.register(_save_state)
     if os.environ.get("PROBE_DDP_BACKEND"):
-        _cpu_pytorch_ddp(os.environ["PROBE_DDP_BACKEND"])
+        train_probe.cpu_pytorch_ddp(os.environ["PROBE_DDP_BACKEND"])
     from fairseq_cli.train import cli_main
 
     cli_main()

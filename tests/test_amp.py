@@ -239,3 +239,27 @@ def test_gumbel_noise_of_autocast_logits_is_finite(monkeypatch, dtype):
     st, soft = gumbel.straight_through_gumbel_softmax(logits, tau=1.0, beta=1.0)
     assert torch.isfinite(soft).all() and torch.equal(st.sum(-1), torch.ones(2, dtype=dtype))
     assert torch.isfinite(gumbel.gumbel_sigmoid(logits)).all()
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("flags,refused", [(["--bf16"], True), (["--fp16"], True), (["--amp"], False),
+                                           (["--bf16", "--memory-efficient-bf16"], False)])
+def test_latent_inner_steps_under_half_precision(flags, refused, quickstart_bin, tmp_path):
+    """--fp16/--bf16 step a flat fp32 copy of every parameter, so the gates cannot skip updates: refused at
+    set-up instead of silently training with --latent-inner-steps 1."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    from fairseq_metabt.errors import UserError, format_error
+    from conftest import task_train_args
+
+    argv = task_train_args("latent_depth_translation", quickstart_bin, str(tmp_path), 1, "--latent-inner-steps",
+                           "2", *flags)
+    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
+    if not refused:
+        tasks.setup_task(cfg.task)
+        return
+    with pytest.raises(UserError) as e:
+        tasks.setup_task(cfg.task)
+    assert "--latent-inner-steps 2 cannot hold the gate logits still" in format_error(e.value)
+    assert "use --amp or --memory-efficient-" in format_error(e.value)

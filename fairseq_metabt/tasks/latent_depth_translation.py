@@ -90,6 +90,22 @@ def check_gate_lr(args) -> None:
                          "(fairseq's FP16 optimizer keeps its own flat copy of every parameter)")
 
 
+def check_inner_steps_precision(args) -> None:
+    """``--latent-inner-steps I > 1`` drops q_phi's gradient in ``optimizer_step`` on I - 1 of every I updates.
+    fairseq's ``--fp16``/``--bf16`` optimizer has copied every gradient into its flat fp32 master copy by
+    then (in ``clip_grad_norm``) and steps that copy whole: dropping the gradient there would not stop Adam
+    moving the gates by momentum, so the inner loop would silently become I = 1.  ``--amp`` and the
+    memory-efficient variants step the parameters themselves and honour it."""
+    if getattr(args, "latent_inner_steps", 1) <= 1 or getattr(args, "amp", False):
+        return
+    for flag in ("fp16", "bf16"):
+        if getattr(args, flag, False) and not getattr(args, f"memory_efficient_{flag}", False):
+            raise UserError(f"--latent-inner-steps {args.latent_inner_steps} cannot hold the gate logits still "
+                            f"under --{flag}: its optimizer steps a flat fp32 copy of every parameter, gates "
+                            "included, every update",
+                            f"use --amp or --memory-efficient-{flag}, or --latent-inner-steps 1")
+
+
 @register_task("latent_depth_translation")
 class LatentDepthTranslationTask(MultilingualTranslationTask):
     """Multilingual (or bilingual) translation with one latent-depth Transformer (Li et al. 2020, Alg. 2)."""
@@ -123,6 +139,7 @@ class LatentDepthTranslationTask(MultilingualTranslationTask):
             raise UserError("one-to-many latent depth needs --decoder-langtok: the shared decoder must be "
                              "told the target language")
         check_gate_lr(args)
+        check_inner_steps_precision(args)
         validate.config(args)  # then the task's, model's and criterion's numeric options: finite, in range
         self.reset_gate_state()
 
