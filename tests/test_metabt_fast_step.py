@@ -108,3 +108,70 @@ def test_phases_cost_nothing_when_off_and_time_when_on(monkeypatch):
     rep = phases.report()
     assert rep["updates"] == 1 and rep["phases"]["x"]["n"] == 2 and rep["phases"]["x"]["s"] > 0
     monkeypatch.setattr(phases, "_recording", False)
+
+
+def _one_update(bin_dir, *extra):
+    """theta's and psi's gradients, the rewards, log q and the logged losses of the second update of a
+    tiny dropout-free MetaBT run (the first warms Adam up)."""
+    from test_metabt_task import _trainer
+
+    task, model, criterion, trainer, itr = _trainer(bin_dir, *extra)
+    trainer.train_step([next(itr)])
+    theta = [p for p in model.parameters() if p.requires_grad]
+    seen = {}
+    opt_step, psi_step, rewards_fn = task.optimizer_step, task.backward_optimizer.step, task.rewards
+
+    def spy_opt(optimizer, model, update_num):
+        seen["theta_grad"] = [p.grad.clone() for p in theta]
+        seen["logp"] = torch.cat([p["logp"].detach() for p in task._pending if "logp" in p])
+        return opt_step(optimizer, model, update_num)
+
+    def spy_psi(*a, **k):
+        seen["psi_grad"] = [p.grad.clone() for p in model.backward_model.parameters()]
+        return psi_step(*a, **k)
+
+    def spy_rewards(*a, **k):
+        out = rewards_fn(*a, **k)
+        seen["reward"] = out[0].clone()
+        return out
+
+    chunked = task._pseudo_forward_backward
+
+    def spy_chunks(model, criterion, optimizer, x_hat, y_rows, chunks, scale):
+        seen["chunks"] = len(chunks)
+        return chunked(model, criterion, optimizer, x_hat, y_rows, chunks, scale)
+
+    task.optimizer_step, task.backward_optimizer.step, task.rewards = spy_opt, spy_psi, spy_rewards
+    task._pseudo_forward_backward = spy_chunks
+    seen["log"] = trainer.train_step([next(itr)])
+    return seen
+
+
+def length_chunks_reference(n):
+    return [list(range(n))]
+
+
+def test_length_chunks_cover_every_row_once_within_the_budget():
+    from fairseq_metabt.modules.length_chunks import length_chunks
+
+    src, tgt = [3, 30, 4, 5, 28, 6, 2], [4, 31, 5, 3, 29, 7, 3]
+    chunks = length_chunks(src, tgt, 130)
+    assert sorted(i for c in chunks for i in c) == list(range(7))
+    assert all(len(c) == 1 or len(c) * (max(src[i] for i in c) + max(tgt[i] for i in c)) <= 130 for c in chunks)
+    assert {1, 4} in [set(c) for c in chunks]  # the two long rows together, away from the short ones
+    assert length_chunks(src, tgt, 0) == length_chunks_reference(7)
+
+
+def test_chunked_pseudo_pairs_give_the_gradients_of_the_whole_batch(quickstart_bin):
+    """--pseudo-chunk-tokens 0 is the pre-issue step (one padded pseudo batch); small chunks must give the same
+    log q, rewards, theta and psi gradients and logged losses on the same seed (dropout off)."""
+    whole = _one_update(quickstart_bin, "--pseudo-chunk-tokens", "0")
+    chunked = _one_update(quickstart_bin, "--pseudo-chunk-tokens", "60")
+    assert whole["chunks"] == 1 and chunked["chunks"] > 2
+    assert torch.allclose(whole["logp"], chunked["logp"], rtol=1e-5, atol=1e-4)
+    assert torch.allclose(whole["reward"], chunked["reward"], rtol=1e-4, atol=1e-5)
+    for key in ("theta_grad", "psi_grad"):
+        for a, b in zip(whole[key], chunked[key]):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (key, (a - b).abs().max())
+    for key in ("loss", "nll_loss", "fwd_pseudo_loss", "fwd_bitext_loss", "bwd_mle_loss", "pseudo_len"):
+        assert abs(float(whole["log"][key]) - float(chunked["log"][key])) <= 1e-4 * abs(float(whole["log"][key])), key

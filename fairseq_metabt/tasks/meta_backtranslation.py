@@ -64,6 +64,7 @@ from fairseq_metabt.modules import amp
 from fairseq_metabt.modules import gradients as G
 from fairseq_metabt.modules import metabt_rewards as R
 from fairseq_metabt.modules.generation import GenerationSettings, InStepGenerator, eval_mode, sampling_log_probs
+from fairseq_metabt.modules.length_chunks import length_chunks
 from fairseq_metabt.modules.phases import phase, start_update
 from fairseq_metabt.modules.reinforce import MovingAverageBaseline, policy_gradient_loss
 
@@ -121,6 +122,12 @@ class MetaBacktranslationConfig(TranslationConfig):
                           "mean (as the translation baseline's) plus w times the pseudo pairs' own per-token "
                           "mean (per-sentence means with --sentence-avg); pseudo pairs come on top of the "
                           "bitext batch, one per bitext sentence"},
+    )
+    pseudo_chunk_tokens: int = field(
+        default=1024,
+        metadata={"help": "padded tokens per length-sorted chunk in which the pseudo pairs' forward/backward and "
+                          "log q are computed (the same sums, less padding: y' are drawn at random, not "
+                          "length-bucketed as the bitext); 0: the whole pseudo batch at once"},
     )
     bt_generation: GENERATION_CHOICES = field(
         default="sample", metadata={"help": "how the backward model produces pseudo-sources"}
@@ -240,6 +247,8 @@ class MetaBacktranslationTask(TranslationTask):
                              "reward is meaningless: use --pseudo-weight > 0, or --meta-weight 0 / --freeze-backward")
         if cfg.meta_taylor_eps <= 0:
             raise UserError(f"--meta-taylor-eps must be > 0, got {cfg.meta_taylor_eps}")
+        if cfg.pseudo_chunk_tokens < 0:
+            raise UserError(f"--pseudo-chunk-tokens must be >= 0, got {cfg.pseudo_chunk_tokens}")
         if cfg.meta_dev_max_tokens < 1:
             raise UserError(f"--meta-dev-max-tokens must be >= 1, got {cfg.meta_dev_max_tokens}")
 
@@ -525,24 +534,22 @@ class MetaBacktranslationTask(TranslationTask):
         log["bitext_loss"], log["bitext_ntokens"] = float(loss_b.detach()), float(bitext["ntokens"])
         pending = {"update": update_num, "pseudo": None}
         if keep and not ignore_grad:
-            # the pseudo part, on top: w times its own per-token mean (pseudo_loss_scale)
+            # the pseudo part, on top: w times its own per-token mean (pseudo_loss_scale), in length-sorted
+            # chunks (the same sum: y' are not length-bucketed, so one padded batch would mostly be padding)
             pseudo = pair_batch([x_hat[i] for i in keep], [y_rows[i] for i in keep], pad, eos, ids=keep)
             pseudo = utils.move_to_cuda(pseudo) if cuda else pseudo
-            with phase("theta_pseudo_forward"):
-                net_output = model(**pseudo["net_input"])
-                per_tok, nll_tok = criterion.compute_loss(dual, net_output, pseudo, reduce=False)
-                loss_p = per_tok.sum()
+            chunks = [[keep[j] for j in c] for c in length_chunks(
+                [x_hat[i].numel() for i in keep], [y_rows[i].numel() for i in keep], self.cfg.pseudo_chunk_tokens)]
             pseudo_size = pseudo["nsentences"] if getattr(criterion, "sentence_avg", False) else pseudo["ntokens"]
             scale = pseudo_loss_scale(self.cfg.pseudo_weight, sample_size, pseudo_size)
-            log["pseudo_nll"] = float(nll_tok.detach().sum())
-            log["pseudo_loss"], log["pseudo_ntokens"] = float(loss_p.detach()), float(pseudo["ntokens"])
+            # theta's gradient before this micro-batch: none at the first one (fairseq's zero_grad sets
+            # .grad to None), so the copy and the subtraction are only paid with --update-freq > 1
+            fresh = all(p.grad is None for p in theta)
+            before = G.flat_grad(theta) if scale > 0 and self.meta_active and not fresh else None
+            loss_p, nll_p = self._pseudo_forward_backward(model, criterion, optimizer, x_hat, y_rows, chunks, scale)
+            log["pseudo_nll"] = nll_p
+            log["pseudo_loss"], log["pseudo_ntokens"] = loss_p, float(pseudo["ntokens"])
             if scale > 0:
-                # theta's gradient before this micro-batch: none at the first one (fairseq's zero_grad sets
-                # .grad to None), so the copy and the subtraction are only paid with --update-freq > 1
-                fresh = all(p.grad is None for p in theta)
-                before = G.flat_grad(theta) if self.meta_active and not fresh else None
-                with phase("theta_pseudo_backward"):
-                    optimizer.backward(loss_p * scale)
                 if self.meta_active:
                     with phase("pseudo_gradient_copy"):
                         # g: this micro-batch's share of the accumulated gradient, unscaled (a sum over its tokens)
@@ -551,17 +558,12 @@ class MetaBacktranslationTask(TranslationTask):
                             g.sub_(before)
                         g.div_(scale * G.loss_scale(optimizer))
                     pending.update(pseudo=pseudo, g=g, ntokens=float(pseudo["ntokens"]))
-                total_loss = total_loss + scale * loss_p.detach()
+                total_loss = total_loss + scale * loss_p
             if self.meta_active:
                 # log q(x_hat | y'; psi_{t-1}) under the distribution that drew x_hat (temperature, top-k/p,
                 # EOS rules), in the mode that sampled it; kept with its graph for step 5
-                back = pair_batch([psi_rows[i] for i in keep], [x_hat[i] for i in keep], pad, eos, ids=keep)
-                back = utils.move_to_cuda(back) if cuda else back
-                with phase("psi_logprob_forward"), self._psi_trainable(dual), eval_mode(dual.backward_model):
-                    logp = sampling_log_probs(dual.backward_model, back, self._sampler(dual).settings, pad, eos,
-                                              max_len)
-                order = {int(i): k for k, i in enumerate(back["id"].tolist())}
-                pending["logp"] = logp[[order[int(i)] for i in pseudo["id"].tolist()]]
+                with phase("psi_logprob_forward"):
+                    pending["logp"] = self._log_q(dual, psi_rows, x_hat, chunks, max_len, pseudo["id"])
 
         if ignore_grad:
             loss_b = loss_b * 0
@@ -586,6 +588,45 @@ class MetaBacktranslationTask(TranslationTask):
         for k, v in log.items():
             logging_output["mbt_" + k] = v
         return total_loss, sample_size, logging_output
+
+    def _pseudo_forward_backward(self, model, criterion, optimizer, x_hat: List[torch.Tensor],
+                                 y_rows: List[torch.Tensor], chunks: List[List[int]], scale: float) -> tuple:
+        """theta's loss on the pseudo pairs (x_hat_i, y'_i), chunk by chunk, each chunk's ``scale`` times its
+        token-summed loss backpropagated into theta's gradient (their sum is the whole batch's); returns the
+        summed loss and NLL (floats, for the logs).  ``scale == 0``: forward only, for the logs."""
+        pad, eos = self.src_dict.pad(), self.src_dict.eos()
+        dual, cuda = unwrap(model), x_hat[0].is_cuda
+        loss_sum, nll_sum = 0.0, 0.0
+        for chunk in chunks:
+            part = pair_batch([x_hat[i] for i in chunk], [y_rows[i] for i in chunk], pad, eos, ids=chunk)
+            part = utils.move_to_cuda(part) if cuda else part
+            with phase("theta_pseudo_forward"), torch.set_grad_enabled(scale > 0):
+                net_output = model(**part["net_input"])
+                per_tok, nll_tok = criterion.compute_loss(dual, net_output, part, reduce=False)
+                loss = per_tok.sum()
+            if scale > 0:
+                with phase("theta_pseudo_backward"):
+                    optimizer.backward(loss * scale)
+            loss_sum += float(loss.detach())
+            nll_sum += float(nll_tok.detach().sum())
+        return loss_sum, nll_sum
+
+    def _log_q(self, dual: DualTransformerModel, psi_rows: List[torch.Tensor], x_hat: List[torch.Tensor],
+               chunks: List[List[int]], max_len: int, order_ids: torch.Tensor) -> torch.Tensor:
+        """log q(x_hat_i | y'_i; psi) (Eq. 8's policy log-probability, with its graph), computed chunk by
+        chunk and returned in the order of ``order_ids`` (the pseudo batch's ids)."""
+        pad, eos = self.src_dict.pad(), self.src_dict.eos()
+        ids, parts = [], []
+        with self._psi_trainable(dual), eval_mode(dual.backward_model):
+            for chunk in chunks:
+                back = pair_batch([psi_rows[i] for i in chunk], [x_hat[i] for i in chunk], pad, eos, ids=chunk)
+                back = utils.move_to_cuda(back) if x_hat[0].is_cuda else back
+                parts.append(sampling_log_probs(dual.backward_model, back, self._sampler(dual).settings, pad, eos,
+                                                max_len))
+                ids += back["id"].tolist()
+        logp = torch.cat(parts)
+        position = {int(i): k for k, i in enumerate(ids)}
+        return logp[[position[int(i)] for i in order_ids.tolist()]]
 
     # ---- steps 2-5: update theta, dev gradient, reward, update psi ----------------------------
     def optimizer_step(self, optimizer, model, update_num):
