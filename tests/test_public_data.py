@@ -76,17 +76,19 @@ def write_iwslt(directory: str, n_train: int = 60, n_seg: int = 3) -> None:
                         f'<doc docid="1" genre="lectures">\n<talkid>1</talkid>\n{segs}\n</doc>\n</srcset>\n</mteval>\n')
 
 
-def write_wmt(directory: str, src: str, tgt: str, n_train: int = 40, n_seg: int = 4) -> None:
-    """WMT-style files: plain-text training pairs, a plain dev set, an SGM test set, monolingual text."""
+def write_wmt(directory: str, src: str, tgt: str, n_train: int = 40, n_seg: int = 4, dev: str = "newsdev2016.tc",
+              test: str = "newstest2017.tc") -> None:
+    """WMT-style files under the wmt18-tr-en preset's prefixes: plain-text training pairs (corpus.tc.LANG), a plain
+    dev set, an SGM test set (PREFIX-SRCTGT-{src,ref}.LANG.sgm), monolingual text."""
     os.makedirs(directory, exist_ok=True)
     for lang in (src, tgt):
         with open(os.path.join(directory, f"corpus.tc.{lang}"), "w", encoding="utf-8") as f:
             f.write("".join(_sentence(i, lang) + "\n" for i in range(n_train)))
-        with open(os.path.join(directory, f"newsdev.{lang}"), "w", encoding="utf-8") as f:
+        with open(os.path.join(directory, f"{dev}.{lang}"), "w", encoding="utf-8") as f:
             f.write("".join(_sentence(200 + i, lang) + "\n" for i in range(n_seg)))
         role = "src" if lang == src else "ref"
         segs = "".join(f'<seg id="{k + 1}">{_sentence(300 + k, lang)}</seg>\n' for k in range(n_seg))
-        with open(os.path.join(directory, f"newstest-{src}{tgt}-{role}.{lang}.sgm"), "w", encoding="utf-8") as f:
+        with open(os.path.join(directory, f"{test}-{src}{tgt}-{role}.{lang}.sgm"), "w", encoding="utf-8") as f:
             f.write(f'<{role}set setid="newstest" srclang="{src}">\n<doc docid="a">\n{segs}</doc>\n</{role}set>\n')
         with open(os.path.join(directory, f"news.{lang}"), "w", encoding="utf-8") as f:
             f.write("".join(_sentence(400 + i, lang) + "\n" for i in range(n_train)))
@@ -215,8 +217,8 @@ def test_iwslt14_misaligned_tags_and_missing_test_set(data, tmp_path):
 @pytest.mark.fast
 def test_wmt_plain_sgm_and_sampled_mono(data, tmp_path):
     out = str(tmp_path / "raw")
-    r = convert("--dataset", "wmt", "--wmt-dir", data.wmt, "--preset", "wmt18-tr-en", "--valid", "newsdev",
-                "--test", "newstest", "--mono", f"en={data.wmt}/news.en", "--mono-lines", "7", "--out", out)
+    r = convert("--dataset", "wmt", "--wmt-dir", data.wmt, "--preset", "wmt18-tr-en", "--mono", f"en={data.wmt}/news.en",
+                "--mono-lines", "7", "--out", out)
     assert r.returncode == 0, r.stderr
     assert lines(os.path.join(out, "train.tr-en.tr")) == lines(os.path.join(data.wmt, "corpus.tc.tr"))
     assert lines(os.path.join(out, "test.tr-en.en")) == [_sentence(300 + k, "en") for k in range(4)]  # from SGM
@@ -245,7 +247,7 @@ def test_append_adds_a_second_dataset_without_replacing_files(data, tmp_path):
     assert set(layout.bitext[("de", "en")]) == {"train", "valid", "test"} and set(layout.mono) == {"de", "en"}
     assert len(json.load(open(os.path.join(out, "prepare_public.json")))["runs"]) == 2
     again = convert("--dataset", "wmt", "--wmt-dir", str(wmt), "--src", "de", "--tgt", "en", "--train", "corpus.tc",
-                    "--valid", "newsdev", "--append", "--out", out)
+                    "--valid", "newsdev2016.tc", "--append", "--out", out)
     assert again.returncode == 2 and "is never replaced" in again.stderr
 
 
