@@ -291,6 +291,8 @@ paper_parse() {
   elif [ -z "$PAPER_GPUS" ]; then
     PAPER_GPUS="$("$PY" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)"
   fi
+  # every training uses all --gpus: one at a time unless JOBS says otherwise (lanes are for CPU runs)
+  if [ "$PAPER_GPUS" -gt 0 ] && [ -z "${JOBS:-}" ]; then RECIPE_JOBS=1; fi
 }
 
 # paper_warmup N: the paper's warm-up, or 1 update in a dry run (a stage must be able to end after it)
