@@ -82,9 +82,11 @@ def run_fairseq_train(name: str, argv: List[str], log_path: str, env: Optional[D
     if len(records) < 2:
         raise SystemExit(f"benchmark: {name} logged {len(records)} intervals; raise --updates (log {log_path})")
     steady = records[1:]  # the first interval includes start-up and warm-up
-    ups = statistics.median(float(r["ups"]) for r in steady)
+    # the step as words per batch over words per second (both per interval): fairseq rounds ups to two
+    # decimals (0.1 ups: 10 % steps), wps to one decimal of a number in the hundreds or thousands
+    step = statistics.median(float(r["wpb"]) / float(r["wps"]) for r in steady)
     wps = statistics.median(float(r["wps"]) for r in steady)
-    return Measurement(name, ups, wps, 1.0 / ups, usage.ru_maxrss / 1024.0, float(records[-1]["loss"]))
+    return Measurement(name, 1.0 / step, wps, step, usage.ru_maxrss / 1024.0, float(records[-1]["loss"]))
 
 
 def run_profiled(name: str, argv: List[str], log_path: str, plugin_parent: Optional[str] = None) -> tuple:
@@ -166,6 +168,10 @@ def profile(bin_dir: str, work_dir: str, args) -> int:
     if args.compare:  # another copy of the plugin (e.g. an earlier commit): its BT and MetaBT join the rotation
         for role in ("bt", "metabt"):
             runs[f"{role}@before"], parents[f"{role}@before"] = runs[role], os.path.abspath(args.compare)
+    for variant in args.variant:  # this plugin with extra flags, e.g. a speed-up switched off
+        label, _, flags = variant.partition("=")
+        for role in ("bt", "metabt"):
+            runs[f"{role}@{label}"], parents[f"{role}@{label}"] = runs[role] + flags.split(), None
     steps: Dict[str, List[float]] = {k: [] for k in runs}
     reports: Dict[str, List[Dict]] = {k: [] for k in runs}
     for rep in range(args.repeats):
@@ -191,9 +197,7 @@ def profile(bin_dir: str, work_dir: str, args) -> int:
 def _ratios(steps: Dict[str, List[float]]) -> Dict[str, float]:
     """Median over rounds of each round's step ratios: bt/baseline, metabt/bt (and the --compare copy's)."""
     out = {}
-    for suffix in ("@before", ""):
-        if f"bt{suffix}" not in steps:
-            continue
+    for suffix in [k[2:] for k in steps if k.startswith("bt@")] + [""]:
         out[f"bt{suffix}/baseline"] = statistics.median(b / a for a, b in zip(steps["baseline"], steps[f"bt{suffix}"]))
         out[f"metabt{suffix}/bt{suffix}"] = statistics.median(
             b / a for a, b in zip(steps[f"bt{suffix}"], steps[f"metabt{suffix}"]))
@@ -307,6 +311,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--init-updates", type=int, default=300,
                    help="--profile: train both directions this many updates first and initialise BT and MetaBT "
                         "from them, as the quickstart does (0: random models, whose samples run to the length limit)")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL=FLAGS",
+                   help="--profile: BT and MetaBT also run with these extra flags, as bt@LABEL/metabt@LABEL "
+                        "(repeatable), e.g. nochunk='--pseudo-chunk-tokens 0'")
     p.add_argument("--compare", metavar="DIR",
                    help="--profile: a folder holding another copy of fairseq_metabt (e.g. "
                         "`git archive COMMIT fairseq_metabt | tar -x -C DIR`); its BT and MetaBT join the rotation")

@@ -58,3 +58,22 @@ def test_latent_skip_benchmark_prints_both_passes_and_the_ratio_last():
     assert "2 of 4 decoder layers kept" in out
     bad = fails([sys.executable, os.path.join(ROOT, "scripts", "benchmark_latent_skip.py"), "--keep", "5"])
     assert "--keep must be between 1 and --layers (4), got 5" in bad
+
+
+def test_profile_ratios_and_phase_table_from_reports():
+    """--profile's figures: each round's step ratios (medians over rounds), and a phase table whose rows
+    and the rest add up to the timers' own step."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import benchmark
+
+    steps = {"baseline": [1.0, 2.0, 1.0], "bt": [2.0, 3.0, 2.5], "metabt": [3.0, 6.0, 3.0],
+             "bt@before": [3.0, 4.0, 3.0], "metabt@before": [6.0, 8.0, 6.0]}
+    assert benchmark._ratios(steps) == {"bt@before/baseline": 3.0, "metabt@before/bt@before": 2.0,
+                                        "bt/baseline": 2.0, "metabt/bt": 1.5}
+    reports = [{"updates": 4, "step_s": 1.0, "phases": {"generation": {"s": 2.0, "n": 4}, "x": {"s": 1.0, "n": 4}}},
+               {"updates": 6, "step_s": 2.0, "phases": {"generation": {"s": 6.0, "n": 6}}}]
+    rows = benchmark.phase_table("bt", reports, 99.0)
+    assert rows[0] == "bt phases (ms per update over 10 updates; step 1600 ms):"  # (4 * 1 + 6 * 2) / 10
+    ms = {r.split()[0]: float(r.split()[-3]) for r in rows[1:]}
+    assert ms["generation"] == 800.0 and ms["x"] == 100.0 and ms["(rest:"] == 700.0
+    assert "give --method NAME or --profile" in fails([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py")])
