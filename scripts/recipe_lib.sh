@@ -267,8 +267,8 @@ PAPER_SHARED_HELP='Paper-scale flags (every run_paper.sh; docs/reproduce.md):
 
 # paper_parse: after recipe_parse, take the paper-scale flags out of RECIPE_ARGS (the recipe's own options stay
 # there). Sets PAPER_GPUS, PAPER_AMP, PAPER_DRY_RUN and UPDATE_FREQ (empty: paper_update_freq decides). A dry run
-# keeps the first seed and stops every system after two updates (validation every update, patience 1: the
-# shortest early stop the protocol accepts).
+# keeps the first seed, accumulates no gradients (--update-freq 1) and stops every system after two updates
+# (validation every update, patience 1: the shortest early stop the protocol accepts).
 paper_parse() {
   local rest=()
   PAPER_GPUS=""; PAPER_AMP=1; PAPER_DRY_RUN=0; UPDATE_FREQ=""
@@ -287,7 +287,7 @@ paper_parse() {
   done
   RECIPE_ARGS=("${rest[@]+"${rest[@]}"}")
   if [ "$PAPER_DRY_RUN" = 1 ]; then
-    MAX_UPDATE=2; PATIENCE=1; VALIDATE_EVERY=1; PAPER_GPUS=0; SEEDS="${SEEDS%% *}"
+    MAX_UPDATE=2; PATIENCE=1; VALIDATE_EVERY=1; PAPER_GPUS=0; UPDATE_FREQ=1; SEEDS="${SEEDS%% *}"
   elif [ -z "$PAPER_GPUS" ]; then
     PAPER_GPUS="$("$PY" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)"
   fi

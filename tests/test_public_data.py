@@ -27,7 +27,6 @@ import prepare_public  # noqa: E402
 from fairseq_metabt.data import paper_figures, public_corpora  # noqa: E402
 from fairseq_metabt.data.raw_layout import scan_raw_dir  # noqa: E402
 
-PY = sys.executable
 
 # TED columns of the fixture: English, the eight ted8-related languages, and one more (pt-br) to be ignored
 TED_COLUMNS = ["en", "az", "be", "gl", "sk", "tr", "ru", "pt", "cs", "pt-br"]
@@ -360,3 +359,16 @@ def test_wake_sleep_run_paper_dry_run(data, tmp_path):
     assert set(raw.mono) == {"de", "en"} and set(raw.bitext[("de", "en")]) == {"train", "valid", "test"}
     assert {"iter0", "iter1", "control1"} <= set(next(iter(summary(work)["pairs"].values()))["systems"])
     assert "27.29" in r.stdout  # Table 1, TED de-en, iteration 0
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("recipe", ["dds", "latent_depth", "metabt", "reconstruction", "wake_sleep"])
+def test_paper_flags_are_checked_before_any_work(recipe, tmp_path):
+    for flags, message in ((["--gpus", "0"], "--gpus takes a positive integer, got '0'"),
+                           (["--update-freq", "x"], "--update-freq takes a positive integer, got 'x'")):
+        r = subprocess.run(["bash", os.path.join(ROOT, "examples", recipe, "run_paper.sh"), *flags,
+                            "--work-dir", str(tmp_path / "w")], capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode == 2 and r.stderr == f"fairseq-metabt: error: {message}\n", r.stderr
+    help_text = subprocess.run(["bash", os.path.join(ROOT, "examples", recipe, "run_paper.sh"), "--help"],
+                               capture_output=True, text=True, cwd=ROOT).stdout
+    assert "--dry-run" in help_text and "--distributed-world-size" in help_text

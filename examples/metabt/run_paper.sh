@@ -85,7 +85,7 @@ else  # the IWSLT size (A.2's multilingual model): dim 512, ffn 1024, 4 heads, 6
 fi
 MAX_TOKENS=4096; LR=7e-4; FT_LR=1e-4; WARMUP="$(paper_warmup 4000)"; FT_WARMUP="$(paper_warmup 1000)"
 if [ "$PAPER_DRY_RUN" = 1 ]; then
-  SINGLE=(--arch transformer_lowres_tiny); DUAL=(--arch dual_transformer_tiny); UPDATE_FREQ=1
+  SINGLE=(--arch transformer_lowres_tiny); DUAL=(--arch dual_transformer_tiny)
 fi
 # shellcheck disable=SC2207
 DEVICE=($(paper_device_flags 32768 "$MAX_TOKENS"))
