@@ -39,9 +39,11 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
 )
 from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
+from omegaconf import II
 
 from fairseq_metabt import validate
 from fairseq_metabt.errors import UserError
+from fairseq_metabt.modules import gradients as G
 from fairseq_metabt.modules.latent_layers import (
     annealed_beta,
     annealed_lk_weight,
@@ -82,13 +84,14 @@ class LatentLayersLossConfig(LabelSmoothedCrossEntropyCriterionConfig):
                                              "discretises the gates (the paper's L_K); mean: (sum_l u_l - K)^2 "
                                              "on the gate probabilities only, which fixes the expected depth "
                                              "but lets q spread evenly over layers"})
+    log_interval: int = II("common.log_interval")
 
 
 @register_criterion("latent_layers_loss", dataclass=LatentLayersLossConfig)
 class LatentLayersLossCriterion(LabelSmoothedCrossEntropyCriterion):
     def __init__(self, task, sentence_avg, label_smoothing, latent_kl_weight=1.0, latent_kl_anneal_updates=0,
                  latent_prior="uniform", latent_lk_weight=0.0, latent_lk_utilisation="aggregated",
-                 latent_lk_form="sampled", ignore_prefix_size=0, report_accuracy=False):
+                 latent_lk_form="sampled", ignore_prefix_size=0, report_accuracy=False, log_interval=1):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         if latent_kl_weight < 0 or latent_lk_weight < 0:
             raise UserError(f"--latent-kl-weight and --latent-lk-weight must be >= 0, "
@@ -100,6 +103,7 @@ class LatentLayersLossCriterion(LabelSmoothedCrossEntropyCriterion):
         self.lk_weight = latent_lk_weight
         self.lk_utilisation = str(latent_lk_utilisation)
         self.lk_form = str(latent_lk_form)
+        self.log_interval = log_interval
 
     def latent_terms(self, latent: dict):
         """``(KL, L_K)`` of one batch (Eq. 8), summed over the gated sides, as differentiable tensors."""
@@ -155,10 +159,6 @@ class LatentLayersLossCriterion(LabelSmoothedCrossEntropyCriterion):
         kl, lk = self.latent_terms(latent)
         # one loss, one backward pass: NLL + beta KL + lambda L_K (per token, hence * sample_size)
         loss = loss + sample_size * (beta * kl.to(loss) + lam * lk.to(loss))
-        kl_gnorm, lk_gnorm = self.term_grad_norms(latent, beta, lam) if model.training else (0.0, 0.0)
-        q_all = [latent[s]["q_all"].detach() for s in ("encoder", "decoder") if s in latent]
-        margin = float(torch.cat([(q - 0.5).abs().flatten() for q in q_all]).mean())
-
         logging_output = {
             "loss": loss.data,
             "nll_loss": nll_loss.data,
@@ -166,22 +166,26 @@ class LatentLayersLossCriterion(LabelSmoothedCrossEntropyCriterion):
             "nsentences": sample["target"].size(0),
             "sample_size": sample_size,
             "latent_batches": 1,
-            "latent_kl": float(kl.detach()),
-            "latent_lk": float(lk.detach()),
+            "latent_kl": kl.detach(),  # tensors: summed on the device, read once in reduce_metrics
+            "latent_lk": lk.detach(),
             "latent_beta": beta,
             "latent_lambda": lam,
             "latent_tau": latent["tau"],
             "latent_hard": latent["hard"],
-            "latent_kl_gnorm": kl_gnorm,
-            "latent_lk_gnorm": lk_gnorm,
-            "latent_q_margin": margin,
         }
-        lang = latent["lang_name"]
-        logging_output[f"latent_n_{lang}"] = 1
-        for side in ("encoder", "decoder"):
-            if side in latent:
-                for i, q in enumerate(latent[side]["q"].detach().tolist()):
-                    logging_output[f"q_{side[:3]}_{lang}_{i}"] = q
+        # diagnostics that need host syncs (two extra gradient norms, the margin, every gate probability):
+        # in training at the log interval only, in validation always
+        if not model.training or G.log_due(latent["num_updates"], {"log_interval": self.log_interval}):
+            kl_gnorm, lk_gnorm = self.term_grad_norms(latent, beta, lam) if model.training else (0.0, 0.0)
+            q_all = [latent[s]["q_all"].detach() for s in ("encoder", "decoder") if s in latent]
+            lang = latent["lang_name"]
+            margin = float(torch.cat([(q - 0.5).abs().flatten() for q in q_all]).mean())
+            logging_output.update({"latent_diag_batches": 1, "latent_kl_gnorm": kl_gnorm, "latent_lk_gnorm": lk_gnorm,
+                                   "latent_q_margin": margin, f"latent_n_{lang}": 1})
+            for side in ("encoder", "decoder"):
+                if side in latent:
+                    for i, q in enumerate(latent[side]["q"].detach().tolist()):
+                        logging_output[f"q_{side[:3]}_{lang}_{i}"] = q
         if self.report_accuracy:
             n_correct, total = self.compute_accuracy(model, net_output, sample)
             logging_output["n_correct"] = n_correct.item()
@@ -194,10 +198,13 @@ class LatentLayersLossCriterion(LabelSmoothedCrossEntropyCriterion):
         batches = sum(log.get("latent_batches", 0) for log in logging_outputs)
         if batches == 0:
             return
-        for key in ("latent_kl", "latent_lk", "latent_beta", "latent_lambda", "latent_tau", "latent_hard",
-                    "latent_kl_gnorm", "latent_lk_gnorm", "latent_q_margin"):
-            metrics.log_scalar(key, sum(log.get(key, 0) for log in logging_outputs) / batches, batches,
+        for key in ("latent_kl", "latent_lk", "latent_beta", "latent_lambda", "latent_tau", "latent_hard"):
+            metrics.log_scalar(key, float(sum(log.get(key, 0) for log in logging_outputs)) / batches, batches,
                                round=4, priority=500)
+        diag = sum(log.get("latent_diag_batches", 0) for log in logging_outputs)
+        for key in ("latent_kl_gnorm", "latent_lk_gnorm", "latent_q_margin") if diag else ():
+            metrics.log_scalar(key, sum(log.get(key, 0) for log in logging_outputs) / diag, diag, round=4,
+                               priority=500)
         keys = sorted({k for log in logging_outputs for k in log if k.startswith("q_")})
         for key in keys:
             lang = key.split("_", 2)[2].rsplit("_", 1)[0]

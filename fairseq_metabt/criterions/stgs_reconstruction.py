@@ -157,11 +157,12 @@ class StgsReconstructionCriterion(LabelSmoothedCrossEntropyCriterion):
             lprobs.view(-1, lprobs.size(-1)), rec_target.view(-1), self.eps, ignore_index=pad, reduce=True
         )
         mask = rec_target.ne(pad)
+        # tensors, not ints: no host sync inside the step; fairseq sums them and reduce_metrics reads them once
         stats = {
-            "rec_ntokens": int(mask.sum()),
-            "rec_correct": int((lprobs.argmax(-1).eq(rec_target) & mask).sum()),
-            "sample_len": int(sample.lengths.sum()),
-            "sample_eos": int(sample.ended_with_eos.sum()),
+            "rec_ntokens": mask.sum(),
+            "rec_correct": (lprobs.argmax(-1).eq(rec_target) & mask).sum(),
+            "sample_len": sample.lengths.sum(),
+            "sample_eos": sample.ended_with_eos.sum(),
             "sample_n": int(sample.lengths.numel()),
         }
         return rec_loss, rec_nll, stats

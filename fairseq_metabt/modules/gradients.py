@@ -391,6 +391,19 @@ def adam_moments(optimizer, params: Sequence[torch.Tensor]) -> List[Optional[Ada
     return out
 
 
+def log_due(update_num: int, cfg) -> bool:
+    """Whether fairseq logs the training metrics after update ``update_num`` (0-based): ``num_updates =
+    update_num + 1`` is a multiple of ``cfg.log_interval`` (``--log-interval``; 1 when ``cfg`` has none or it
+    cannot be resolved).  Diagnostics that need a host synchronisation (checksums, norms, per-language
+    figures) are computed only then: each costs a GPU round trip, and only the logged update's value is
+    seen (fairseq resets its train_inner meters at every log)."""
+    try:
+        interval = int(cfg.get("log_interval", 1) if isinstance(cfg, dict) else getattr(cfg, "log_interval", 1))
+    except Exception:  # an unresolved interpolation (a config built outside fairseq-train)
+        interval = 1
+    return interval <= 1 or (int(update_num) + 1) % interval == 0
+
+
 def checksum(tensors: Iterable[torch.Tensor]) -> float:
     """Sum of all entries in fp64: a cheap fingerprint of a set of parameters or buffers."""
     return float(sum(t.detach().double().sum() for t in tensors))

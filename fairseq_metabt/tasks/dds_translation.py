@@ -33,7 +33,6 @@ and every worker makes the same scorer decisions.
 # no "from __future__ import annotations": fairseq reads the config dataclass field types at runtime
 import contextlib
 import copy
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -49,18 +48,16 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask, load_langpair_dataset
 from omegaconf import II, open_dict
 
-from fairseq_metabt import fileio, validate
+from fairseq_metabt import validate
 from fairseq_metabt.data.language_sampler import LanguageSampledDataset, marginal, seeded_generator
 from fairseq_metabt.data.tagging import lang_tag
 from fairseq_metabt.errors import UserError, UserFileError
 from fairseq_metabt.models.dual_transformer import unwrap
-from fairseq_metabt.modules import amp, ddp
+from fairseq_metabt.modules import amp, dds_log, ddp
 from fairseq_metabt.modules import gradients as G
 from fairseq_metabt.modules.dds_rewards import LanguageGradientEMA, adam_step_scale, language_reward
 from fairseq_metabt.modules.generation import eval_mode
-from fairseq_metabt.modules.dds_rewards import reward_spread
-from fairseq_metabt.modules.scorer import (DEFAULT_KL_WEIGHT, DEFAULT_OBJECTIVE, LanguageScorer, distribution_stats,
-                                           update_scorer)
+from fairseq_metabt.modules.scorer import DEFAULT_KL_WEIGHT, DEFAULT_OBJECTIVE, LanguageScorer, update_scorer
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +70,6 @@ INIT_CHOICES = ChoiceEnum(["uniform", "datasize", "temperature", "tcs", "order"]
 ORDER_GAP = 20.0  # --dds-init order: log-weight step between two ranks (the next language gets e^-20 ≈ 2e-9)
 BOOL_CHOICES = ChoiceEnum(["true", "false"])
 SAMPLING_CHOICES = ChoiceEnum(["auto", "target", "language"])
-LOG_NAME = "dds_log.jsonl"
 
 
 @dataclass
@@ -197,7 +193,8 @@ class DDSTranslationConfig(TranslationConfig):
                           "distribution over languages; auto: target when some target has two languages"},
     )
     dds_log_file: Optional[str] = field(
-        default=None, metadata={"help": f"JSONL of distributions and rewards every K updates (default SAVE_DIR/{LOG_NAME})"}
+        default=None,
+        metadata={"help": f"JSONL of distributions and rewards every K updates (default SAVE_DIR/{dds_log.LOG_NAME})"}
     )
 
 
@@ -259,7 +256,7 @@ def check_dds_config(cfg) -> None:
     if cfg.dds_grad_sketch_dim and cfg.dds_grad_source != "ema":
         raise UserError("--dds-grad-sketch-dim bounds the EMAs of --dds-grad-source ema; fresh gradients keep no "
                          "EMA (use --dds-grad-params to restrict them), so drop the sketch or choose ema")
-    if cfg.dds_grad_source == "ema" and cfg.dds_update_scorer == "true":
+    if cfg.dds_grad_source == "ema" and getattr(cfg, "dds_update_scorer", "true") == "true":
         ddp.refuse_pytorch_ddp(cfg, "dds_translation --dds-grad-source ema",
                                "each language's share of the gradient is read between backward passes, and torch's "
                                "DDP all-reduces inside the last one, so the last language's share would hold every "
@@ -329,6 +326,7 @@ class DDSTranslationTask(TranslationTask):
         self._scorer_bytes = 0  # transient buffers of the last scorer update (dev, probe, step scale)
         self.usage = torch.zeros(n, dtype=torch.float64)  # sentences per language since the last scorer step
         self.pattern_probs: Optional[torch.Tensor] = None
+        self.stats: Dict[str, float] = {}  # entropy, KL to the prior, reward spread: refreshed with p (dds_log)
         self._prior_done = False
         self._theta: Optional[List[torch.Tensor]] = None
         self._sketch: Optional[G.CountSketch] = None
@@ -452,9 +450,11 @@ class DDSTranslationTask(TranslationTask):
 
     @torch.no_grad()
     def _refresh_table(self) -> None:
+        """p(S_i | y) for every availability pattern, and the statistics logged until psi next changes."""
         ds = self.train_data
         if ds is not None:
             self.pattern_probs = self.scorer.probs(torch.from_numpy(ds.index.patterns)).detach()
+        self.stats = dds_log.scorer_stats(self)
 
     def language_distribution(self) -> Optional[torch.Tensor]:
         """``E_y p(S_i | y; psi)`` over the training targets: the share of each language in an epoch."""
@@ -545,7 +545,7 @@ class DDSTranslationTask(TranslationTask):
                 pending["nsentences"] += float(batch["nsentences"])
                 batch_tokens += int(batch["ntokens"])
                 group_tokens = max(group_tokens, int(batch["ntokens"]))
-            agg_loss += float(loss.detach())
+            agg_loss = agg_loss + loss.detach()  # a tensor: no host sync per language group (fairseq drops it)
             agg_size += sample_size
             for key, v in log.items():
                 agg_log[key] = agg_log.get(key, 0) + v
@@ -674,7 +674,7 @@ class DDSTranslationTask(TranslationTask):
 
             def targets(it: int):
                 if objective in ("exact", "kl"):  # every availability pattern, weighted by its share of the targets
-                    return torch.from_numpy(ds.index.patterns), self._pattern_weights()
+                    return torch.from_numpy(ds.index.patterns), dds_log.pattern_weights(ds)
                 gen = seeded_generator(self.cfg.seed, update_num, it, 29)
                 return ds.sample_targets(self.cfg.dds_scorer_batch, gen), None
 
@@ -688,7 +688,10 @@ class DDSTranslationTask(TranslationTask):
         G.all_reduce_mean_(usage)
         self.usage.zero_()
         self._check_replicas()
-        self._append_log(self.last_update, usage, learned=learn)
+        if _rank() == 0:
+            record = dds_log.scorer_record(self, self.last_update, usage, learn)
+            dds_log.append_record(dds_log.log_path(self.cfg), record, fresh=not self._resumed)
+        self._resumed = True  # a fresh run starts a fresh log (an earlier one set aside), then appends
 
     def _compute_rewards(self, update_num: int, optimizer) -> None:
         """Alg. 2 line 8: ``r_i = sim(grad[S_i], grad J(theta_t, D_dev))`` for every language."""
@@ -715,24 +718,6 @@ class DDSTranslationTask(TranslationTask):
                                                          self.cfg.dds_reward, step_scale)
         self.rewards, self.reward_valid = rewards, valid
 
-    def _pattern_weights(self) -> torch.Tensor:
-        """Each availability pattern's share of the training targets."""
-        ds = self.train_data
-        counts = np.bincount(ds.index.pattern_of, minlength=len(ds.index.patterns))
-        return torch.from_numpy(counts / counts.sum())
-
-    def scorer_stats(self) -> Dict[str, float]:
-        """Mean entropy of p(.|y) and its KL to the prior over the targets (nats), and the reward spread:
-        std of the valid rewards across languages vs the gap between the best and their mean."""
-        ds = self.train_data
-        out = {}
-        if ds is not None and self.pattern_probs is not None:
-            with torch.no_grad():
-                prior = self.prior_scorer.probs(torch.from_numpy(ds.index.patterns))
-            out["entropy"], out["kl_prior"] = distribution_stats(self.pattern_probs, prior, self._pattern_weights())
-        out["reward_std"], out["reward_gap"] = reward_spread(self.rewards, self.reward_valid)
-        return out
-
     def _check_replicas(self) -> None:
         """With several workers the scorer must be identical on every rank: compare checksums."""
         if distributed_utils.get_data_parallel_world_size() <= 1:
@@ -741,79 +726,10 @@ class DDSTranslationTask(TranslationTask):
         diff = G.check_replicas(sums, 1e-4, "the DDS scorer or EMAs")
         metrics.log_scalar("dds_replica_diff", diff, weight=1, round=8)
 
-    # ---- observability --------------------------------------------------------------------------
-    def log_path(self) -> str:
-        return self.cfg.dds_log_file or os.path.join(self.cfg.save_dir, LOG_NAME)
-
-    def _read_log(self) -> List[Dict]:
-        """The log's records; a torn line (a run killed while writing) is skipped, not fatal."""
-        path, out, torn = self.log_path(), [], 0
-        if not os.path.exists(path):
-            return out
-        with open(path) as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    torn += 1
-        if torn:
-            logger.warning("dds: skipped %d unreadable line(s) of %s", torn, path)
-        return out
-
-    def _write_log(self, recs: List[Dict]) -> None:
-        """Atomically (a temporary file beside the log, then a rename over it): a crash never tears it."""
-        fileio.write_text(self.log_path(), "".join(json.dumps(r) + "\n" for r in recs))
-
-    def _append_log(self, update: int, usage: torch.Tensor, learned: bool = True) -> None:
-        if _rank() != 0:
-            return
-        dist = self.language_distribution()
-        total = float(usage.sum()) or 1.0
-        record = {"update": update, "scorer_updates": self.scorer_updates, "langs": self.langs,
-                  "dev_pair": "-".join(self.dev_pair), "p": [round(float(x), 6) for x in dist],
-                  "reward": [round(float(x), 6) for x in self.rewards],
-                  "valid": [bool(x) for x in self.reward_valid], "stale": [bool(x) for x in self.stale],
-                  "learned": bool(learned), "usage": [round(float(x) / total, 6) for x in usage]}
-        record.update({k: round(v, 6) for k, v in self.scorer_stats().items()})
-        if not self._resumed:  # a fresh run starts a fresh log; an old one is kept aside, not appended to
-            kept = fileio.set_aside(self.log_path())
-            if kept:
-                logger.warning("dds: %s belongs to an earlier run; moved to %s", self.log_path(), kept)
-            self._resumed = True
-        self._write_log(self._read_log() + [record])
-
-    def _truncate_log(self, update: int) -> None:
-        """On resume, drop records written after the checkpoint (they will be written again)."""
-        if _rank() != 0 or not os.path.exists(self.log_path()):
-            return
-        self._write_log([r for r in self._read_log() if int(r.get("update", 0)) <= update])
-
+    # ---- observability (modules/dds_log.py) ------------------------------------------------------
     def reduce_metrics(self, logging_outputs, criterion):
         super().reduce_metrics(logging_outputs, criterion)
-        keys = [f"dds_nsent_{x}" for x in self.langs]
-        if not self.langs or not any(k in log for log in logging_outputs for k in keys):
-            return
-        counts = [sum(float(log.get(k, 0)) for log in logging_outputs) for k in keys]
-        total = sum(counts) or 1.0
-        dist = self.language_distribution()
-        for i, lang in enumerate(self.langs):
-            metrics.log_scalar(f"dds_use_{lang}", counts[i] / total, weight=total, round=3)
-            if dist is not None:
-                metrics.log_scalar(f"dds_p_{lang}", float(dist[i]), weight=1, round=4)
-            metrics.log_scalar(f"dds_r_{lang}", float(self.rewards[i]), weight=1, round=4)
-        stats = self.scorer_stats()
-        if "entropy" in stats:
-            metrics.log_scalar("dds_entropy", stats["entropy"], weight=1, round=4)
-            metrics.log_scalar("dds_kl_prior", stats["kl_prior"], weight=1, round=4)
-        if self.updates_scorer:
-            metrics.log_scalar("dds_ema_mib", self.memory_bytes() / 2**20, weight=1, round=3)
-            metrics.log_scalar("dds_valid", float(self.reward_valid.sum()), weight=1, round=1)
-            metrics.log_scalar("dds_reward_std", stats["reward_std"], weight=1, round=4)
-            metrics.log_scalar("dds_reward_gap", stats["reward_gap"], weight=1, round=4)
-        if self.nonfinite_updates:
-            metrics.log_scalar("dds_nonfinite", float(self.nonfinite_updates), weight=1, round=1)
+        dds_log.log_metrics(self, logging_outputs)
 
     # ---- state ----------------------------------------------------------------------------------
     def get_checkpoint_dict(self) -> Dict[str, dict]:
@@ -862,4 +778,5 @@ class DDSTranslationTask(TranslationTask):
         self._prior_done = True
         self._resumed = True
         self._refresh_table()
-        self._truncate_log(self.last_update)
+        if _rank() == 0:  # records written after the checkpoint will be written again
+            dds_log.truncate_log(dds_log.log_path(self.cfg), self.last_update)

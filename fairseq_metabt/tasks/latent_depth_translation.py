@@ -46,6 +46,7 @@ from fairseq_metabt import validate
 from fairseq_metabt.errors import UserError
 from fairseq_metabt.models.latent_depth_transformer import LatentDepthTransformerModel
 from fairseq_metabt.modules import amp
+from fairseq_metabt.modules import gradients as G
 
 
 def latent_languages(lang_pairs: List[str], side: str = "auto") -> Tuple[str, List[str]]:
@@ -213,7 +214,7 @@ class LatentDepthTranslationTask(MultilingualTranslationTask):
                 if ignore_grad:
                     loss *= 0
                 optimizer.backward(loss)
-            agg_loss += loss.detach().item()
+            agg_loss = agg_loss + loss.detach()  # a tensor: no host sync per language pair (fairseq drops it)
             agg_sample_size += sample_size
             for k, v in log.items():
                 agg_log[k] += v
@@ -240,8 +241,9 @@ class LatentDepthTranslationTask(MultilingualTranslationTask):
             return
         phi_step = self.is_phi_step(update_num)
         grads = [p.grad for p in phi]
-        if phi and any(g is not None for g in grads):
-            # after fairseq's multiply_grads/clip (and AMP's unscale): the per-token gradient of the update
+        if phi and any(g is not None for g in grads) and G.log_due(update_num, self.args):
+            # after fairseq's multiply_grads/clip (and AMP's unscale): the per-token gradient of the update;
+            # a host sync, so at the log interval only
             norm = torch.sqrt(sum((g.detach().float() ** 2).sum() for g in grads if g is not None))
             metrics.log_scalar("latent_gate_gnorm", float(norm), 1, round=4, priority=700)
         own = getattr(self.args, "latent_gate_lr", None) is not None

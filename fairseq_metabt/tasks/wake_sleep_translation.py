@@ -354,12 +354,14 @@ class WakeSleepTranslationTask(TranslationTask):
             total = total * 0
         optimizer.backward(total)
 
-        out = {"loss": float(total.detach()), "sample_size": sample_size,
+        # losses stay tensors (fairseq's criterions do the same): summed on the device and read once, in
+        # reduce_metrics, instead of one host sync per part of every update
+        out = {"loss": total.detach(), "sample_size": sample_size,
                "ntokens": base_log["ntokens"], "nsentences": base_log["nsentences"]}
         if "nll_loss" in base_log:
-            out["nll_loss"] = float(base_log["nll_loss"])
+            out["nll_loss"] = base_log["nll_loss"]
         for loss, size, lo, name in parts:
-            log[name + "_loss"] = float(lo["loss"])
+            log[name + "_loss"] = lo["loss"]
             log[name + "_ntokens"] = float(lo["ntokens"])
         for k, v in log.items():
             out["ws_" + k] = v
@@ -389,9 +391,9 @@ class WakeSleepTranslationTask(TranslationTask):
         if skipped:
             return
         self.progress["updates_done"] = update_num + 1
-        dual = unwrap(model)
-        params = self.direction_parameters(dual)
-        MetaBacktranslationTask._check_replicas(params["forward"], params["backward"])
+        if G.log_due(update_num, self.cfg):  # fp64 checksums and an all-reduce: a host sync, at the log interval
+            params = self.direction_parameters(unwrap(model))
+            MetaBacktranslationTask._check_replicas(params["forward"], params["backward"])
 
     # ---- validation: both directions' dev loss ----------------------------------------------
     def valid_step(self, sample, model, criterion):
