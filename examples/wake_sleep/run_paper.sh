@@ -91,6 +91,8 @@ for seed in $SEEDS; do
     --out "$WORK_DIR" --seed "$seed" --iterations "$ITERATIONS" --control
 done
 ev_pool_wait
+CORPUS="$SETTING: WMT bitext from $WMT_DIR"
+[ -z "$IWSLT_DIR" ] || CORPUS+=", IWSLT'14 dev/test and monotext from $IWSLT_DIR"
 SYSTEMS=(iter0); ALSO=(); SAME=(); PRE=(control1:iter0)
 for ((i = 1; i <= ITERATIONS; i++)); do
   SYSTEMS+=("iter$i" "control$i"); ALSO+=("iter$i:control$i"); SAME+=("iter$i" "control$i")
@@ -99,5 +101,5 @@ done
 ev_compare --control "control$ITERATIONS" --systems "${SYSTEMS[@]}" --also "${ALSO[@]}" --precondition "${PRE[@]}" \
   --same-schedule "${SAME[@]}" \
   --title "Wake-sleep back-translation, the paper's $SETTING setting ($SRC->$TGT forward, $TGT->$SRC backward)" \
-  --corpus "${RAW_DIR:-$SETTING: WMT bitext from $WMT_DIR${IWSLT_DIR:+, IWSLT'14 dev/test and monotext from $IWSLT_DIR}}"
+  --corpus "${RAW_DIR:-$CORPUS}"
 paper_report wake_sleep "$SETTING"
