@@ -241,7 +241,6 @@ def test_gumbel_noise_of_autocast_logits_is_finite(monkeypatch, dtype):
     assert torch.isfinite(gumbel.gumbel_sigmoid(logits)).all()
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize("flags,refused", [(["--bf16"], True), (["--fp16"], True), (["--amp"], False),
                                            (["--bf16", "--memory-efficient-bf16"], False)])
 def test_latent_inner_steps_under_half_precision(flags, refused, quickstart_bin, tmp_path):

@@ -118,7 +118,6 @@ def test_two_workers_amp_end_identical(task, backend, quickstart_bin, tmp_path):
         assert c["autocast_on"] > 0 and c["autocast_off"] == 0 and c["dtypes"] == ["torch.bfloat16"], c
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize("task", ["meta_backtranslation", "wake_sleep_translation", "dds_translation",
                                   "bidirectional_translation"])
 @pytest.mark.parametrize("backend", ["pytorch_ddp", "no_c10d"])
@@ -143,3 +142,20 @@ def test_backend_refusals_at_setup(task, backend, quickstart_bin, tmp_path):
         assert refusal and refusal in format_error(e) and "\n" not in format_error(e), format_error(e)
         return
     assert refusal is None, f"{task} under {backend} was not refused"
+
+
+@pytest.mark.fast
+def test_refuse_pytorch_ddp_only_with_workers():
+    from fairseq_metabt.errors import UserError, format_error
+    from fairseq_metabt.modules.ddp import refuse_pytorch_ddp
+
+    for backend, world in (("pytorch_ddp", 1), ("legacy_ddp", 4), ("no_c10d", 2), (None, 8)):
+        refuse_pytorch_ddp({"ddp_backend": backend, "distributed_world_size": world}, "x", "why")
+    for backend in ("pytorch_ddp", "c10d"):
+        with pytest.raises(UserError) as e:
+            refuse_pytorch_ddp({"ddp_backend": backend, "distributed_world_size": 2}, "comp", "a reason")
+        line = format_error(e.value)
+        assert line.startswith("fairseq-metabt: error: comp needs --ddp-backend legacy_ddp (or no_c10d) with 2 "
+                               f"workers, got --ddp-backend {backend}: a reason") and "\n" not in line
+    unresolved = type("Cfg", (), {"ddp_backend": property(lambda self: 1 / 0)})()
+    refuse_pytorch_ddp(unresolved, "x", "why")  # a config outside fairseq-train: nothing to check
