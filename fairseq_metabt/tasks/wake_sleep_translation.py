@@ -342,6 +342,11 @@ class WakeSleepTranslationTask(TranslationTask):
                 loss, size, lo = criterion(target_model, batch)
                 parts.append((loss, size, lo,
                               "fwd_pseudo" if phase.name == "wake" else "bwd_dream"))
+            else:  # every worker logs the same keys, of the same kind (a tensor where the others have one):
+                # fairseq all-reduces the logging outputs key by key, and a mismatch aborts the collective
+                name = "fwd_pseudo" if phase.name == "wake" else "bwd_dream"
+                log[name + "_loss"] = bitext["target"].new_zeros((), dtype=torch.float)
+                log[name + "_ntokens"] = 0.0
 
         # the first part (the phase's bitext) is normalised as the baseline's; every other part is
         # added on top as w times its own mean (weight 1 for the second direction's bitext in iteration 0)
