@@ -58,7 +58,7 @@ def test_an_fp32_forward_fails_the_check(work):
 def test_timeout_kills_every_worker(work):
     """Past --timeout the run fails and its whole process group goes (no worker is left behind)."""
     proc = run(["bash", SCRIPT, "--cpu", "--methods", "dds", "--world-sizes", "2", "--backends", "legacy_ddp",
-                "--timeout", "4", "--work-dir", work], check=False)
+                "--updates", "500", "--timeout", "3", "--work-dir", work], check=False)  # 500: never done in 3 s
     assert proc.returncode == 1 and re.search(r"gpu_check: dds +2cpu/legacy_ddp +FAILED +exit=timeout", proc.stdout), \
         proc.stdout[-3000:]
     left = subprocess.run(["pgrep", "-f", f"{work}/dds.2cpu"], stdout=subprocess.PIPE, text=True).stdout
