@@ -340,3 +340,11 @@ paper_report() {
   "$PY" -m fairseq_metabt.data.paper_figures "$WORK_DIR/results/summary.json" --paper "$1" --setting "$2" \
     ${3:+--pair "$3"}
 }
+
+# paper_ted_corpus TED_DIR PRESET: the TED recipes' corpus: --raw-dir when given, else the TED tables of TED_DIR
+# converted for PRESET with TGT as the pivot (paper_convert). Sets RAW.
+paper_ted_corpus() {
+  if [ -n "$RAW_DIR" ]; then RAW="$RAW_DIR"; return; fi
+  [ -n "$1" ] || recipe_die "give --ted-dir DIR (the TED tables all_talks_*.tsv) or --raw-dir (a converted corpus)"
+  paper_convert --dataset ted --ted-dir "$1" --preset "$2" --pivot "$TGT"
+}

@@ -52,11 +52,7 @@ read -r -a LANGS <<< "$(paper_preset_langs "$PRESET")"
 for l in $LRLS; do
   [[ " ${LANGS[*]} " == *" $l "* ]] || recipe_die "--lrls: $l is not a language of --preset $PRESET (${LANGS[*]})"
 done
-if [ -n "$RAW_DIR" ]; then RAW="$RAW_DIR"
-else
-  [ -n "$TED_DIR" ] || recipe_die "give --ted-dir DIR (the TED tables all_talks_*.tsv) or --raw-dir (a converted corpus)"
-  paper_convert --dataset ted --ted-dir "$TED_DIR" --preset "$PRESET" --pivot "$TGT"
-fi
+paper_ted_corpus "$TED_DIR" "$PRESET"
 BIN="$WORK_DIR/bin"
 recipe_prepare "$RAW" "$BIN" --vocab-size 32000
 ALL=""; for l in "${LANGS[@]}"; do ALL="$ALL,$l-$TGT"; done; ALL="${ALL#,}"

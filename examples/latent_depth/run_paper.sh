@@ -56,11 +56,7 @@ for d in $DIRS; do case "$d" in o2m|m2o) ;; *) recipe_die "--directions takes o2
 [[ "$SHALLOW" =~ ^[1-9][0-9]*$ && "$DEEP" =~ ^[1-9][0-9]*$ && "$SHALLOW" -lt "$DEEP" ]] ||
   recipe_die "--shallow and --deep take integers with shallow < deep, got $SHALLOW and $DEEP"
 read -r -a LANGS <<< "$(paper_preset_langs "$PRESET")"
-if [ -n "$RAW_DIR" ]; then RAW="$RAW_DIR"
-else
-  [ -n "$TED_DIR" ] || recipe_die "give --ted-dir DIR (the TED tables all_talks_*.tsv) or --raw-dir (a converted corpus)"
-  paper_convert --dataset ted --ted-dir "$TED_DIR" --preset "$PRESET" --pivot "$TGT"
-fi
+paper_ted_corpus "$TED_DIR" "$PRESET"
 BIN="$WORK_DIR/bin"
 recipe_prepare "$RAW" "$BIN" --vocab-size 32000
 
