@@ -311,6 +311,7 @@ def test_dds_run_paper_dry_run(data, tmp_path):
     r = run_recipe("dds", work, "--ted-dir", data.ted, "--preset", "aze-tur", "--lrls", "aze",
                    "--systems", "uniform dds")
     command = trained(work, "seed1/aze/dds")["command"]
+    assert "--arch lstm --encoder-layers 1" in command  # the paper's model (A.2), small in a dry run
     assert "--lang-pairs aze-eng,tur-eng" in command and "--dds-dev-lang-pair aze-eng" in command
     assert "--dds-update-scorer" not in command  # DDS learns its scorer, with the task's default objective
     assert set(summary(work)["systems"]) == {"uniform", "dds"}

@@ -16,8 +16,8 @@ converted once into WORK/raw (scripts/prepare_public.py; --raw-dir takes an alre
 Every language of --preset (ted8-related: aze bel glg slk + tur rus por ces, the paper'"'"'s; ted8-diverse: bos
 mar hin mkd ell bul fra kor) translates into eng; each language of --lrls (default: the first four of the
 preset) gets its own runs with --dds-dev-lang-pair LRL-eng. `related` (the LRL and its related HRL only) exists
-for ted8-related. Model: transformer_iwslt_de_en with dropout 0.3 (ARCH in the environment picks another; the
-paper'"'"'s 1-layer LSTM does not run under dds_translation); Adam lr 1e-3 without decay (A.2), 4,096 tokens per update.
+for ted8-related. Model: the paper'"'"'s 1-layer LSTM, hidden 512, embeddings 128, dropout 0.3 (ARCH=NAME in the
+environment trains a fairseq architecture instead); Adam lr 1e-3 without decay (A.2), 4,096 tokens per update.
 The scorer: the plugin'"'"'s defaults (objective kl, lambda 0.1, psi lr 1e-4 as A.2, E = 100 steps of B = 160
 targets, fresh per-language gradients, cosine reward; docs/methods/dds.md explains why kl and not Alg. 2 as
 written), updated every 20,000 training sentences as the authors'"'"' dds_tcs.sh. Early stopping: dev loss of
@@ -66,14 +66,17 @@ for l in $LRLS; do
 done
 
 MAX_TOKENS=4096
-# The paper's NMT model is a 1-layer LSTM (A.2); fairseq's `lstm` does not run under dds_translation here (its
-# validation set comes out empty), so the recipe trains the Transformer of examples/dds/README.md, dropout 0.3
-# as A.2. ARCH (environment) picks another fairseq architecture.
-ARCH="${ARCH:-transformer_iwslt_de_en}"
-MODEL=(--arch "$ARCH" --share-decoder-input-output-embed --dropout 0.3)
+# A.2: a 1-layer LSTM of hidden size 512 on both sides, word embeddings of size 128, dropout 0.3 (fairseq's
+# `lstm` with attention). ARCH (environment) picks another fairseq architecture instead, e.g. the Transformer
+# of examples/dds/README.md (transformer_iwslt_de_en).
+if [ -n "${ARCH:-}" ]; then MODEL=(--arch "$ARCH" --dropout 0.3)
+else MODEL=(--arch lstm --encoder-layers 1 --decoder-layers 1 --encoder-hidden-size 512 --decoder-hidden-size 512
+            --encoder-embed-dim 128 --decoder-embed-dim 128 --decoder-out-embed-dim 128 --dropout 0.3); fi
 SCORER=(--dds-update-unit sentences --dds-update-interval 20000)
-if [ "$PAPER_DRY_RUN" = 1 ]; then  # a tiny network, and a scorer update at the first update
-  MODEL=(--arch transformer_lowres_tiny)
+if [ "$PAPER_DRY_RUN" = 1 ]; then  # the same kind of network, small, and a scorer update at the first update
+  if [ -n "${ARCH:-}" ]; then MODEL=(--arch transformer_lowres_tiny)
+  else MODEL+=(--encoder-hidden-size 32 --decoder-hidden-size 32 --encoder-embed-dim 16 --decoder-embed-dim 16
+               --decoder-out-embed-dim 16); fi
   SCORER=(--dds-update-interval 1 --dds-scorer-iters 2)
 fi
 # shellcheck disable=SC2207
