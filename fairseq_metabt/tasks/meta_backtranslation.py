@@ -10,7 +10,9 @@ One fairseq update ``t`` of task ``meta_backtranslation``
    on top of it, on the pseudo pairs (``--pseudo-weight`` times their own
    per-token mean), and ``g = grad_theta l(x_hat, y'; theta_{t-1})`` is kept
    (its share of the accumulated gradient); the backward model backpropagates
-   its MLE loss on the reversed bitext into psi's own gradient buffers.
+   its MLE loss on the reversed bitext into psi's own gradient buffers.  The pseudo pairs' forward/backward
+   and log q run in length-sorted chunks (``--pseudo-chunk-tokens``): y' are drawn at random, not
+   length-bucketed as the bitext, and the sums over sentences are the same without the padding.
 2. fairseq all-reduces, scales and clips theta's gradient; then
    ``optimizer_step`` updates theta to theta_t (Eq. 10/18, step 2),
 3. computes the dev gradient ``d = grad_theta J_dev(theta_t)`` at the
@@ -23,6 +25,9 @@ One fairseq update ``t`` of task ``meta_backtranslation``
 5. and updates psi with ``-(r - b) grad log P(x_hat | y'; psi_{t-1})`` plus the
    MLE gradient, using the backward model's own optimizer, and the
    moving-average baseline ``b`` (step 5).
+
+Steps 3-4 (g, d, h, the rewards) live in ``modules/metabt_rewards.py``; the ``phase(...)`` blocks are timers
+for ``scripts/benchmark.py --profile`` (no-ops unless ``METABT_PHASES`` is set).
 
 Everything happens inside one fairseq update, so the reward is computed at the
 updated theta_t, never before it and with no delay; psi is not touched by
