@@ -152,8 +152,8 @@ def sampling_log_probs(model: torch.nn.Module, batch: Dict, settings: Generation
 
     The renormalised distribution is ``softmax`` of the logits with the banned entries at -inf (a
     log-softmax shifts each row by a constant, which renormalising removes), so log q of the chosen token
-    is ``z_target - logsumexp(z_allowed)``: one pass over the ``(B, T, V)`` logits forward and one
-    backward, where log-softmax, mask and renormalisation took three each (issue 31: 2.4x cheaper).
+    is ``z_target - logsumexp(z_allowed)`` (one fused cross-entropy), where before issue 31 a log-softmax,
+    a masked copy and a renormalisation each wrote and backpropagated a ``(B, T, V)`` tensor.
     """
     sample = settings.mode == "sample"
     net_output = model(**batch["net_input"])
@@ -181,11 +181,16 @@ def sampling_log_probs(model: torch.nn.Module, batch: Dict, settings: Generation
         with torch.no_grad():
             top = z.masked_fill(ban, float("-inf")).topk(min(settings.sampling_topk, z.size(-1)), dim=-1).indices
             ban = ban | ~torch.zeros_like(z, dtype=torch.bool).scatter_(-1, top, True)
-    target = batch["target"]
-    token_lq = z.gather(-1, target.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z.masked_fill(ban, float("-inf")),
-                                                                               dim=-1)
-    # a forced EOS (probability one) reads 0 - 0 after the ban: exact, and no gradient flows through it
-    return token_lq.masked_fill(target.eq(pad), 0.0).sum(-1)
+    # a forced EOS (probability one) reads 0 after the ban: exact, and no gradient flows through it
+    return -_token_nll(z.masked_fill(ban, float("-inf")), batch["target"], pad).sum(-1)
+
+
+def _token_nll(z: torch.Tensor, target: torch.Tensor, pad: int) -> torch.Tensor:
+    """``logsumexp(z) - z_target`` per position (0 at padding), shaped like ``target``: log-softmax and gather
+    fused (``F.cross_entropy``), whose backward is one pass over (B, T, V) where gather and logsumexp take
+    several (about 35 % less time for that part on a CPU, issue 31)."""
+    return torch.nn.functional.cross_entropy(z.reshape(-1, z.size(-1)), target.reshape(-1), reduction="none",
+                                             ignore_index=pad).view_as(target)
 
 
 def _nucleus(lprobs: torch.Tensor, p: float) -> torch.Tensor:
@@ -207,8 +212,7 @@ def sequence_log_probs(model: torch.nn.Module, batch: Dict, pad: int) -> torch.T
     net_output = model(**batch["net_input"])
     target = batch["target"]
     if _plain_softmax(model):
-        z = net_output[0].float()
-        token_lp = z.gather(-1, target.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, dim=-1)
+        return -_token_nll(net_output[0].float(), target, pad).sum(-1)
     else:
         lprobs = model.get_normalized_probs(net_output, log_probs=True)
         token_lp = lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
