@@ -38,8 +38,9 @@ setup(
         "tensorboardX",
     ],
     extras_require={
-        # the plot scripts (scripts/plot_*.py) are exercised by the tests
-        "test": ["pytest>=7", "matplotlib"],
+        # the plot scripts (scripts/plot_*.py) are exercised by the tests; pytest-xdist runs the suite on
+        # every core (scripts/test.sh)
+        "test": ["pytest>=7", "pytest-xdist>=3", "matplotlib"],
         "plots": ["matplotlib"],
     },
     entry_points={

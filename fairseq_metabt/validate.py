@@ -33,7 +33,7 @@ RULES: Dict[str, str] = {
     "meta_dev_max_tokens": ">=1", "pseudo_weight": ">=0", "bt_beam": ">=1", "bt_temperature": ">0",
     "bt_sampling_topk": "topk", "bt_sampling_topp": "topp", "bt_max_len_a": ">=0", "bt_max_len_b": ">=0",
     "meta_taylor_eps": ">0", "meta_baseline_decay": "[0,1)", "meta_weight": ">=0", "backward_mle_weight": ">=0",
-    "backward_lr": ">=0", "backward_clip_norm": ">=0",
+    "backward_lr": ">=0", "backward_clip_norm": ">=0", "pseudo_chunk_tokens": ">=0",
     # wake_sleep_translation
     "wake_updates": ">=1", "sleep_updates": ">=1", "ws_mle_updates": ">=0", "ws_iterations": ">=1",
     "ws_gen_max_tokens": ">=1", "ws_beam": ">=1", "ws_temperature": ">0", "ws_sampling_topk": "topk",
