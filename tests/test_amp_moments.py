@@ -63,6 +63,11 @@ def test_reward_reads_the_moments_of_an_unscaled_run():
         assert torch.allclose(got.exp_avg, want.exp_avg, rtol=1e-3)
         assert got.step == want.step == 3
     assert torch.allclose(adam_step_scale(opt, params), adam_step_scale(ref, ref_params), rtol=1e-4)
+    # MetaBT's Adam preconditioner (Eq. 18) reads the same corrected moments: 1 / (sqrt(v_hat) + eps)
+    from fairseq_metabt.modules.metabt_rewards import adam_preconditioner
+
+    got, want = adam_preconditioner(opt, params), adam_preconditioner(ref, ref_params)
+    assert torch.allclose(got, want, rtol=1e-4), (got / want).max()
 
 
 def test_no_correction_without_a_second_unscale():

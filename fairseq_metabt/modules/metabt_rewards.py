@@ -65,18 +65,13 @@ def adam_preconditioner(optimizer, theta: Sequence[torch.Tensor]) -> torch.Tenso
     """1 / (sqrt(v_hat) + eps) from Adam's second moments, read after this update's step: the
     diagonal preconditioner of Eq. 18, whose step direction is h(g) = g / (sqrt(v_hat) + eps)
     (momentum left out, as the appendix assumes the moving averages independent of theta)."""
-    torch_opt = optimizer.optimizer
     parts = []
-    for p in theta:
-        state = torch_opt.state.get(p, {})
-        if "exp_avg_sq" not in state:
+    for mom in G.adam_moments(optimizer, theta):  # --amp's double unscale corrected there
+        if mom is None:
             raise UserError("--meta-reward-precondition needs Adam's second moments on the model parameters "
                             "(--optimizer adam, fp32 or --amp); they were not found")
-        group = next(gr for gr in torch_opt.param_groups if any(q is p for q in gr["params"]))
-        beta2, eps = group["betas"][1], group["eps"]
-        step = float(state["step"])
-        v_hat = state["exp_avg_sq"].float() / (1.0 - beta2 ** step)
-        parts.append((1.0 / (v_hat.sqrt() + eps)).reshape(-1))
+        v_hat = mom.exp_avg_sq / (1.0 - mom.beta2 ** mom.step)
+        parts.append((1.0 / (v_hat.sqrt() + mom.eps)).reshape(-1))
     return torch.cat(parts)
 
 

@@ -90,6 +90,7 @@ class MetaBacktranslationConfig(TranslationConfig):
     ddp_backend: str = II("distributed_training.ddp_backend")
     valid_subset: str = II("dataset.valid_subset")
     distributed_world_size: int = II("distributed_training.distributed_world_size")
+    log_interval: int = II("common.log_interval")
     mono_data: Optional[str] = field(
         default=None,
         metadata={"help": "prefix of the binarised target monolingual data (default: DATA/mono.TGT, "
@@ -531,6 +532,9 @@ class MetaBacktranslationTask(TranslationTask):
         log["pseudo_empty"] = len(x_hat) - len(keep)
         log["pseudo_count"] = len(keep)
         log["pseudo_len_sum"] = float(sum(x_hat[i].numel() - 1 for i in keep))
+        # every worker sends the same keys, with zeros when its branch below does not run (a dummy batch, no
+        # kept pseudo pair): fairseq all-reduces the logging outputs key by key and a missing key aborts it
+        log.update(pseudo_nll=0.0, pseudo_loss=0.0, pseudo_ntokens=0.0, bwd_mle_loss=0.0, bwd_ntokens=0.0)
 
         # the bitext part: the baseline's loss on the baseline's batch, normalised by its sample size
         with phase("theta_bitext_forward"):
@@ -658,7 +662,8 @@ class MetaBacktranslationTask(TranslationTask):
             with phase("psi_step"):
                 self._step_backward(psi, self._scaler(optimizer, dual))
             self.meta_steps += 1
-            self._check_replicas(theta, psi)
+            if G.log_due(update_num, self.cfg):  # fp64 checksums and an all-reduce: at the log interval
+                self._check_replicas(theta, psi)
             return
 
         # g over all micro-batches and workers, normalised per pseudo token
@@ -723,8 +728,9 @@ class MetaBacktranslationTask(TranslationTask):
                 cos, cos_ok = G.similarity(d, g, "cosine")
                 if cos_ok:
                     metrics.log_scalar("similarity", float(cos), weight=1, round=4)
-        with phase("checksums"):
-            self._check_replicas(theta, psi)
+        if G.log_due(update_num, self.cfg):  # fp64 checksums and an all-reduce: at the log interval
+            with phase("checksums"):
+                self._check_replicas(theta, psi)
 
     @staticmethod
     def _check_replicas(theta: List[torch.Tensor], psi: List[torch.Tensor]) -> None:
