@@ -329,3 +329,22 @@ def test_caveats_name_mixed_commits_dirty_trees_and_reset_resumes(tmp_path):
     assert "c seed 2" not in text.split("early-stopping state reset")[1].split("\n")[0]
     # the schedule check no longer says "same" for a run resumed with its stall count reset
     assert s["schedule"]["same"] is False and "s seed 1 was resumed 1 time(s)" in " ".join(s["schedule"]["problems"])
+
+
+@pytest.mark.fast
+def test_every_training_scores_the_whole_dev_set():
+    """fairseq's default --required-batch-size-multiple 8 drops the last n % 8 items of a dataset; the protocol
+    asks for whole batches unless a recipe chose the multiple itself."""
+    import numpy as np
+    from fairseq.data import data_utils
+
+    from fairseq_metabt.evidence.convergence import whole_batches
+
+    sizes = np.full(150, 20)  # a 150-pair selection dev set
+    for multiple, kept in ((8, 144), (1, 150)):
+        batches = data_utils.batch_by_size(np.arange(150), lambda i: sizes[i], max_tokens=2048,
+                                           required_batch_size_multiple=multiple, num_tokens_vec=sizes)
+        assert sum(len(b) for b in batches) == kept, multiple
+    assert whole_batches(["data", "--max-tokens", "2048"]) == ["--required-batch-size-multiple", "1"]
+    assert whole_batches(["data", "--required-batch-size-multiple", "8"]) == []
+    assert whole_batches(["data", "--required-batch-size-multiple=8"]) == []
