@@ -60,6 +60,11 @@ def test_capped_run_is_flagged_and_early_stop_is_converged(quickstart_bin, tmp_p
                     "--"] + _train_args(quickstart_bin, "--lr", "5e-3"))
     resumed = convergence.load(capped)
     assert resumed.starts == 2 and resumed.num_updates == 16
+    # its wall time counts both starts (the first one's span is read from fairseq's log timestamps)
+    with open(os.path.join(capped, convergence.LOG), encoding="utf-8") as f:
+        exe = f.readline()[2:].split(" ")[0]
+        first_span = convergence.earlier_starts_wall(f.read() + f"\n# {exe} again\n", exe)
+    assert first_span >= 0 and resumed.wall_s >= first_span
     # a run started from another model's checkpoint records that model's convergence
     ft = str(tmp_path / "ft")
     run(EVIDENCE + ["train", "--save-dir", ft, "--patience", "1", "--validate-every", "4", "--max-update", "8",
@@ -68,6 +73,23 @@ def test_capped_run_is_flagged_and_early_stop_is_converged(quickstart_bin, tmp_p
     dep = convergence.load(ft).depends_on
     assert [(d["flag"], d["converged"], d["num_updates"], d["best_update"]) for d in dep] == [
         ("--finetune-from-model", True, 12, 4)]
+
+
+@pytest.mark.fast
+def test_a_resumed_runs_wall_time_adds_its_earlier_starts():
+    exe = "/venv/bin/fairseq-train"
+    log = "\n".join([
+        f"# {exe} data --seed 1",
+        "2026-12-05 11:18:43 | INFO | fairseq_cli.train | start",
+        "2026-12-05 11:20:13 | INFO | train_inner | epoch 001:     50 / 60 loss=9.1",  # then killed
+        f"# {exe} data --seed 1",
+        "2026-12-05 12:15:00 | INFO | fairseq_cli.train | start",
+        "2026-12-05 12:16:02 | INFO | fairseq_cli.train | done training",
+        "", ])
+    assert convergence.earlier_starts_wall(log, exe) == 90.0  # only the first start; the caller times the last
+    assert convergence.earlier_starts_wall(log.split(f"# {exe}", 2)[0] + f"# {exe} x\nno stamps\n", exe) == 0.0
+    three = log + f"# {exe} data --seed 1\n2026-12-05 13:00:00 | INFO | x\n"
+    assert convergence.earlier_starts_wall(three, exe) == 90.0 + 62.0
 
 
 @pytest.mark.fast

@@ -157,6 +157,28 @@ def classify(log_text: str, protocol: Protocol, num_updates: Optional[int] = Non
     return False, "stopped before patience ran out (no early-stop line in the log)"
 
 
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)[ ,|]", re.M)
+
+
+def earlier_starts_wall(log_text: str, exe: str) -> float:
+    """Seconds spent by the earlier starts of a resumed run, from fairseq's log timestamps.
+
+    A start that was killed writes no record, so its time is the span between the first and the last
+    timestamped line of its part of the log (one ``# <fairseq-train ...>`` header per start); the last
+    start, the one that just ended, is not counted here (the caller measured it).
+    """
+    import datetime
+
+    parts = re.split(r"^# " + re.escape(exe) + " .*$", log_text, flags=re.M)[1:-1]
+    total = 0.0
+    for part in parts:
+        stamps = _STAMP.findall(part)
+        if len(stamps) >= 2:
+            first, last = (datetime.datetime.strptime(s, "%Y-%m-%d %H:%M:%S") for s in (stamps[0], stamps[-1]))
+            total += max(0.0, (last - first).total_seconds())
+    return total
+
+
 def _best(vals: List[Tuple[int, float]], maximize: bool) -> Tuple[Optional[int], Optional[float]]:
     if not vals:
         return None, None
@@ -241,7 +263,8 @@ def train(save_dir: str, train_args: Sequence[str], protocol: Protocol, fairseq_
                  metric=protocol.metric, protocol=asdict(protocol),
                  schedule=option_values(train_args, SCHEDULE), warmup_updates=warmup,
                  finetune_from=option_values(train_args, ("--finetune-from-model",)).get("--finetune-from-model"),
-                 wall_s=round(wall, 1), command=shlex.join(cmd), validations=vals,
+                 # every start counts: a resumed run's wall time includes the starts before it
+                 wall_s=round(wall + earlier_starts_wall(text, exe), 1), command=shlex.join(cmd), validations=vals,
                  commit=git["commit"], dirty=git["dirty"], versions=provenance.versions(),
                  starts=len(re.findall(r"^# " + re.escape(exe) + " ", text, re.M)),  # one header per start
                  early_stop_state_kept=option_values(train_args, ("--lr-scheduler",)).get("--lr-scheduler")
