@@ -8,8 +8,9 @@ afterwards, so dropout in the surrounding training step is unaffected.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from fairseq import search
@@ -36,11 +37,11 @@ class InverseCdfSampling(search.Sampling):
     """fairseq's ``search.Sampling`` (temperature, top-k, top-p, beams of independent samples) with the
     multinomial draw replaced by :func:`inverse_cdf_sample`; scores, beams and index remapping as fairseq's."""
 
-    def step(self, step: int, lprobs: torch.Tensor, scores: torch.Tensor, prev_output_tokens=None,
-             original_batch_idxs=None):
-        bsz, beam_size, _ = lprobs.size()
-        if step == 0:  # every hypothesis starts the same: draw beam_size samples from the first one
-            lprobs = lprobs[:, :1, :].contiguous()
+    def draw(self, lprobs: torch.Tensor, beam_size: int):
+        """Truncate ``(bsz, 1 or beam_size, V)`` log-probabilities (top-p / top-k, as fairseq) and draw one token
+        per (row, beam): ``(probs, positions, tokens)``, ``probs`` the unnormalised truncated probabilities
+        ``(bsz, beam_size, V')``, ``positions`` the draws' indices in them, ``tokens`` their vocabulary ids."""
+        bsz = lprobs.size(0)
         top = None
         if self.sampling_topp > 0:
             probs, top = self._sample_topp(lprobs)
@@ -51,15 +52,23 @@ class InverseCdfSampling(search.Sampling):
             probs = lprobs.exp_()
         probs = probs.expand(bsz, beam_size, -1)
         idx = inverse_cdf_sample(probs)
+        if top is None:  # positions in the truncated set -> vocabulary ids
+            return probs, idx, idx
+        return probs, idx, top.expand(bsz, beam_size, -1).gather(2, idx.unsqueeze(-1)).squeeze(2)
+
+    def step(self, step: int, lprobs: torch.Tensor, scores: torch.Tensor, prev_output_tokens=None,
+             original_batch_idxs=None):
+        bsz, beam_size, _ = lprobs.size()
+        if step == 0:  # every hypothesis starts the same: draw beam_size samples from the first one
+            lprobs = lprobs[:, :1, :].contiguous()
+        probs, idx, tokens = self.draw(lprobs, beam_size)
         scores_buf = probs.gather(2, idx.unsqueeze(-1)).log_().view(bsz, -1)
-        if top is not None:  # positions in the truncated set -> vocabulary ids
-            idx = top.expand(bsz, beam_size, -1).gather(2, idx.unsqueeze(-1)).squeeze(2)
         if step == 0:
             beams_buf = idx.new_zeros(bsz, beam_size)
         else:
             beams_buf = torch.arange(beam_size, device=idx.device).repeat(bsz, 1)
             scores_buf.add_(scores[:, :, step - 1].gather(1, beams_buf))
-        return scores_buf, idx, beams_buf
+        return scores_buf, tokens, beams_buf
 
 
 @dataclass(frozen=True)
@@ -117,10 +126,76 @@ class InStepGenerator:
 
         Sampling draws from torch's global RNG, which fairseq's trainer reseeds
         every update, so a resumed run samples the same pseudo data."""
-        sample = {"net_input": {"src_tokens": net_input["src_tokens"], "src_lengths": net_input["src_lengths"]}}
+        net_input = {"src_tokens": net_input["src_tokens"], "src_lengths": net_input["src_lengths"]}
         with eval_mode(self.model), torch.no_grad():
-            hypos = self.generator.generate([self.model], sample)
+            if self._lean:
+                return self._sample(net_input)
+            hypos = self.generator.generate([self.model], {"net_input": net_input})
         return [h[0]["tokens"] for h in hypos]
+
+    @property
+    def _lean(self) -> bool:
+        """Sampling (one hypothesis per row) from one encoder-decoder with an incremental decoder: the loop of
+        :meth:`_sample`, without SequenceGenerator's beam bookkeeping."""
+        g = self.generator
+        return (self.settings.mode == "sample" and g.beam_size == 1 and g.model.has_encoder()
+                and g.model.has_incremental_states() and g.lm_model is None and not g.match_source_len
+                and g.repeat_ngram_blocker is None)
+
+    def _sample(self, net_input: Dict[str, torch.Tensor]) -> List[torch.Tensor]:
+        """The same draws as ``SequenceGenerator.generate`` with :class:`InverseCdfSampling` and one hypothesis
+        per row (issue 31): the same decoder calls on the same rows, the same masks (pad never, EOS not before
+        ``min_len``, EOS forced at ``max_len``), the same uniforms in the same order (one per unfinished row
+        and step, rows in input order), finished rows dropped from the batch at the step they end; what goes
+        is the generator's per-step work for beams and scores, which a one-hypothesis sample never reads (the
+        identity reordering of every cached key and value each step, score and attention buffers, the
+        finalisation's Python loops; ``docs/benchmarks.md``, issue 31).  ``tests/test_modules_sampling.py``
+        compares the tokens with the generator's on a fixed seed."""
+        g, model = self.generator, self.model
+        src_tokens = net_input["src_tokens"]
+        bsz, max_len = src_tokens.size(0), self.max_len(src_tokens)
+        if bsz == 0:
+            return []
+        encoder_out = model.encoder.forward_torchscript(net_input)
+        state: Dict[str, Dict[str, Optional[torch.Tensor]]] = {}
+        tokens = src_tokens.new_full((bsz, max_len + 2), g.pad)
+        tokens[:, 0] = g.eos
+        rows = list(range(bsz))  # input position of each row still decoding
+        out: List[Optional[torch.Tensor]] = [None] * bsz
+        for step in range(max_len + 1):
+            decoder_out = model.decoder.forward(tokens[:, :step + 1], encoder_out=encoder_out, incremental_state=state)
+            logits = decoder_out[0][:, -1:, :].div_(g.temperature)
+            lprobs = model.get_normalized_probs((logits, decoder_out[1] if len(decoder_out) > 1 else None),
+                                                log_probs=True, sample=None)[:, -1, :]
+            lprobs.masked_fill_(lprobs.isnan(), -math.inf)
+            lprobs[:, g.pad] = -math.inf
+            lprobs[:, g.unk] -= g.unk_penalty
+            if step >= max_len:
+                lprobs[:, :g.eos] = -math.inf
+                lprobs[:, g.eos + 1:] = -math.inf
+            if step < g.min_len:
+                lprobs[:, g.eos] = -math.inf
+            if g.token_indices_to_suppress is not None:
+                lprobs[:, g.token_indices_to_suppress] = -math.inf
+            probs, idx, drawn = g.search.draw(lprobs.unsqueeze(1), 1)
+            drawn = drawn.view(-1)
+            tokens[:, step + 1] = drawn
+            # an EOS of probability zero (every entry banned) does not end a row, as in the generator
+            ended = drawn.eq(g.eos) & probs.gather(2, idx.unsqueeze(-1)).view(-1).gt(0)
+            if not bool(ended.any()):
+                continue
+            done = ended.nonzero().view(-1).tolist()
+            for i in done:
+                out[rows[i]] = tokens[i, 1:step + 2].clone()
+            if len(done) == len(rows):
+                return out
+            keep = (~ended).nonzero().view(-1)
+            rows = [rows[i] for i in keep.tolist()]
+            tokens = tokens.index_select(0, keep)
+            model.decoder.reorder_incremental_state_scripting(state, keep)
+            encoder_out = model.encoder.reorder_encoder_out(encoder_out, keep)
+        # the generator asserts the same: the EOS forced at max_len had probability zero (non-finite scores)
+        raise RuntimeError(f"in-step sampling: {len(rows)} rows did not end at the forced EOS")
 
     def max_len(self, src_tokens: torch.Tensor) -> int:
         """The step at which fairseq's generator forces EOS for this (padded) input batch:
