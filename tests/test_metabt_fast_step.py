@@ -141,8 +141,14 @@ def _one_update(bin_dir, *extra):
         seen["chunks"] = len(chunks)
         return chunked(model, criterion, optimizer, x_hat, y_rows, chunks, scale)
 
+    log_q = task._log_q
+
+    def spy_log_q(dual, psi_rows, x_hat, chunks, *rest):
+        seen["x_hat"], seen["psi_chunks"] = [x.clone() for x in x_hat], chunks
+        return log_q(dual, psi_rows, x_hat, chunks, *rest)
+
     task.optimizer_step, task.backward_optimizer.step, task.rewards = spy_opt, spy_psi, spy_rewards
-    task._pseudo_forward_backward = spy_chunks
+    task._pseudo_forward_backward, task._log_q = spy_chunks, spy_log_q
     seen["log"] = trainer.train_step([next(itr)])
     return seen
 
@@ -168,10 +174,23 @@ def test_chunked_pseudo_pairs_give_the_gradients_of_the_whole_batch(quickstart_b
     whole = _one_update(quickstart_bin, "--pseudo-chunk-tokens", "0")
     chunked = _one_update(quickstart_bin, "--pseudo-chunk-tokens", "60")
     assert whole["chunks"] == 1 and chunked["chunks"] > 2
-    assert torch.allclose(whole["logp"], chunked["logp"], rtol=1e-5, atol=1e-4)
-    assert torch.allclose(whole["reward"], chunked["reward"], rtol=1e-4, atol=1e-5)
+    _assert_same_update(whole, chunked)
+
+
+def _assert_same_update(a, b):
+    assert torch.allclose(a["logp"], b["logp"], rtol=1e-5, atol=1e-4)
+    assert torch.allclose(a["reward"], b["reward"], rtol=1e-4, atol=1e-5)
     for key in ("theta_grad", "psi_grad"):
-        for a, b in zip(whole[key], chunked[key]):
-            assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (key, (a - b).abs().max())
+        for x, y in zip(a[key], b[key]):
+            assert torch.allclose(x, y, rtol=1e-4, atol=1e-6), (key, (x - y).abs().max())
     for key in ("loss", "nll_loss", "fwd_pseudo_loss", "fwd_bitext_loss", "bwd_mle_loss", "pseudo_len"):
-        assert abs(float(whole["log"][key]) - float(chunked["log"][key])) <= 1e-4 * abs(float(whole["log"][key])), key
+        assert abs(float(a["log"][key]) - float(b["log"][key])) <= 1e-4 * abs(float(a["log"][key])), key
+
+
+def test_psi_log_q_chunks_go_by_the_length_of_x_hat(quickstart_bin):
+    """theta's pseudo pairs are chunked by the length of y' (their target), psi's log q by that of x_hat
+    (its target): every chunk of log q holds x_hat of similar length."""
+    seen = _one_update(quickstart_bin, "--pseudo-chunk-tokens", "400")
+    lens = [[seen["x_hat"][i].numel() for i in c] for c in seen["psi_chunks"]]
+    assert len(lens) > 2 and max(len(c) for c in lens) > 3
+    assert all(max(a) <= min(b) for a, b in zip(lens, lens[1:])), lens

@@ -11,8 +11,9 @@ One fairseq update ``t`` of task ``meta_backtranslation``
    per-token mean), and ``g = grad_theta l(x_hat, y'; theta_{t-1})`` is kept
    (its share of the accumulated gradient); the backward model backpropagates
    its MLE loss on the reversed bitext into psi's own gradient buffers.  The pseudo pairs' forward/backward
-   and log q run in length-sorted chunks (``--pseudo-chunk-tokens``): y' are drawn at random, not
-   length-bucketed as the bitext, and the sums over sentences are the same without the padding.
+   and log q run in length-sorted chunks (``--pseudo-chunk-tokens``; each pass sorted by its own target: y'
+   for theta, x_hat for psi): y' are drawn at random, not length-bucketed as the bitext, and the sums over
+   sentences are the same without the padding.
 2. fairseq all-reduces, scales and clips theta's gradient; then
    ``optimizer_step`` updates theta to theta_t (Eq. 10/18, step 2),
 3. computes the dev gradient ``d = grad_theta J_dev(theta_t)`` at the
@@ -69,7 +70,7 @@ from fairseq_metabt.modules import amp
 from fairseq_metabt.modules import gradients as G
 from fairseq_metabt.modules import metabt_rewards as R
 from fairseq_metabt.modules.generation import GenerationSettings, InStepGenerator, eval_mode, sampling_log_probs
-from fairseq_metabt.modules.length_chunks import length_chunks
+from fairseq_metabt.modules.length_chunks import pair_chunks
 from fairseq_metabt.modules.phases import phase, start_update
 from fairseq_metabt.modules.reinforce import MovingAverageBaseline, policy_gradient_loss
 
@@ -547,8 +548,7 @@ class MetaBacktranslationTask(TranslationTask):
             # chunks (the same sum: y' are not length-bucketed, so one padded batch would mostly be padding)
             pseudo = pair_batch([x_hat[i] for i in keep], [y_rows[i] for i in keep], pad, eos, ids=keep)
             pseudo = utils.move_to_cuda(pseudo) if cuda else pseudo
-            chunks = [[keep[j] for j in c] for c in length_chunks(
-                [x_hat[i].numel() for i in keep], [y_rows[i].numel() for i in keep], self.cfg.pseudo_chunk_tokens)]
+            chunks = pair_chunks(keep, x_hat, y_rows, self.cfg.pseudo_chunk_tokens)
             pseudo_size = pseudo["nsentences"] if getattr(criterion, "sentence_avg", False) else pseudo["ntokens"]
             scale = pseudo_loss_scale(self.cfg.pseudo_weight, sample_size, pseudo_size)
             # theta's gradient before this micro-batch: none at the first one (fairseq's zero_grad sets
@@ -572,7 +572,8 @@ class MetaBacktranslationTask(TranslationTask):
                 # log q(x_hat | y'; psi_{t-1}) under the distribution that drew x_hat (temperature, top-k/p,
                 # EOS rules), in the mode that sampled it; kept with its graph for step 5
                 with phase("psi_logprob_forward"):
-                    pending["logp"] = self._log_q(dual, psi_rows, x_hat, chunks, max_len, pseudo["id"])
+                    pending["logp"] = self._log_q(dual, psi_rows, x_hat, pair_chunks(
+                        keep, psi_rows, x_hat, self.cfg.pseudo_chunk_tokens), max_len, pseudo["id"])
 
         if ignore_grad:
             loss_b = loss_b * 0
