@@ -187,6 +187,23 @@ def _assert_same_update(a, b):
         assert abs(float(a["log"][key]) - float(b["log"][key])) <= 1e-4 * abs(float(a["log"][key])), key
 
 
+def test_lean_sampler_and_packed_targets_give_the_step_of_the_generator_and_padded_batches(quickstart_bin,
+                                                                                           monkeypatch):
+    """Issue 31, second round: the in-step sampling loop and the output layer over the targets' real
+    positions only (theta's pseudo loss, psi's log q, the dev NLL) against fairseq's SequenceGenerator and the
+    padded batches: the same pseudo-sources, token for token, and the same log q, rewards, theta and psi
+    gradients and logged losses on one update (dropout off)."""
+    from fairseq_metabt.modules import generation
+
+    new = _one_update(quickstart_bin, "--pseudo-chunk-tokens", "0")  # one padded batch: the most padding
+    monkeypatch.setattr(generation, "_packable", lambda model: False)
+    monkeypatch.setattr(InStepGenerator, "_lean", property(lambda self: False))
+    ref = _one_update(quickstart_bin, "--pseudo-chunk-tokens", "0")
+    assert len(new["x_hat"]) == len(ref["x_hat"]) > 10
+    assert all(torch.equal(x, y) for x, y in zip(new["x_hat"], ref["x_hat"]))
+    _assert_same_update(new, ref)
+
+
 def test_psi_log_q_chunks_go_by_the_length_of_x_hat(quickstart_bin):
     """theta's pseudo pairs are chunked by the length of y' (their target), psi's log q by that of x_hat
     (its target): every chunk of log q holds x_hat of similar length."""

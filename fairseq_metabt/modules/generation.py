@@ -14,6 +14,7 @@ from typing import Dict, List, Optional
 
 import torch
 from fairseq import search
+from fairseq.models.transformer import TransformerDecoderBase
 from fairseq.sequence_generator import SequenceGenerator
 
 from fairseq_metabt.errors import UserError
@@ -211,6 +212,43 @@ def _plain_softmax(model: torch.nn.Module) -> bool:
     return decoder is not None and getattr(decoder, "adaptive_softmax", None) is None
 
 
+def _packable(model: torch.nn.Module) -> bool:
+    """A fairseq Transformer with a plain softmax: its logits are ``decoder.output_layer`` of the features
+    ``model(..., features_only=True)`` returns, position by position."""
+    return _plain_softmax(model) and isinstance(model.decoder, TransformerDecoderBase)
+
+
+def _target_logits(model: torch.nn.Module, batch: Dict, pad: int, owner: torch.nn.Module = None):
+    """The logits at the target's non-padding positions, ``(N, V)``, with their ``(rows, steps)``;
+    ``owner``: the Transformer whose ``decoder`` ``model`` runs (``model`` itself unless a wrapper).
+
+    The output layer (and everything over the vocabulary after it: masks, log-softmax, their backward) runs
+    on the N real positions only, not on the ``B x T`` of the padded batch (issue 31: y' and x_hat are not
+    length-bucketed, so even length-sorted chunks keep 20-40 % padding on the target side).  The logits of
+    a position do not depend on the others', so the values are the padded batch's."""
+    target = batch["target"]
+    features = model(**batch["net_input"], features_only=True)[0]
+    rows, steps = target.ne(pad).nonzero(as_tuple=True)
+    return (owner or model).decoder.output_layer(features[rows, steps]), rows, steps
+
+
+def packed_loss_input(model: torch.nn.Module, owner: torch.nn.Module, batch: Dict, pad: int, criterion):
+    """``(net_output, sample)`` for ``criterion.compute_loss(owner, net_output, sample, reduce=False)``: the
+    padded batch's, or, for a fairseq Transformer and a criterion that reads every target position as
+    ``log_softmax(logits)`` against ``sample["target"]`` (label-smoothed cross-entropy), one row of the N real
+    positions (:func:`_target_logits`), whose per-token losses and their sum are the padded batch's."""
+    if not (_packable(owner) and hasattr(criterion, "get_lprobs_and_target")
+            and getattr(criterion, "ignore_prefix_size", 0) == 0):
+        return model(**batch["net_input"]), batch
+    logits, rows, steps = _target_logits(model, batch, pad, owner)
+    return (logits.unsqueeze(0), {}), {"target": batch["target"][rows, steps].unsqueeze(0)}
+
+
+def _row_sums(values: torch.Tensor, rows: torch.Tensor, bsz: int) -> torch.Tensor:
+    """Per-row sums of the packed per-position ``values``: shape ``(bsz,)``."""
+    return values.new_zeros(bsz).index_add(0, rows, values)
+
+
 def sampling_log_probs(model: torch.nn.Module, batch: Dict, settings: GenerationSettings, pad: int, eos: int,
                        max_len: int, min_len: int = 1) -> torch.Tensor:
     """``log q(target | source)`` per row under the distribution the sample was *drawn from*.
@@ -228,24 +266,33 @@ def sampling_log_probs(model: torch.nn.Module, batch: Dict, settings: Generation
     The renormalised distribution is ``softmax`` of the logits with the banned entries at -inf (a
     log-softmax shifts each row by a constant, which renormalising removes), so log q of the chosen token
     is ``z_target - logsumexp(z_allowed)`` (one fused cross-entropy), where before issue 31 a log-softmax,
-    a masked copy and a renormalisation each wrote and backpropagated a ``(B, T, V)`` tensor.
+    a masked copy and a renormalisation each wrote and backpropagated a ``(B, T, V)`` tensor; for a fairseq
+    Transformer, over the target's real positions only (:func:`_target_logits`).
     """
     sample = settings.mode == "sample"
-    net_output = model(**batch["net_input"])
-    logits = net_output[0]
+    target = batch["target"]
+    if _packable(model):
+        logits, rows, steps = _target_logits(model, batch, pad)
+    else:
+        net_output = model(**batch["net_input"])
+        logits = net_output[0]
     if sample and settings.temperature != 1.0:
         logits = logits / settings.temperature
     if _plain_softmax(model):
         z = logits.float()
     else:  # adaptive softmax: its own normalisation first (renormalising below removes the shift)
         z = model.get_normalized_probs((logits, *net_output[1:]), log_probs=True).float()
-    steps = z.size(1)
-    ban = torch.zeros(z.shape[1:], dtype=torch.bool, device=z.device)  # (T, V)
+    steps_total = target.size(1)
+    ban = torch.zeros(steps_total, z.size(-1), dtype=torch.bool, device=z.device)  # (T, V)
     ban[:, pad] = True
     ban[:min_len, eos] = True
-    if max_len < steps:
+    if max_len < steps_total:
         ban[max_len:, :] = True
         ban[max_len:, eos] = False
+    if _packable(model):
+        ban, tokens = ban[steps], target[rows, steps]  # (N, V), (N,)
+    else:
+        ban, tokens = ban.expand_as(z), target
     if sample and settings.sampling_topp > 0:
         # the nucleus is taken on the model's probabilities (EOS/pad rules applied, not renormalised),
         # as fairseq's Sampling._sample_topp does
@@ -257,7 +304,8 @@ def sampling_log_probs(model: torch.nn.Module, batch: Dict, settings: Generation
             top = z.masked_fill(ban, float("-inf")).topk(min(settings.sampling_topk, z.size(-1)), dim=-1).indices
             ban = ban | ~torch.zeros_like(z, dtype=torch.bool).scatter_(-1, top, True)
     # a forced EOS (probability one) reads 0 after the ban: exact, and no gradient flows through it
-    return -_token_nll(z.masked_fill(ban, float("-inf")), batch["target"], pad).sum(-1)
+    nll = _token_nll(z.masked_fill(ban, float("-inf")), tokens, pad)
+    return -_row_sums(nll, rows, target.size(0)) if _packable(model) else -nll.sum(-1)
 
 
 def _token_nll(z: torch.Tensor, target: torch.Tensor, pad: int) -> torch.Tensor:
@@ -283,12 +331,15 @@ def sequence_log_probs(model: torch.nn.Module, batch: Dict, pad: int) -> torch.T
     """``log P(target | source)`` summed over the target tokens of each row (shape ``(bsz,)``).
 
     With a plain softmax, ``z_target - logsumexp(z)`` (the same value as gathering from the log-softmax,
-    without writing and back-propagating the ``(B, T, V)`` log-probabilities)."""
-    net_output = model(**batch["net_input"])
+    without writing and back-propagating the ``(B, T, V)`` log-probabilities), for a fairseq Transformer at
+    the target's real positions only (:func:`_target_logits`)."""
     target = batch["target"]
+    if _packable(model):
+        logits, rows, steps = _target_logits(model, batch, pad)
+        return -_row_sums(_token_nll(logits.float(), target[rows, steps], pad), rows, target.size(0))
+    net_output = model(**batch["net_input"])
     if _plain_softmax(model):
         return -_token_nll(net_output[0].float(), target, pad).sum(-1)
-    else:
-        lprobs = model.get_normalized_probs(net_output, log_probs=True)
-        token_lp = lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    lprobs = model.get_normalized_probs(net_output, log_probs=True)
+    token_lp = lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
     return token_lp.masked_fill(target.eq(pad), 0.0).sum(-1)

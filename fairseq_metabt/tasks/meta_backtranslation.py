@@ -69,7 +69,9 @@ from fairseq_metabt.models.dual_transformer import DualTransformerModel, unwrap
 from fairseq_metabt.modules import amp
 from fairseq_metabt.modules import gradients as G
 from fairseq_metabt.modules import metabt_rewards as R
-from fairseq_metabt.modules.generation import GenerationSettings, InStepGenerator, eval_mode, sampling_log_probs
+from fairseq_metabt.modules.generation import (
+    GenerationSettings, InStepGenerator, eval_mode, packed_loss_input, sampling_log_probs,
+)
 from fairseq_metabt.modules.length_chunks import pair_chunks
 from fairseq_metabt.modules.phases import phase, start_update
 from fairseq_metabt.modules.reinforce import MovingAverageBaseline, policy_gradient_loss
@@ -611,8 +613,8 @@ class MetaBacktranslationTask(TranslationTask):
             part = pair_batch([x_hat[i] for i in chunk], [y_rows[i] for i in chunk], pad, eos, ids=chunk)
             part = utils.move_to_cuda(part) if cuda else part
             with phase("theta_pseudo_forward"), torch.set_grad_enabled(scale > 0):
-                net_output = model(**part["net_input"])
-                per_tok, nll_tok = criterion.compute_loss(dual, net_output, part, reduce=False)
+                net_output, loss_sample = packed_loss_input(model, dual, part, pad, criterion)
+                per_tok, nll_tok = criterion.compute_loss(dual, net_output, loss_sample, reduce=False)
                 loss = per_tok.sum()
             if scale > 0:
                 with phase("theta_pseudo_backward"):
