@@ -72,7 +72,6 @@ FT_MAX_TOKENS="${FT_MAX_TOKENS:-$MAX_TOKENS}"; FT_LR="${FT_LR:-1e-3}"; FT_WARMUP
 LR_PATIENCE="${LR_PATIENCE:-2}"
 SIZES="${SIZES:-train=2000,valid=300,test=1000,mono_tgt=4000,mono_lrl=500}"
 start=$(date +%s)
-has() { [[ " $SYSTEMS " == *" $1 "* ]]; }
 
 recipe_corpus 1 domain "$SIZES"
 recipe_meta_dev_split "$RAW" "$SRC" "$TGT" "$META_DEV"  # RAW: the corpus with valid (selection) + metadev
@@ -88,52 +87,17 @@ COMMON=("$BIN" --user-dir "$USER_DIR" --optimizer adam --adam-betas '(0.9, 0.98)
 PLATEAU=(--lr-scheduler plateau_updates --lr-shrink 0.5 --lr-patience "$LR_PATIENCE")
 PRETRAIN=(--max-tokens "$MAX_TOKENS" --lr "$LR" --warmup-updates "$WARMUP" "${PLATEAU[@]}")
 FINETUNE=(--max-tokens "$FT_MAX_TOKENS" --lr "$FT_LR" --warmup-updates "$FT_WARMUP" "${PLATEAU[@]}")
+SINGLE=(--arch "$ARCH")
 BT=(-s "$SRC" -t "$TGT" --task meta_backtranslation --arch dual_transformer_"${ARCH#transformer_lowres_}"
     --bt-generation sample --backward-lr 1e-4 --meta-reward cosine)
 
-# one job = train one system to dev convergence, then score its best checkpoint at once
-train_eval() {  # SYSTEM SEED SAVE_DIR fairseq-train args...
-  local sys="$1" seed="$2" save="$3"; shift 3
-  ev_train "$save" "$@"
-  if [ "$sys" != backward ]; then ev_eval "$sys" "$seed" "$save" "$BIN" "$SRC" "$TGT"; fi
-}
-needs_backward() { has backward || has bt || has bt_mle || has bt_mle_dev || has metabt; }
-
+# one job = train one system to dev convergence, then score its best checkpoint at once (recipe_lib.sh):
 # stage 1, pre-training: both directions to dev convergence (JOBS of them at a time)
-for seed in $SEEDS; do
-  run="$WORK_DIR/seed$seed"
-  ev_pool_run "seed$seed.baseline" train_eval baseline "$seed" "$run/baseline" "${COMMON[@]}" "${PRETRAIN[@]}" \
-    --seed "$seed" --task translation -s "$SRC" -t "$TGT" --arch "$ARCH"
-  if needs_backward; then ev_pool_run "seed$seed.backward" train_eval backward "$seed" "$run/backward" "${COMMON[@]}" \
-    "${PRETRAIN[@]}" --seed "$seed" --task translation -s "$TGT" -t "$SRC" --arch "$ARCH"; fi
-done
-ev_pool_wait
-
+metabt_pretrain
 # stage 2, fine-tuning from the stage-1 checkpoints: one schedule and stopping rule for the control and
 # every method (the slowest systems start first, so the lanes finish together)
-for sys in metabt bt_mle_dev bt_mle bt baseline_ft; do
-  has "$sys" || continue
-  for seed in $SEEDS; do
-    run="$WORK_DIR/seed$seed"
-    INIT=(--forward-init "$run/baseline/checkpoint_best.pt" --backward-init "$run/backward/checkpoint_best.pt")
-    case "$sys" in
-      baseline_ft) ARGS=(--task translation -s "$SRC" -t "$TGT" --arch "$ARCH"
-                         --finetune-from-model "$run/baseline/checkpoint_best.pt") ;;
-      bt) ARGS=("${BT[@]}" "${INIT[@]}" --freeze-backward) ;;
-      bt_mle) ARGS=("${BT[@]}" "${INIT[@]}" --meta-weight 0) ;;
-      bt_mle_dev) ARGS=("${BT[@]}" "${INIT[@]}" --meta-weight 0 --extra-bitext-subsets metadev) ;;
-      metabt) ARGS=("${BT[@]}" "${INIT[@]}" --meta-dev-subset metadev) ;;
-    esac
-    ev_pool_run "seed$seed.$sys" train_eval "$sys" "$seed" "$run/$sys" "${COMMON[@]}" "${FINETUNE[@]}" --seed "$seed" "${ARGS[@]}"
-  done
-done
-ev_pool_wait
+metabt_finetune
 
-ROWS=(); for sys in baseline baseline_ft bt bt_mle bt_mle_dev metabt; do has "$sys" && ROWS+=("$sys"); done
-ALSO=(); for ctrl in bt_mle_dev bt_mle; do if has metabt && has "$ctrl"; then ALSO+=(metabt:"$ctrl"); fi; done
-[ ${#ALSO[@]} -eq 0 ] || ALSO=(--also "${ALSO[@]}")
-ev_compare --control baseline_ft --systems "${ROWS[@]}" --precondition baseline_ft:baseline \
-  --same-schedule baseline_ft bt bt_mle bt_mle_dev metabt "${ALSO[@]+"${ALSO[@]}"}" \
-  --title "Quickstart: back-translation and meta back-translation ($SRC->$TGT)" \
-  --corpus "${RAW_DIR:-synthetic domain preset, corpus seed 1, $SIZES}; $META_DEV_NOTE"
+metabt_compare "bt_mle_dev bt_mle" "Quickstart: back-translation and meta back-translation ($SRC->$TGT)" \
+  "${RAW_DIR:-synthetic domain preset, corpus seed 1, $SIZES}; $META_DEV_NOTE"
 echo "quickstart finished in $(( $(date +%s) - start ))s; summary: $WORK_DIR/results/summary.json"

@@ -127,6 +127,56 @@ recipe_check_work_dir() {
 # recipe_unknown: a recipe's `case` default for options it does not know.
 recipe_unknown() { recipe_die "unknown option $1 (see --help)"; }
 
+# recipe_options FLAG VAR [FLAG VAR ...]: parse RECIPE_ARGS, the recipe's own options, each FLAG taking one value
+# that is stored in VAR (set the defaults first); a FLAG without its value, or any other option, is refused.
+recipe_options() {
+  local -a specs=("$@"); local i var
+  set -- "${RECIPE_ARGS[@]+"${RECIPE_ARGS[@]}"}"
+  while [ $# -gt 0 ]; do
+    var=""
+    for ((i = 0; i + 1 < ${#specs[@]}; i += 2)); do
+      if [ "$1" = "${specs[i]}" ]; then var="${specs[i + 1]}"; fi
+    done
+    [ -n "$var" ] || recipe_unknown "$1"
+    [ $# -ge 2 ] || recipe_die "$1 needs a value (see --help)"
+    printf -v "$var" '%s' "$2"; shift 2
+  done
+}
+
+# recipe_has_system SYSTEM: SYSTEMS (a space-separated list) names SYSTEM.
+recipe_has_system() { [[ " $SYSTEMS " == *" $1 "* ]]; }
+
+# recipe_check_systems CHOICES [SHOWN]: every system of SYSTEMS matches one of CHOICES (space-separated `case`
+# patterns, e.g. stgs-beta*), else "--systems: unknown system S (SHOWN)"; SHOWN defaults to CHOICES.
+recipe_check_systems() {
+  local -a choices; local s c ok
+  read -r -a choices <<< "$1"
+  for s in $SYSTEMS; do
+    ok=""
+    for c in "${choices[@]}"; do
+      # shellcheck disable=SC2053
+      if [[ "$s" == $c ]]; then ok=1; fi
+    done
+    [ -n "$ok" ] || recipe_die "--systems: unknown system $s (${2:-$1})"
+  done
+}
+
+# recipe_also A:B...: sets ALSO to ev_compare's flags `--also A:B ...` for each pair whose two systems SYSTEMS
+# lists, in the order given (empty when none does).
+recipe_also() {
+  local pair; ALSO=()
+  for pair in "$@"; do
+    if recipe_has_system "${pair%%:*}" && recipe_has_system "${pair#*:}"; then ALSO+=("$pair"); fi
+  done
+  [ ${#ALSO[@]} -eq 0 ] || ALSO=(--also "${ALSO[@]}")
+}
+
+# recipe_require_systems WHY SYSTEM...: SYSTEMS names every SYSTEM, else "--systems must include WHY".
+recipe_require_systems() {
+  local why="$1" s; shift
+  for s in "$@"; do recipe_has_system "$s" || recipe_die "--systems must include $why"; done
+}
+
 # recipe_check_pair RAW SRC TGT: the raw directory has a train split of SRC-TGT (either direction).
 recipe_check_pair() {
   local raw="$1" s="$2" t="$3"
@@ -255,9 +305,10 @@ ev_pool_wait() {
 }
 
 # ---- Paper-scale recipes (examples/*/run_paper.sh; docs/reproduce.md) --------------------------------------
-# A paper recipe sources this file, appends PAPER_SHARED_HELP to its RECIPE_USAGE, calls recipe_parse and then
-# paper_parse, converts the public corpus with paper_convert, trains and scores every system with ev_train /
-# ev_eval / ev_compare like the miniatures, and ends with paper_report (the paper's figures beside ours).
+# A paper recipe sources this file, calls paper_parse "$@" (the shared and the paper-scale flags; its own options
+# with recipe_options), converts the public corpus with paper_corpus / paper_convert and binarises it with
+# paper_prepare, trains and scores every system with ev_train / ev_eval / ev_compare like the miniatures, and ends
+# with paper_report (the paper's figures beside ours).
 PAPER_SHARED_HELP='Paper-scale flags (every run_paper.sh; docs/reproduce.md):
   --gpus N             GPUs per training: fairseq-train --distributed-world-size N (default: every visible GPU)
   --update-freq F      gradient accumulation (default: what keeps the paper'"'"'s batch with --gpus N)
@@ -265,12 +316,15 @@ PAPER_SHARED_HELP='Paper-scale flags (every run_paper.sh; docs/reproduce.md):
   --dry-run            two updates of every system on the CPU with a tiny model, then scoring and the table: checks
                        the data and the flags end to end (what CI runs); it measures nothing'
 
-# paper_parse: after recipe_parse, take the paper-scale flags out of RECIPE_ARGS (the recipe's own options stay
-# there). Sets PAPER_GPUS, PAPER_AMP, PAPER_DRY_RUN and UPDATE_FREQ (empty: paper_update_freq decides). A dry run
-# keeps the first seed, accumulates no gradients (--update-freq 1) and stops every system after two updates
-# (validation every update, patience 1: the shortest early stop the protocol accepts).
+# paper_parse "$@": the recipe's command line: PAPER_SHARED_HELP appended to its RECIPE_USAGE, the shared flags
+# (recipe_parse), then the paper-scale flags taken out of RECIPE_ARGS (the recipe's own options stay there). Sets
+# PAPER_GPUS, PAPER_AMP, PAPER_DRY_RUN and UPDATE_FREQ (empty: paper_update_freq decides). A dry run keeps the
+# first seed, accumulates no gradients (--update-freq 1) and stops every system after two updates (validation
+# every update, patience 1: the shortest early stop the protocol accepts).
 paper_parse() {
   local rest=()
+  RECIPE_USAGE+=$'\n\n'"$PAPER_SHARED_HELP"
+  recipe_parse "$@"
   PAPER_GPUS=""; PAPER_AMP=1; PAPER_DRY_RUN=0; UPDATE_FREQ=""
   set -- "${RECIPE_ARGS[@]+"${RECIPE_ARGS[@]}"}"
   while [ $# -gt 0 ]; do
@@ -341,10 +395,146 @@ paper_report() {
     ${3:+--pair "$3"}
 }
 
+# paper_needs_conversion DIR WHAT: false when --raw-dir was given (RAW is set to it); true when the recipe is to
+# convert DIR, the downloaded corpus (an empty DIR is refused: "give WHAT or --raw-dir (a converted corpus)").
+paper_needs_conversion() {
+  if [ -n "$RAW_DIR" ]; then RAW="$RAW_DIR"; return 1; fi
+  [ -n "$1" ] || recipe_die "give $2 or --raw-dir (a converted corpus)"
+}
+
+# paper_corpus DIR WHAT prepare_public.py args...: the recipe's corpus: --raw-dir when given, else DIR converted
+# by paper_convert with these args (paper_needs_conversion refuses an empty DIR). Sets RAW.
+paper_corpus() {
+  local dir="$1" what="$2"; shift 2
+  if paper_needs_conversion "$dir" "$what"; then paper_convert "$@"; fi
+}
+
 # paper_ted_corpus TED_DIR PRESET: the TED recipes' corpus: --raw-dir when given, else the TED tables of TED_DIR
 # converted for PRESET with TGT as the pivot (paper_convert). Sets RAW.
 paper_ted_corpus() {
-  if [ -n "$RAW_DIR" ]; then RAW="$RAW_DIR"; return; fi
-  [ -n "$1" ] || recipe_die "give --ted-dir DIR (the TED tables all_talks_*.tsv) or --raw-dir (a converted corpus)"
-  paper_convert --dataset ted --ted-dir "$1" --preset "$2" --pivot "$TGT"
+  paper_corpus "$1" "--ted-dir DIR (the TED tables all_talks_*.tsv)" --dataset ted --ted-dir "$1" --preset "$2" \
+    --pivot "$TGT"
+}
+
+# paper_prepare: the converted corpus RAW binarised into WORK_DIR/bin (recipe_prepare, a sentencepiece vocabulary
+# of 32,000 pieces). Sets BIN.
+paper_prepare() {
+  BIN="$WORK_DIR/bin"
+  recipe_prepare "$RAW" "$BIN" --vocab-size 32000
+}
+
+# ---- Systems that two recipes share ------------------------------------------------------------------------------
+# MetaBT (scripts/quickstart.sh, examples/metabt/run_paper.sh). The recipe sets SYSTEMS, BIN, COMMON (the data and
+# the flags of every fairseq-train), PRETRAIN and FINETUNE (each stage's lr flags), SINGLE (the --arch flags of a
+# one-direction model) and BT (meta_backtranslation's direction, task and model flags).
+
+# metabt_train_eval SYSTEM SEED SAVE_DIR fairseq-train args...: one job: train one system to dev convergence, then
+# score its best checkpoint at once (SRC->TGT; the backward model is not scored)
+metabt_train_eval() {
+  local sys="$1" seed="$2" save="$3"; shift 3
+  ev_train "$save" "$@"
+  if [ "$sys" != backward ]; then ev_eval "$sys" "$seed" "$save" "$BIN" "$SRC" "$TGT"; fi
+}
+
+# metabt_pretrain: stage 1, pre-training: the baseline and, when a listed system back-translates (or `backward` is
+# listed), the backward model TGT->SRC, to dev convergence (JOBS of them at a time)
+metabt_pretrain() {
+  local seed run
+  for seed in $SEEDS; do
+    run="$WORK_DIR/seed$seed"
+    ev_pool_run "seed$seed.baseline" metabt_train_eval baseline "$seed" "$run/baseline" "${COMMON[@]}" \
+      "${PRETRAIN[@]}" --seed "$seed" --task translation -s "$SRC" -t "$TGT" "${SINGLE[@]}"
+    if recipe_has_system backward || recipe_has_system bt || recipe_has_system bt_mle ||
+       recipe_has_system bt_mle_dev || recipe_has_system metabt; then
+      ev_pool_run "seed$seed.backward" metabt_train_eval backward "$seed" "$run/backward" "${COMMON[@]}" \
+        "${PRETRAIN[@]}" --seed "$seed" --task translation -s "$TGT" -t "$SRC" "${SINGLE[@]}"
+    fi
+  done
+  ev_pool_wait
+}
+
+# metabt_finetune: stage 2, fine-tuning from the stage-1 checkpoints: one schedule and stopping rule for the control
+# (baseline_ft) and every method (the slowest systems start first, so the lanes finish together)
+metabt_finetune() {
+  local sys seed run init args
+  for sys in metabt bt_mle_dev bt_mle bt baseline_ft; do
+    recipe_has_system "$sys" || continue
+    for seed in $SEEDS; do
+      run="$WORK_DIR/seed$seed"
+      init=(--forward-init "$run/baseline/checkpoint_best.pt" --backward-init "$run/backward/checkpoint_best.pt")
+      case "$sys" in
+        baseline_ft) args=(--task translation -s "$SRC" -t "$TGT" "${SINGLE[@]}"
+                           --finetune-from-model "$run/baseline/checkpoint_best.pt") ;;
+        bt) args=("${BT[@]}" "${init[@]}" --freeze-backward) ;;
+        bt_mle) args=("${BT[@]}" "${init[@]}" --meta-weight 0) ;;
+        bt_mle_dev) args=("${BT[@]}" "${init[@]}" --meta-weight 0 --extra-bitext-subsets metadev) ;;
+        metabt) args=("${BT[@]}" "${init[@]}" --meta-dev-subset metadev) ;;
+      esac
+      ev_pool_run "seed$seed.$sys" metabt_train_eval "$sys" "$seed" "$run/$sys" "${COMMON[@]}" "${FINETUNE[@]}" \
+        --seed "$seed" "${args[@]}"
+    done
+  done
+  ev_pool_wait
+}
+
+# metabt_compare "CONTROLS" TITLE CORPUS: the table of the listed systems, Δ and p against baseline_ft, and metabt
+# against each of CONTROLS (space-separated) that ran
+metabt_compare() {
+  local rows=() pairs=() s
+  for s in baseline baseline_ft bt bt_mle bt_mle_dev metabt; do
+    if recipe_has_system "$s"; then rows+=("$s"); fi
+  done
+  for s in $1; do pairs+=(metabt:"$s"); done
+  recipe_also "${pairs[@]}"
+  ev_compare --control baseline_ft --systems "${rows[@]}" --precondition baseline_ft:baseline \
+    --same-schedule baseline_ft bt bt_mle bt_mle_dev metabt "${ALSO[@]+"${ALSO[@]}"}" --title "$2" --corpus "$3"
+}
+
+# Differentiable reconstruction (examples/reconstruction/run_miniature.sh, run_paper.sh). The recipe sets SYSTEMS,
+# BIN, COMMON (the data and the flags of every fairseq-train), ARCH and TAU (STGS's temperature).
+
+# reconstruction_system SYSTEM SEED: pre-train, or fine-tune from the pre-trained model; then score both directions
+reconstruction_system() {
+  local sys="$1" seed="$2" run="$WORK_DIR/seed$2" ft
+  case "$sys" in
+    pretrain) ev_train "$run/pretrain" "${COMMON[@]}" --arch "$ARCH" --criterion label_smoothed_cross_entropy \
+                --lr 1e-3 --seed "$seed" ;;
+    *) case "$sys" in
+         baseline) ft=(--arch "$ARCH" --criterion label_smoothed_cross_entropy) ;;
+         hidden) ft=(--arch "${ARCH/transformer_lowres/transformer_hidden_reconstruction}" --criterion hidden_reconstruction) ;;
+         stgs-beta*) ft=(--arch "$ARCH" --criterion stgs_reconstruction --stgs-beta "${sys#stgs-beta}" --stgs-tau "$TAU") ;;
+       esac
+       ev_train "$run/$sys" "${COMMON[@]}" "${ft[@]}" --lr 1e-4 --seed "$seed" \
+         --finetune-from-model "$run/pretrain/checkpoint_best.pt" ;;
+  esac
+  ev_eval "$sys" "$seed" "$run/$sys" "$BIN" "$SRC" "$TGT" --task bidirectional_translation
+  ev_eval "$sys" "$seed" "$run/$sys" "$BIN" "$TGT" "$SRC" --task bidirectional_translation
+}
+
+# reconstruction_run TITLE CORPUS: the pre-training of every seed, then every fine-tune (JOBS at a time), and the
+# table: Δ and p against baseline (L_T fine-tuning), the pre-trained model scored as `pretrain`
+reconstruction_run() {
+  local sys seed
+  for seed in $SEEDS; do ev_pool_run "seed$seed.pretrain" reconstruction_system pretrain "$seed"; done
+  ev_pool_wait
+  for sys in $SYSTEMS; do for seed in $SEEDS; do ev_pool_run "seed$seed.$sys" reconstruction_system "$sys" "$seed"; done; done
+  ev_pool_wait
+  # shellcheck disable=SC2086
+  ev_compare --control baseline --systems pretrain $SYSTEMS --precondition baseline:pretrain --same-schedule $SYSTEMS \
+    --title "$1" --corpus "$2"
+}
+
+# Wake-sleep (examples/wake_sleep/run_miniature.sh, run_paper.sh).
+# wake_sleep_compare TITLE CORPUS: the table of iterations 0..ITERATIONS and their controls: iterI vs controlI for
+# every I; iterI vs iter(I-1): does the sleep phase help beyond back-translation (the paper's claim, iteration >= 2
+# over iteration 1)? controlI vs control(I-1) checks that the continued-training chain itself has stopped gaining,
+# so iterI's gain over iter(I-1) is the pseudo data's.
+wake_sleep_compare() {
+  local systems=(iter0) also=() same=() pre=(control1:iter0) i
+  for ((i = 1; i <= ITERATIONS; i++)); do
+    systems+=("iter$i" "control$i"); also+=("iter$i:control$i"); same+=("iter$i" "control$i")
+    if [ "$i" -ge 2 ]; then also+=("iter$i:iter$((i - 1))"); pre+=("control$i:control$((i - 1))"); fi
+  done
+  ev_compare --control "control$ITERATIONS" --systems "${systems[@]}" --also "${also[@]}" --precondition "${pre[@]}" \
+    --same-schedule "${same[@]}" --title "$1" --corpus "$2"
 }

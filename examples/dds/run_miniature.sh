@@ -104,11 +104,7 @@ for sys in tcs_dds dds; do
   if [ -f "$png" ] && [ -z "$RAW_DIR" ]; then cp "$png" "$ROOT/examples/dds/language_usage_$sys.png"; fi
 done
 # DDS against the rules that could explain its gain: related, the fixed ranking; TCS+DDS against TCS
-ALSO=()
-for pair in dds:related dds:fixed_order tcs_dds:tcs; do
-  if [[ " $SYSTEMS " == *" ${pair%%:*} "* && " $SYSTEMS " == *" ${pair##*:} "* ]]; then ALSO+=("$pair"); fi
-done
-[ ${#ALSO[@]} -eq 0 ] || ALSO=(--also "${ALSO[@]}")
+recipe_also dds:related dds:fixed_order tcs_dds:tcs
 # shellcheck disable=SC2086
 ev_compare --control uniform --systems $SYSTEMS --same-schedule $SYSTEMS "${ALSO[@]+"${ALSO[@]}"}" \
   --title "DDS, miniature: $SRC-$TGT test, sources $SRC,$RELATED" \

@@ -27,34 +27,18 @@ SRC=aze; TGT=eng; RELATED=""; SEEDS="1"; WORK_DIR="$ROOT/runs/dds_paper"
 PATIENCE=10; VALIDATE_EVERY=2000; MAX_UPDATE=100000
 # shellcheck source=../../scripts/recipe_lib.sh
 source "$ROOT/scripts/recipe_lib.sh"
-RECIPE_USAGE+=$'\n\n'"$PAPER_SHARED_HELP"
-recipe_parse "$@"
-paper_parse
+paper_parse "$@"
 TED_DIR=""; PRESET=ted8-related; LRLS=""; SYSTEMS="uniform temperature related tcs dds tcs_dds"
-set -- "${RECIPE_ARGS[@]+"${RECIPE_ARGS[@]}"}"
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --ted-dir|--preset|--lrls|--systems) [ $# -ge 2 ] || recipe_die "$1 needs a value (see --help)" ;;&
-    --ted-dir) TED_DIR="$2"; shift 2 ;;
-    --preset) PRESET="$2"; shift 2 ;;
-    --lrls) LRLS="$2"; shift 2 ;;
-    --systems) SYSTEMS="$2"; shift 2 ;;
-    *) recipe_unknown "$1" ;;
-  esac
-done
-for sys in $SYSTEMS; do
-  case "$sys" in uniform|temperature|related|tcs|dds|tcs_dds) ;;
-    *) recipe_die "--systems: unknown system $sys (uniform temperature related tcs dds tcs_dds)" ;; esac
-done
-[[ " $SYSTEMS " == *" uniform "* ]] || recipe_die "--systems must include uniform, the control of every comparison"
+recipe_options --ted-dir TED_DIR --preset PRESET --lrls LRLS --systems SYSTEMS
+recipe_check_systems "uniform temperature related tcs dds tcs_dds"
+recipe_require_systems "uniform, the control of every comparison" uniform
 read -r -a LANGS <<< "$(paper_preset_langs "$PRESET")"
 [ -n "$LRLS" ] || LRLS="${LANGS[*]:0:4}"
 for l in $LRLS; do
   [[ " ${LANGS[*]} " == *" $l "* ]] || recipe_die "--lrls: $l is not a language of --preset $PRESET (${LANGS[*]})"
 done
 paper_ted_corpus "$TED_DIR" "$PRESET"
-BIN="$WORK_DIR/bin"
-recipe_prepare "$RAW" "$BIN" --vocab-size 32000
+paper_prepare
 ALL=""; for l in "${LANGS[@]}"; do ALL="$ALL,$l-$TGT"; done; ALL="${ALL#,}"
 hrl_of() { "$PY" -c 'import sys; from fairseq_metabt.data.public_corpora import RELATED_HRL as R; print(R.get(sys.argv[1], ""))' "$1"; }
 # `related` (the LRL and its related HRL only) needs that HRL, which only the ted8-related couples define
@@ -103,11 +87,7 @@ for lrl in $LRLS; do for seed in $SEEDS; do for sys in $SYSTEMS; do
   ev_pool_run "$lrl.seed$seed.$sys" dds_system "$lrl" "$sys" "$seed"
 done; done; done
 ev_pool_wait
-ALSO=()
-for pair in dds:related tcs_dds:tcs; do
-  if [[ " $SYSTEMS " == *" ${pair%%:*} "* && " $SYSTEMS " == *" ${pair##*:} "* ]]; then ALSO+=("$pair"); fi
-done
-[ ${#ALSO[@]} -eq 0 ] || ALSO=(--also "${ALSO[@]}")
+recipe_also dds:related tcs_dds:tcs
 # shellcheck disable=SC2086
 ev_compare --control uniform --systems $SYSTEMS --same-schedule $SYSTEMS "${ALSO[@]+"${ALSO[@]}"}" \
   --title "DDS, the paper's TED setting ($PRESET into $TGT; test BLEU of each LRL: $LRLS)" \

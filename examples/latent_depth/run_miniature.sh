@@ -140,13 +140,10 @@ for dir in $DIRS; do  # the layer-selection heatmap of every seed's latent model
       cp "$name.png" "$WORK_DIR/heatmap.$dir.png"; cp "$name.json" "$WORK_DIR/heatmap.$dir.json"; fi
   done; done
 done
-CMP=$SYSTEMS; ALSO=()
+CMP=$SYSTEMS
 [[ " $SYSTEMS " == *" latent_deep "* ]] && CMP="$CMP latent_pruned"
-for pair in latent_deep:static_k latent_deep:static_shallow latent_lang:static_k latent_lang:latent_deep; do
-  # the latent systems against each smaller static model, and per-language depth against a fixed K per language
-  if [[ " $SYSTEMS " == *" ${pair%%:*} "* && " $SYSTEMS " == *" ${pair#*:} "* ]]; then ALSO+=("$pair"); fi
-done
-if [ ${#ALSO[@]} -gt 0 ]; then ALSO=(--also "${ALSO[@]}"); fi
+# the latent systems against each smaller static model, and per-language depth against a fixed K per language
+recipe_also latent_deep:static_k latent_deep:static_shallow latent_lang:static_k latent_lang:latent_deep
 # shellcheck disable=SC2086
 ev_compare --control static_deep --systems $CMP "${ALSO[@]+"${ALSO[@]}"}" --same-schedule $SYSTEMS \
   --title "Latent depth, miniature: static shallow ($SHALLOW) / static K / static deep ($DEEP) / latent deep (K = $SHALLOW)" \

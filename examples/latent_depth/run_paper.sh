@@ -31,34 +31,16 @@ SRC=aze; TGT=eng; RELATED=""; SEEDS="1"; WORK_DIR="$ROOT/runs/latent_depth_paper
 PATIENCE=5; VALIDATE_EVERY=1000; MAX_UPDATE=40000; METRIC=nll_loss
 # shellcheck source=../../scripts/recipe_lib.sh
 source "$ROOT/scripts/recipe_lib.sh"
-RECIPE_USAGE+=$'\n\n'"$PAPER_SHARED_HELP"
-recipe_parse "$@"
-paper_parse
+paper_parse "$@"
 TED_DIR=""; PRESET=ted8-related; DIRS="o2m m2o"; SYSTEMS="static static_deep latent_deep"; SHALLOW=6; DEEP=12
-set -- "${RECIPE_ARGS[@]+"${RECIPE_ARGS[@]}"}"
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --ted-dir|--preset|--directions|--systems|--shallow|--deep) [ $# -ge 2 ] || recipe_die "$1 needs a value (see --help)" ;;&
-    --ted-dir) TED_DIR="$2"; shift 2 ;;
-    --preset) PRESET="$2"; shift 2 ;;
-    --directions) DIRS="$2"; shift 2 ;;
-    --systems) SYSTEMS="$2"; shift 2 ;;
-    --shallow) SHALLOW="$2"; shift 2 ;;
-    --deep) DEEP="$2"; shift 2 ;;
-    *) recipe_unknown "$1" ;;
-  esac
-done
-for sys in $SYSTEMS; do
-  case "$sys" in static|static_deep|latent_deep|latent_lang) ;;
-    *) recipe_die "--systems: unknown system $sys (static static_deep latent_deep latent_lang)" ;; esac
-done
+recipe_options --ted-dir TED_DIR --preset PRESET --directions DIRS --systems SYSTEMS --shallow SHALLOW --deep DEEP
+recipe_check_systems "static static_deep latent_deep latent_lang"
 for d in $DIRS; do case "$d" in o2m|m2o) ;; *) recipe_die "--directions takes o2m and/or m2o, got $d" ;; esac; done
 [[ "$SHALLOW" =~ ^[1-9][0-9]*$ && "$DEEP" =~ ^[1-9][0-9]*$ && "$SHALLOW" -lt "$DEEP" ]] ||
   recipe_die "--shallow and --deep take integers with shallow < deep, got $SHALLOW and $DEEP"
 read -r -a LANGS <<< "$(paper_preset_langs "$PRESET")"
 paper_ted_corpus "$TED_DIR" "$PRESET"
-BIN="$WORK_DIR/bin"
-recipe_prepare "$RAW" "$BIN" --vocab-size 32000
+paper_prepare
 
 DIM=512; WARMUP="$(paper_warmup 8000)"; ANNEAL=4000
 if [ "$PAPER_DRY_RUN" = 1 ]; then DIM=32; SHALLOW=1; DEEP=2; ANNEAL=1; fi
@@ -106,11 +88,7 @@ for dir in $DIRS; do for seed in $SEEDS; do for sys in $SYSTEMS; do
 done; done; done
 ev_pool_wait
 CONTROL=static_deep; [[ " $SYSTEMS " == *" static_deep "* ]] || CONTROL="${SYSTEMS%% *}"
-ALSO=()
-for pair in latent_deep:static latent_lang:static latent_lang:latent_deep; do
-  if [[ " $SYSTEMS " == *" ${pair%%:*} "* && " $SYSTEMS " == *" ${pair#*:} "* ]]; then ALSO+=("$pair"); fi
-done
-[ ${#ALSO[@]} -eq 0 ] || ALSO=(--also "${ALSO[@]}")
+recipe_also latent_deep:static latent_lang:static latent_lang:latent_deep
 # shellcheck disable=SC2086
 ev_compare --control "$CONTROL" --systems $SYSTEMS --same-schedule $SYSTEMS "${ALSO[@]+"${ALSO[@]}"}" \
   --title "Latent depth, the paper's TED setting ($PRESET; static $SHALLOW / deep $DEEP / latent, K = $SHALLOW)" \

@@ -29,33 +29,14 @@ SRC=de; TGT=en; RELATED=""; SEEDS="1"; WORK_DIR="$ROOT/runs/metabt_paper"
 PATIENCE=5; VALIDATE_EVERY=2000; MAX_UPDATE=200000
 # shellcheck source=../../scripts/recipe_lib.sh
 source "$ROOT/scripts/recipe_lib.sh"
-RECIPE_USAGE+=$'\n\n'"$PAPER_SHARED_HELP"
 SRC_SET=""; for a in "$@"; do [ "$a" = --src ] && SRC_SET=1; done
-recipe_parse "$@"
-paper_parse
+paper_parse "$@"
 IWSLT_DIR=""; WMT_DIR=""; WMT_PRESET=wmt14-en-de; MONO=""; MONO_LINES=""
 SYSTEMS="baseline baseline_ft bt bt_mle_dev metabt"
-set -- "${RECIPE_ARGS[@]+"${RECIPE_ARGS[@]}"}"
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --iwslt-dir|--wmt-dir|--wmt-preset|--mono|--mono-lines|--systems)
-      [ $# -ge 2 ] || recipe_die "$1 needs a value (see --help)" ;;&
-    --iwslt-dir) IWSLT_DIR="$2"; shift 2 ;;
-    --wmt-dir) WMT_DIR="$2"; shift 2 ;;
-    --wmt-preset) WMT_PRESET="$2"; shift 2 ;;
-    --mono) MONO="$2"; shift 2 ;;
-    --mono-lines) MONO_LINES="$2"; shift 2 ;;
-    --systems) SYSTEMS="$2"; shift 2 ;;
-    *) recipe_unknown "$1" ;;
-  esac
-done
-for s in $SYSTEMS; do
-  case "$s" in baseline|baseline_ft|bt|bt_mle|bt_mle_dev|metabt) ;;
-    *) recipe_die "--systems: unknown system $s (baseline baseline_ft bt bt_mle bt_mle_dev metabt)" ;; esac
-done
-[[ " $SYSTEMS " == *" baseline "* && " $SYSTEMS " == *" baseline_ft "* ]] ||
-  recipe_die "--systems must include baseline and baseline_ft (the start and the control of every fine-tuning)"
-has() { [[ " $SYSTEMS " == *" $1 "* ]]; }
+recipe_options --iwslt-dir IWSLT_DIR --wmt-dir WMT_DIR --wmt-preset WMT_PRESET --mono MONO --mono-lines MONO_LINES \
+  --systems SYSTEMS
+recipe_check_systems "baseline baseline_ft bt bt_mle bt_mle_dev metabt"
+recipe_require_systems "baseline and baseline_ft (the start and the control of every fine-tuning)" baseline baseline_ft
 MONO_ARGS=(); [ -z "$MONO" ] || MONO_ARGS=(--mono "$TGT=$MONO" ${MONO_LINES:+--mono-lines "$MONO_LINES"})
 if [ -n "$RAW_DIR" ]; then RAW="$RAW_DIR"; SETTING=raw
 elif [ -n "$IWSLT_DIR" ] && [ -z "$WMT_DIR" ]; then
@@ -75,8 +56,7 @@ p = W.get(sys.argv[1]); print(p["src"], p["tgt"]) if p else sys.exit("fairseq-me
 else recipe_die "give one of --iwslt-dir DIR and --wmt-dir DIR (the downloaded corpus), or --raw-dir"
 fi
 recipe_meta_dev_split "$RAW" "$SRC" "$TGT"   # RAW: the corpus with valid (selection) + metadev
-BIN="$WORK_DIR/bin"
-recipe_prepare "$RAW" "$BIN" --vocab-size 32000
+paper_prepare
 
 if [ "$SETTING" = wmt ]; then SINGLE=(--arch transformer_wmt_en_de); DUAL=(--arch dual_transformer_base)
 else  # the IWSLT size (A.2's multilingual model): dim 512, ffn 1024, 4 heads, 6 + 6 layers
@@ -98,43 +78,9 @@ FINETUNE=(--lr "$FT_LR" --warmup-updates "$FT_WARMUP")
 BT=(-s "$SRC" -t "$TGT" --task meta_backtranslation "${DUAL[@]}" --bt-generation sample --backward-lr 1e-4
     --meta-reward cosine --ddp-backend legacy_ddp)
 
-train_eval() {  # SYSTEM SEED SAVE_DIR fairseq-train args...
-  local sys="$1" seed="$2" save="$3"; shift 3
-  ev_train "$save" "$@"
-  if [ "$sys" != backward ]; then ev_eval "$sys" "$seed" "$save" "$BIN" "$SRC" "$TGT"; fi
-}
-for seed in $SEEDS; do
-  run="$WORK_DIR/seed$seed"
-  ev_pool_run "seed$seed.baseline" train_eval baseline "$seed" "$run/baseline" "${COMMON[@]}" "${PRETRAIN[@]}" \
-    --seed "$seed" --task translation -s "$SRC" -t "$TGT" "${SINGLE[@]}"
-  if has bt || has bt_mle || has bt_mle_dev || has metabt; then
-    ev_pool_run "seed$seed.backward" train_eval backward "$seed" "$run/backward" "${COMMON[@]}" "${PRETRAIN[@]}" \
-      --seed "$seed" --task translation -s "$TGT" -t "$SRC" "${SINGLE[@]}"
-  fi
-done
-ev_pool_wait
-for sys in metabt bt_mle_dev bt_mle bt baseline_ft; do
-  has "$sys" || continue
-  for seed in $SEEDS; do
-    run="$WORK_DIR/seed$seed"
-    INIT=(--forward-init "$run/baseline/checkpoint_best.pt" --backward-init "$run/backward/checkpoint_best.pt")
-    case "$sys" in
-      baseline_ft) ARGS=(--task translation -s "$SRC" -t "$TGT" "${SINGLE[@]}"
-                         --finetune-from-model "$run/baseline/checkpoint_best.pt") ;;
-      bt) ARGS=("${BT[@]}" "${INIT[@]}" --freeze-backward) ;;
-      bt_mle) ARGS=("${BT[@]}" "${INIT[@]}" --meta-weight 0) ;;
-      bt_mle_dev) ARGS=("${BT[@]}" "${INIT[@]}" --meta-weight 0 --extra-bitext-subsets metadev) ;;
-      metabt) ARGS=("${BT[@]}" "${INIT[@]}" --meta-dev-subset metadev) ;;
-    esac
-    ev_pool_run "seed$seed.$sys" train_eval "$sys" "$seed" "$run/$sys" "${COMMON[@]}" "${FINETUNE[@]}" --seed "$seed" "${ARGS[@]}"
-  done
-done
-ev_pool_wait
-ROWS=(); for sys in baseline baseline_ft bt bt_mle bt_mle_dev metabt; do has "$sys" && ROWS+=("$sys"); done
-ALSO=(); for ctrl in bt_mle_dev bt_mle bt; do if has metabt && has "$ctrl"; then ALSO+=(metabt:"$ctrl"); fi; done
-[ ${#ALSO[@]} -eq 0 ] || ALSO=(--also "${ALSO[@]}")
-ev_compare --control baseline_ft --systems "${ROWS[@]}" --precondition baseline_ft:baseline \
-  --same-schedule baseline_ft bt bt_mle bt_mle_dev metabt "${ALSO[@]+"${ALSO[@]}"}" \
-  --title "MetaBT, the paper's settings ($SETTING, $SRC->$TGT)" \
-  --corpus "${IWSLT_DIR:-${WMT_DIR:-$RAW}} ($SETTING); mono.$TGT from ${MONO:-the raw directory}; $META_DEV_NOTE"
+# the quickstart's two stages (recipe_lib.sh): both directions to dev convergence, then every fine-tuning
+metabt_pretrain
+metabt_finetune
+metabt_compare "bt_mle_dev bt_mle bt" "MetaBT, the paper's settings ($SETTING, $SRC->$TGT)" \
+  "${IWSLT_DIR:-${WMT_DIR:-$RAW}} ($SETTING); mono.$TGT from ${MONO:-the raw directory}; $META_DEV_NOTE"
 paper_report metabt any

@@ -41,27 +41,6 @@ COMMON=("$BIN" --user-dir "$USER_DIR" --task bidirectional_translation -s "$SRC"
 for sys in $SYSTEMS; do
   case "$sys" in baseline|hidden|stgs-beta*) ;; *) recipe_die "unknown system $sys (baseline, hidden, stgs-betaB)" ;; esac
 done
-rec_system() {  # SYSTEM SEED: pre-train, or fine-tune from the pre-trained model; then score both directions
-  local sys="$1" seed="$2" run="$WORK_DIR/seed$2" FT
-  case "$sys" in
-    pretrain) ev_train "$run/pretrain" "${COMMON[@]}" --arch "$ARCH" --criterion label_smoothed_cross_entropy --lr 1e-3 \
-                --seed "$seed" ;;
-    *) case "$sys" in
-         baseline) FT=(--arch "$ARCH" --criterion label_smoothed_cross_entropy) ;;
-         hidden) FT=(--arch "${ARCH/transformer_lowres/transformer_hidden_reconstruction}" --criterion hidden_reconstruction) ;;
-         stgs-beta*) FT=(--arch "$ARCH" --criterion stgs_reconstruction --stgs-beta "${sys#stgs-beta}" --stgs-tau "$TAU") ;;
-       esac
-       ev_train "$run/$sys" "${COMMON[@]}" "${FT[@]}" --lr 1e-4 --seed "$seed" \
-         --finetune-from-model "$run/pretrain/checkpoint_best.pt" ;;
-  esac
-  ev_eval "$sys" "$seed" "$run/$sys" "$BIN" "$SRC" "$TGT" --task bidirectional_translation
-  ev_eval "$sys" "$seed" "$run/$sys" "$BIN" "$TGT" "$SRC" --task bidirectional_translation
-}
-# pre-training of every seed, then every fine-tune (JOBS at a time)
-for seed in $SEEDS; do ev_pool_run "seed$seed.pretrain" rec_system pretrain "$seed"; done
-ev_pool_wait
-for sys in $SYSTEMS; do for seed in $SEEDS; do ev_pool_run "seed$seed.$sys" rec_system "$sys" "$seed"; done; done
-ev_pool_wait
-ev_compare --control baseline --systems pretrain $SYSTEMS --precondition baseline:pretrain --same-schedule $SYSTEMS \
-  --title "Differentiable reconstruction (STGS), miniature Table 2 ($SRC<->$TGT)" \
-  --corpus "${RAW_DIR:-synthetic bidirectional preset, corpus seed 1}"
+# pre-training of every seed, then every fine-tune (JOBS at a time), and the table (recipe_lib.sh)
+reconstruction_run "Differentiable reconstruction (STGS), miniature Table 2 ($SRC<->$TGT)" \
+  "${RAW_DIR:-synthetic bidirectional preset, corpus seed 1}"

@@ -44,15 +44,6 @@ for seed in $SEEDS; do
     --iterations "$ITERATIONS" --control
 done
 ev_pool_wait
-# iterI vs controlI for every I; iterI vs iter(I-1): does the sleep phase help beyond back-translation (the
-# paper's claim, iteration >= 2 over iteration 1)? controlI vs control(I-1) checks that the continued-training
-# chain itself has stopped gaining, so iterI's gain over iter(I-1) is the pseudo data's.
-SYSTEMS=(iter0); ALSO=(); SAME=(); PRE=(control1:iter0)
-for ((i = 1; i <= ITERATIONS; i++)); do
-  SYSTEMS+=("iter$i" "control$i"); ALSO+=("iter$i:control$i"); SAME+=("iter$i" "control$i")
-  if [ "$i" -ge 2 ]; then ALSO+=("iter$i:iter$((i - 1))"); PRE+=("control$i:control$((i - 1))"); fi
-done
-ev_compare --control "control$ITERATIONS" --systems "${SYSTEMS[@]}" --also "${ALSO[@]}" --precondition "${PRE[@]}" \
-  --same-schedule "${SAME[@]}" \
-  --title "Wake-sleep back-translation, miniature ($SRC->$TGT forward, $TGT->$SRC backward)" \
-  --corpus "${RAW_DIR:-synthetic domain preset, corpus seed 1}"
+# iterI vs controlI, iterI vs iter(I-1) and controlI vs control(I-1) for every I (recipe_lib.sh)
+wake_sleep_compare "Wake-sleep back-translation, miniature ($SRC->$TGT forward, $TGT->$SRC backward)" \
+  "${RAW_DIR:-synthetic domain preset, corpus seed 1}"

@@ -30,32 +30,13 @@ SRC=en; TGT=de; RELATED=""; SEEDS="1"; WORK_DIR="$ROOT/runs/wake_sleep_paper"
 PATIENCE=5; VALIDATE_EVERY=2000; MAX_UPDATE=300000
 # shellcheck source=../../scripts/recipe_lib.sh
 source "$ROOT/scripts/recipe_lib.sh"
-RECIPE_USAGE+=$'\n\n'"$PAPER_SHARED_HELP"
-recipe_parse "$@"
-paper_parse
+paper_parse "$@"
 SETTING=ted; WMT_DIR=""; IWSLT_DIR=""; WMT_TRAIN=corpus.tc; WMT_PRESET=wmt17-en-de; MONO_SRC=""; MONO_TGT=""
 MONO_LINES=""; ITERATIONS=3
-set -- "${RECIPE_ARGS[@]+"${RECIPE_ARGS[@]}"}"
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --setting|--wmt-dir|--iwslt-dir|--wmt-train|--wmt-preset|--mono-src|--mono-tgt|--mono-lines|--iterations)
-      [ $# -ge 2 ] || recipe_die "$1 needs a value (see --help)" ;;&
-    --setting) SETTING="$2"; shift 2 ;;
-    --wmt-dir) WMT_DIR="$2"; shift 2 ;;
-    --iwslt-dir) IWSLT_DIR="$2"; shift 2 ;;
-    --wmt-train) WMT_TRAIN="$2"; shift 2 ;;
-    --wmt-preset) WMT_PRESET="$2"; shift 2 ;;
-    --mono-src) MONO_SRC="$2"; shift 2 ;;
-    --mono-tgt) MONO_TGT="$2"; shift 2 ;;
-    --mono-lines) MONO_LINES="$2"; shift 2 ;;
-    --iterations) ITERATIONS="$2"; shift 2 ;;
-    *) recipe_unknown "$1" ;;
-  esac
-done
+recipe_options --setting SETTING --wmt-dir WMT_DIR --iwslt-dir IWSLT_DIR --wmt-train WMT_TRAIN \
+  --wmt-preset WMT_PRESET --mono-src MONO_SRC --mono-tgt MONO_TGT --mono-lines MONO_LINES --iterations ITERATIONS
 [[ "$ITERATIONS" =~ ^[1-9][0-9]*$ ]] || recipe_die "--iterations takes an integer >= 1, got '$ITERATIONS'"
-if [ -n "$RAW_DIR" ]; then RAW="$RAW_DIR"
-else
-  [ -n "$WMT_DIR" ] || recipe_die "give --wmt-dir DIR (the WMT bitext) or --raw-dir (a converted corpus)"
+if paper_needs_conversion "$WMT_DIR" "--wmt-dir DIR (the WMT bitext)"; then
   case "$SETTING" in
     ted)
       [ -n "$IWSLT_DIR" ] || recipe_die "--setting ted needs --iwslt-dir DIR (the IWSLT'14 release: TED dev/test and monotext)"
@@ -69,7 +50,7 @@ else
     *) recipe_die "--setting takes ted or wmt, got '$SETTING'" ;;
   esac
 fi
-recipe_prepare "$RAW" "$WORK_DIR/bin" --vocab-size 32000
+paper_prepare
 
 # examples/wake_sleep/run.sh takes its scale from the environment; its fairseq-train calls (through
 # `$PYTHON -m fairseq_metabt.evidence train`) get the device flags from a wrapper of the interpreter
@@ -93,13 +74,7 @@ done
 ev_pool_wait
 CORPUS="$SETTING: WMT bitext from $WMT_DIR"
 [ -z "$IWSLT_DIR" ] || CORPUS+=", IWSLT'14 dev/test and monotext from $IWSLT_DIR"
-SYSTEMS=(iter0); ALSO=(); SAME=(); PRE=(control1:iter0)
-for ((i = 1; i <= ITERATIONS; i++)); do
-  SYSTEMS+=("iter$i" "control$i"); ALSO+=("iter$i:control$i"); SAME+=("iter$i" "control$i")
-  if [ "$i" -ge 2 ]; then ALSO+=("iter$i:iter$((i - 1))"); PRE+=("control$i:control$((i - 1))"); fi
-done
-ev_compare --control "control$ITERATIONS" --systems "${SYSTEMS[@]}" --also "${ALSO[@]}" --precondition "${PRE[@]}" \
-  --same-schedule "${SAME[@]}" \
-  --title "Wake-sleep back-translation, the paper's $SETTING setting ($SRC->$TGT forward, $TGT->$SRC backward)" \
-  --corpus "${RAW_DIR:-$CORPUS}"
+wake_sleep_compare \
+  "Wake-sleep back-translation, the paper's $SETTING setting ($SRC->$TGT forward, $TGT->$SRC backward)" \
+  "${RAW_DIR:-$CORPUS}"
 paper_report wake_sleep "$SETTING"
