@@ -66,7 +66,7 @@ from fairseq_metabt.data.on_top import BitextWithMonoDataset, pseudo_loss_scale
 from fairseq_metabt.data.tagging import lang_tag, missing_tags
 from fairseq_metabt.errors import UserError, UserFileError
 from fairseq_metabt.models.dual_transformer import DualTransformerModel, unwrap
-from fairseq_metabt.modules import amp
+from fairseq_metabt.modules import amp, ddp
 from fairseq_metabt.modules import gradients as G
 from fairseq_metabt.modules import metabt_rewards as R
 from fairseq_metabt.modules.generation import (
@@ -266,11 +266,14 @@ class MetaBacktranslationTask(TranslationTask):
 
         pytorch_ddp expects every parameter it wraps to get a gradient in every backward pass and
         all-reduces inside ``backward()``, which this task calls several times per micro-batch (psi,
-        the dev gradient); FSDP shards the parameters the reward reads whole.  legacy_ddp all-reduces
-        once, when fairseq asks, which is what the task is built on."""
-        try:
-            backend, world = str(self.cfg.ddp_backend), int(self.cfg.distributed_world_size)
-        except Exception:  # a config outside fairseq-train (no distributed_training to read): nothing to check
+        the dev gradient): refused with several workers by the plugin's shared check
+        (:func:`ddp.refuse_pytorch_ddp`).  FSDP shards the parameters the reward reads whole (refused
+        even with one worker), and any other backend with several workers is refused too.  legacy_ddp
+        all-reduces once, when fairseq asks, which is what the task is built on."""
+        ddp.refuse_pytorch_ddp(self.cfg, "meta_backtranslation", "it calls backward() several times per "
+                               "micro-batch (psi, the dev gradient), and torch's DDP all-reduces inside each one")
+        backend, world = ddp.backend_and_world(self.cfg)
+        if backend is None:  # a config outside fairseq-train (no distributed_training to read): nothing to check
             return
         if backend == "fully_sharded" or (world > 1 and backend not in ("legacy_ddp", "no_c10d")):
             raise UserError(f"meta_backtranslation needs --ddp-backend legacy_ddp (got --ddp-backend {backend} "
