@@ -44,8 +44,9 @@ def test_sampling_benchmark_prints_both_samplers_and_the_ratio_last():
                "--batch", "8", "--repeats", "2"]).stdout
     lines = [line for line in out.strip().splitlines() if line.strip()]
     assert re.fullmatch(r"ratio=\d+\.\d+", lines[-1]), lines[-3:]
-    for name in ("fairseq", "plugin"):
+    for name in ("fairseq", "plugin", "loop"):
         assert re.match(rf"{name}\s+median\s+\d+\.\d+ ms per batch of 8", next(x for x in lines if x.startswith(name)))
+    assert re.fullmatch(r"loop/plugin=\d+\.\d+", lines[-2]), lines[-3:]
 
 
 def test_latent_skip_benchmark_prints_both_passes_and_the_ratio_last():
