@@ -432,8 +432,8 @@ paper_prepare() {
 # score its best checkpoint at once (SRC->TGT; the backward model is not scored)
 metabt_train_eval() {
   local sys="$1" seed="$2" save="$3"; shift 3
-  ev_train "$save" "$@"
-  if [ "$sys" != backward ]; then ev_eval "$sys" "$seed" "$save" "$BIN" "$SRC" "$TGT"; fi
+  ev_train "$save" "$@" || return $?
+  if [ "$sys" != backward ]; then ev_eval "$sys" "$seed" "$save" "$BIN" "$SRC" "$TGT" || return $?; fi
 }
 
 # metabt_pretrain: stage 1, pre-training: the baseline and, when a listed system back-translates (or `backward` is
@@ -498,17 +498,17 @@ reconstruction_system() {
   local sys="$1" seed="$2" run="$WORK_DIR/seed$2" ft
   case "$sys" in
     pretrain) ev_train "$run/pretrain" "${COMMON[@]}" --arch "$ARCH" --criterion label_smoothed_cross_entropy \
-                --lr 1e-3 --seed "$seed" ;;
+                --lr 1e-3 --seed "$seed" || return $? ;;
     *) case "$sys" in
          baseline) ft=(--arch "$ARCH" --criterion label_smoothed_cross_entropy) ;;
          hidden) ft=(--arch "${ARCH/transformer_lowres/transformer_hidden_reconstruction}" --criterion hidden_reconstruction) ;;
          stgs-beta*) ft=(--arch "$ARCH" --criterion stgs_reconstruction --stgs-beta "${sys#stgs-beta}" --stgs-tau "$TAU") ;;
        esac
        ev_train "$run/$sys" "${COMMON[@]}" "${ft[@]}" --lr 1e-4 --seed "$seed" \
-         --finetune-from-model "$run/pretrain/checkpoint_best.pt" ;;
+         --finetune-from-model "$run/pretrain/checkpoint_best.pt" || return $? ;;
   esac
-  ev_eval "$sys" "$seed" "$run/$sys" "$BIN" "$SRC" "$TGT" --task bidirectional_translation
-  ev_eval "$sys" "$seed" "$run/$sys" "$BIN" "$TGT" "$SRC" --task bidirectional_translation
+  ev_eval "$sys" "$seed" "$run/$sys" "$BIN" "$SRC" "$TGT" --task bidirectional_translation || return $?
+  ev_eval "$sys" "$seed" "$run/$sys" "$BIN" "$TGT" "$SRC" --task bidirectional_translation || return $?
 }
 
 # reconstruction_run TITLE CORPUS: the pre-training of every seed, then every fine-tune (JOBS at a time), and the

@@ -64,3 +64,56 @@ def test_jobs_defaults_to_the_cores_not_omp_threads(tmp_path):
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=60)
     cores = len(os.sched_getaffinity(0))
     assert f"lanes={cores}" in proc.stdout, proc.stdout
+
+
+def test_a_failed_training_fails_its_job(tmp_path):
+    """A job whose training fails must fail, not report "done" (the backward model of the quickstart did, as its
+    job ended on the `if` that skips scoring it), and must not go on to score a checkpoint that does not exist."""
+    script = r'''
+ev_train() { echo "fairseq-metabt: error: refused"; return 2; }
+ev_eval() { echo "scored $1"; }
+SRC=gl; TGT=en; BIN=/nonexistent; COMMON=(); ARCH=transformer_lowres_tiny; EV_PROGRESS_PID=none
+ev_pool_run seed1.backward metabt_train_eval backward 1 "$WORK_DIR/seed1/backward"
+ev_pool_run seed1.baseline metabt_train_eval baseline 1 "$WORK_DIR/seed1/baseline"
+ev_pool_run seed1.pretrain reconstruction_system pretrain 1
+ev_pool_wait
+echo not reached
+'''
+    proc = _bash(script, str(tmp_path))
+    assert proc.returncode == 2, proc.stdout
+    assert "not reached" not in proc.stdout and "--- done" not in proc.stdout, proc.stdout
+    for job in ("seed1.backward", "seed1.baseline", "seed1.pretrain"):
+        assert f"--- FAILED {job} (exit 2)" in proc.stdout, proc.stdout
+        assert "scored" not in (tmp_path / "logs" / f"{job}.log").read_text()
+    assert "failed: seed1.backward seed1.baseline seed1.pretrain" in proc.stdout
+
+
+def _commands(text: str):
+    """The shell commands of a script, continuation lines joined."""
+    return text.replace("\\\n", " ").splitlines()
+
+
+def test_every_job_stops_at_its_first_failed_step():
+    """A job function runs without errexit (ev_pool_run: set +e), so every ev_train / ev_eval / evaluate call in a
+    recipe must end its job on failure: `|| return $?`. Otherwise a failed training is scored (a second, misleading
+    error), and a job whose last command succeeds (a skipped `if`, a `continue`) is reported done."""
+    import glob
+    import re
+    files = [os.path.join(ROOT, "scripts", "recipe_lib.sh"), os.path.join(ROOT, "scripts", "quickstart.sh")]
+    files += glob.glob(os.path.join(ROOT, "examples", "*", "run_*.sh"))
+    missing = []
+    for path in files:
+        definition = False  # inside ev_train() / ev_eval() themselves, whose last command is the call
+        with open(path, encoding="utf-8") as f:
+            for line in _commands(f.read()):
+                code = line.split("#", 1)[0]
+                if code.startswith(("ev_train()", "ev_eval()")):
+                    definition = True
+                elif code.startswith("}"):
+                    definition = False
+                if definition:
+                    continue
+                if re.search(r'(^|[;(]\s*|\)\s+)(ev_train|ev_eval) "', code) or "fairseq_metabt.evidence evaluate" in code:
+                    if "|| return $?" not in code and "|| exit" not in code:
+                        missing.append(f"{os.path.relpath(path, ROOT)}: {code.strip()[:100]}")
+    assert not missing, "\n".join(missing)

@@ -88,8 +88,8 @@ dds_system() {  # SYSTEM SEED: train to convergence, score, plot the language us
     tcs_dds_alg2) args=(--dds-init tcs "${LEARN[@]}" --dds-scorer-objective alg2);;
   esac
   # shellcheck disable=SC2086
-  ev_train "$out" "${COMMON[@]}" --lang-pairs "$pairs" "${args[@]}" --seed "$seed" $EXTRA_TRAIN
-  ev_eval "$sys" "$seed" "$out" "$DATA" "$SRC" "$TGT" --task dds_translation
+  ev_train "$out" "${COMMON[@]}" --lang-pairs "$pairs" "${args[@]}" --seed "$seed" $EXTRA_TRAIN || return $?
+  ev_eval "$sys" "$seed" "$out" "$DATA" "$SRC" "$TGT" --task dds_translation || return $?
   if [ -f "$out/dds_log.jsonl" ]; then "$PY" "$ROOT/scripts/plot_dds.py" "$out" --title "$sys, seed $seed" >/dev/null; fi
 }
 for sys in $SYSTEMS; do

@@ -80,8 +80,8 @@ dds_system() {  # LRL SYSTEM SEED: train to convergence, score LRL-eng
     dds)         args=(--dds-init uniform) ;;
     tcs_dds)     args=(--dds-init tcs) ;;
   esac
-  ev_train "$out" "${COMMON[@]}" --lang-pairs "$pairs" --dds-dev-lang-pair "$lrl-$TGT" "${args[@]}" --seed "$seed"
-  ev_eval "$sys" "$seed" "$out" "$BIN" "$lrl" "$TGT" --task dds_translation
+  ev_train "$out" "${COMMON[@]}" --lang-pairs "$pairs" --dds-dev-lang-pair "$lrl-$TGT" "${args[@]}" --seed "$seed" || return $?
+  ev_eval "$sys" "$seed" "$out" "$BIN" "$lrl" "$TGT" --task dds_translation || return $?
 }
 for lrl in $LRLS; do for seed in $SEEDS; do for sys in $SYSTEMS; do
   ev_pool_run "$lrl.seed$seed.$sys" dds_system "$lrl" "$sys" "$seed"

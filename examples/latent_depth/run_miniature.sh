@@ -106,17 +106,17 @@ latent_system() {  # DIRECTION SEED SYSTEM: train to convergence, score every pa
                     [ "$sys" = latent_lang ] && args+=(--latent-lk-utilisation language);;
   esac
   # shellcheck disable=SC2086
-  ev_train "$out" "$DATA" --user-dir "$USER_DIR" --lang-pairs "$LP" "${args[@]}" "${COMMON[@]}" --seed "$seed" $EXTRA_TRAIN
+  ev_train "$out" "$DATA" --user-dir "$USER_DIR" --lang-pairs "$LP" "${args[@]}" "${COMMON[@]}" --seed "$seed" $EXTRA_TRAIN || return $?
   task=multilingual_translation; [[ "$sys" == latent_* ]] && task=latent_depth_translation
   # the pruned model: one plain Transformer per language with only the layers its gates select
-  [ "$sys" = latent_deep ] && "$PY" "$ROOT/scripts/prune_latent_depth.py" "$out/checkpoint_best.pt" \
-    --out-dir "$out/pruned" --data "$DATA" --force
+  if [ "$sys" = latent_deep ]; then "$PY" "$ROOT/scripts/prune_latent_depth.py" "$out/checkpoint_best.pt" \
+    --out-dir "$out/pruned" --data "$DATA" --force || return $?; fi
   for l in $LANGS; do
     if [ "$dir" = o2m ]; then s="$TGT"; t="$l"; else s="$l"; t="$TGT"; fi
-    ev_eval "$sys" "$seed" "$out" "$DATA" "$s" "$t" --task "$task" -- --lang-pairs "$LP" --decoder-langtok
+    ev_eval "$sys" "$seed" "$out" "$DATA" "$s" "$t" --task "$task" -- --lang-pairs "$LP" --decoder-langtok || return $?
     [ "$sys" = latent_deep ] || continue
     "$PY" -m fairseq_metabt.evidence evaluate "$DATA" --work-dir "$WORK_DIR" --system latent_pruned --seed "$seed" \
-      --save-dir "$out" --path "$out/pruned/checkpoint.$l.pt" -s "$s" -t "$t" --task "$task" -- --lang-pairs "$LP" --decoder-langtok
+      --save-dir "$out" --path "$out/pruned/checkpoint.$l.pt" -s "$s" -t "$t" --task "$task" -- --lang-pairs "$LP" --decoder-langtok || return $?
   done
 }
 for sys in $SYSTEMS; do

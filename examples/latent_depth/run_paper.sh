@@ -76,11 +76,11 @@ latent_system() {  # DIRECTION SEED SYSTEM: train to convergence, score every pa
       else args+=(--encoder-latent-layers --encoder-target-layers "$SHALLOW" --encoder-latent-select threshold); fi
       [ "$sys" = latent_lang ] && args+=(--latent-lk-utilisation language) ;;
   esac
-  ev_train "$out" "$BIN" --user-dir "$USER_DIR" --lang-pairs "$LP" "${args[@]}" "${COMMON[@]}" --seed "$seed"
+  ev_train "$out" "$BIN" --user-dir "$USER_DIR" --lang-pairs "$LP" "${args[@]}" "${COMMON[@]}" --seed "$seed" || return $?
   task=multilingual_translation; [[ "$sys" == latent_* ]] && task=latent_depth_translation
   for l in "${LANGS[@]}"; do
     if [ "$dir" = o2m ]; then s="$TGT"; t="$l"; else s="$l"; t="$TGT"; fi
-    ev_eval "$sys" "$seed" "$out" "$BIN" "$s" "$t" --task "$task" -- --lang-pairs "$LP" --decoder-langtok
+    ev_eval "$sys" "$seed" "$out" "$BIN" "$s" "$t" --task "$task" -- --lang-pairs "$LP" --decoder-langtok || return $?
   done
 }
 for dir in $DIRS; do for seed in $SEEDS; do for sys in $SYSTEMS; do
