@@ -8,7 +8,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 RECIPE_USAGE='Latent-depth miniature: does a deep model with learned, per-language layer selection beat static depth?
 
   bash examples/latent_depth/run_miniature.sh [shared flags] [--directions "o2m m2o"] [--shallow 2] [--deep 6]
-       [--warmup 300] [--dim 128] [--sizes SYNTHETIC_SIZES] [--extra-train "fairseq-train args"]
+       [--warmup 200] [--dim 128] [--sizes SYNTHETIC_SIZES] [--extra-train "fairseq-train args"]
        [--latent-extra "args for the latent systems only"]
        [--systems "static_shallow static_k static_deep latent_deep"]   (also: latent_lang)
 
