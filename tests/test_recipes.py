@@ -1,8 +1,10 @@
 """One recipe interface: scripts/quickstart.sh and every examples/*/run_miniature.sh take the shared flags
 and run on a corpus that is not the synthetic one (hand-written, language codes de/en/nl/fr)."""
+import glob
 import itertools
 import json
 import os
+import re
 
 import pytest
 
@@ -64,6 +66,26 @@ def test_help_shows_the_shared_flags(name):
     out = run(["bash", os.path.join(ROOT, RECIPES[name]), "--help"]).stdout
     for flag in SHARED:
         assert flag in out, (name, flag)
+
+
+RECIPE_SCRIPTS = sorted(glob.glob(os.path.join(ROOT, "examples", "*", "run_*.sh")))
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("script", RECIPE_SCRIPTS, ids=lambda p: os.path.relpath(p, ROOT))
+def test_usage_defaults_are_the_script_defaults(script):
+    """Every `[--flag VALUE]` a recipe's usage shows is the value the script really starts from (latent depth's
+    usage once said --warmup 300 while the script used 200)."""
+    text = open(script).read()
+    shown = re.findall(r"\[(--[a-z-]+) ([0-9][0-9.e-]*)\]", text)
+    for flag, value in shown:
+        var = re.search(re.escape(flag) + r'\) ([A-Z_]+)="\$2"', text)  # --deep) DEEP="$2"
+        if var is None:  # recipe_options --deep DEEP
+            var = re.search(r"recipe_options\b(?:[^\n]|\\\n)*?" + re.escape(flag) + r" ([A-Z_]+)", text)
+        assert var, f"{script}: usage shows {flag} but the script does not parse it"
+        default = re.search(r"(?:^|[;\s])" + var.group(1) + r"=\"?([^\s;\"]*)", text, re.M)
+        assert default, f"{script}: no default assignment of {var.group(1)} ({flag})"
+        assert default.group(1) == value, f"{script}: usage says {flag} {value}, the script starts from {default.group(1)}"
 
 
 def test_bad_shared_flags_are_one_line_errors(handwritten, tmp_path):

@@ -10,14 +10,14 @@ RECIPE_USAGE='Wake-sleep, the paper'"'"'s settings: do iterated back-translation
 
   bash examples/wake_sleep/run_paper.sh --setting ted --wmt-dir DIR --iwslt-dir DIR [--wmt-train corpus.tc]
   bash examples/wake_sleep/run_paper.sh --setting wmt --wmt-dir DIR --mono-src FILE --mono-tgt FILE
-       [--wmt-preset wmt17-en-de] [--mono-lines 500000] [--iterations 3] [paper-scale flags] [shared flags]
+       [--wmt-preset wmt17-en-de] [--mono-lines N] [--iterations 3] [paper-scale flags] [shared flags]
 
 Languages: --src en --tgt de by default (both directions are trained and scored: SRC->TGT is the forward model,
 TGT->SRC the backward one). ted: train = the WMT bitext of --wmt-dir (files --wmt-train, default corpus.tc: the
 WMT'"'"'17 preprocessed release), dev/test = IWSLT'"'"'14'"'"'s (fairseq'"'"'s split of --iwslt-dir, the unpacked de-en
 release), monotext = the two sides of the IWSLT training text (the paper: 153k sentences). wmt: train/dev/test
 from --wmt-preset'"'"'s files (wmt17-en-de: corpus.tc, newstest2016, newstest2017), monotext --mono-src/--mono-tgt,
---mono-lines lines drawn of each (the paper: 500k). Nothing is downloaded; the conversion goes to WORK/raw
+--mono-lines N lines drawn of each (default: every line; the paper: 500k). Nothing is downloaded; the conversion goes to WORK/raw
 (--raw-dir takes a converted corpus with mono.SRC and mono.TGT). Each seed runs examples/wake_sleep/run.sh (Alg. 1:
 greedy back-translation of the whole monotext per phase, beam 10 at test time as the paper) with --control;
 its fairseq-train calls get the paper-scale device flags. Model: ARCH (default transformer, i.e. Transformer-Base;
