@@ -23,8 +23,8 @@ summary.json.
 
 Systems (all SRC->TGT except backward):
   baseline     plain fairseq `translation`, trained to dev convergence (early stopping)
-  (backward    TGT->SRC, trained the same way: the back-translation model of bt, bt_mle, bt_mle_dev and
-               metabt; trained whenever one of them is listed, or when `backward` is)
+  (backward    TGT->SRC, trained the same way: the back-translation model of bt, bt_mle, bt_mle_dev,
+               metabt and metabt_dev; trained whenever one of them is listed, or when `backward` is)
   then, each fine-tuned from the baseline with ONE schedule and stopping rule (lr FT_LR, warm-up FT_WARMUP):
   baseline_ft  the baseline continued on the bitext alone: the control, and the convergence check
   bt           back-translation: pseudo-sources sampled by the frozen backward model (--freeze-backward); not
@@ -34,9 +34,13 @@ Systems (all SRC->TGT except backward):
   bt_mle_dev   bt_mle with the meta-dev pairs added to the bitext of both models (--extra-bitext-subsets
                metadev): the control that sees the same labelled data as metabt, the strongest one
   metabt       meta back-translation: the backward model trained by the meta reward (on metadev) + MLE
+  metabt_dev   metabt with the meta-dev pairs also added to the bitext of both models, as bt_mle_dev has them:
+               against bt_mle_dev it measures the meta reward alone (same labelled data, used the same way);
+               not run by default
 Default systems: baseline baseline_ft bt_mle_dev metabt (chosen for the 30-minute budget on 2 free cores;
 list bt and bt_mle in --systems to add them, one more fine-tuning run each). The table names the control of
-each Δ: baseline_ft in the table, and under it metabt against bt_mle_dev (and against bt_mle when both run).
+each Δ: baseline_ft in the table, and under it metabt against bt_mle_dev (and against bt_mle when both run),
+and metabt_dev against bt_mle_dev and metabt when it runs.
 Independent trainings run JOBS at a time (default: one per core, one thread each); each system is scored
 as soon as it has converged. Logs: WORK/logs/. Results: WORK/results/summary.json (Δ and p against
 baseline_ft, metabt against bt_mle_dev / bt_mle) and the printed table.
@@ -61,8 +65,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 for s in $SYSTEMS; do
-  case "$s" in baseline|backward|baseline_ft|bt|bt_mle|bt_mle_dev|metabt) ;;
-    *) recipe_die "--systems: unknown system $s (choose from baseline baseline_ft bt bt_mle bt_mle_dev metabt)" ;;
+  case "$s" in baseline|backward|baseline_ft|bt|bt_mle|bt_mle_dev|metabt|metabt_dev) ;;
+    *) recipe_die "--systems: unknown system $s (choose from baseline baseline_ft bt bt_mle bt_mle_dev metabt metabt_dev)" ;;
   esac
 done
 bash "$ROOT/scripts/setup_env.sh"

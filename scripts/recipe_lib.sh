@@ -445,7 +445,7 @@ metabt_pretrain() {
     ev_pool_run "seed$seed.baseline" metabt_train_eval baseline "$seed" "$run/baseline" "${COMMON[@]}" \
       "${PRETRAIN[@]}" --seed "$seed" --task translation -s "$SRC" -t "$TGT" "${SINGLE[@]}"
     if recipe_has_system backward || recipe_has_system bt || recipe_has_system bt_mle ||
-       recipe_has_system bt_mle_dev || recipe_has_system metabt; then
+       recipe_has_system bt_mle_dev || recipe_has_system metabt || recipe_has_system metabt_dev; then
       ev_pool_run "seed$seed.backward" metabt_train_eval backward "$seed" "$run/backward" "${COMMON[@]}" \
         "${PRETRAIN[@]}" --seed "$seed" --task translation -s "$TGT" -t "$SRC" "${SINGLE[@]}"
     fi
@@ -457,7 +457,7 @@ metabt_pretrain() {
 # (baseline_ft) and every method (the slowest systems start first, so the lanes finish together)
 metabt_finetune() {
   local sys seed run init args
-  for sys in metabt bt_mle_dev bt_mle bt baseline_ft; do
+  for sys in metabt_dev metabt bt_mle_dev bt_mle bt baseline_ft; do
     recipe_has_system "$sys" || continue
     for seed in $SEEDS; do
       run="$WORK_DIR/seed$seed"
@@ -469,6 +469,9 @@ metabt_finetune() {
         bt_mle) args=("${BT[@]}" "${init[@]}" --meta-weight 0) ;;
         bt_mle_dev) args=("${BT[@]}" "${init[@]}" --meta-weight 0 --extra-bitext-subsets metadev) ;;
         metabt) args=("${BT[@]}" "${init[@]}" --meta-dev-subset metadev) ;;
+        # MetaBT that also trains both models on the meta-dev pairs: the same labelled data, used the same way,
+        # as bt_mle_dev, so metabt_dev vs bt_mle_dev is the meta reward alone
+        metabt_dev) args=("${BT[@]}" "${init[@]}" --meta-dev-subset metadev --extra-bitext-subsets metadev) ;;
       esac
       ev_pool_run "seed$seed.$sys" metabt_train_eval "$sys" "$seed" "$run/$sys" "${COMMON[@]}" "${FINETUNE[@]}" \
         --seed "$seed" "${args[@]}"
@@ -477,17 +480,18 @@ metabt_finetune() {
   ev_pool_wait
 }
 
-# metabt_compare "CONTROLS" TITLE CORPUS: the table of the listed systems, Δ and p against baseline_ft, and metabt
-# against each of CONTROLS (space-separated) that ran
+# metabt_compare "CONTROLS" TITLE CORPUS: the table of the listed systems, Δ and p against baseline_ft, metabt
+# against each of CONTROLS (space-separated) that ran, and metabt_dev against bt_mle_dev and metabt
 metabt_compare() {
   local rows=() pairs=() s
-  for s in baseline baseline_ft bt bt_mle bt_mle_dev metabt; do
+  for s in baseline baseline_ft bt bt_mle bt_mle_dev metabt metabt_dev; do
     if recipe_has_system "$s"; then rows+=("$s"); fi
   done
   for s in $1; do pairs+=(metabt:"$s"); done
-  recipe_also "${pairs[@]}"
+  recipe_also "${pairs[@]}" metabt_dev:bt_mle_dev metabt_dev:metabt
   ev_compare --control baseline_ft --systems "${rows[@]}" --precondition baseline_ft:baseline \
-    --same-schedule baseline_ft bt bt_mle bt_mle_dev metabt "${ALSO[@]+"${ALSO[@]}"}" --title "$2" --corpus "$3"
+    --same-schedule baseline_ft bt bt_mle bt_mle_dev metabt metabt_dev "${ALSO[@]+"${ALSO[@]}"}" \
+    --title "$2" --corpus "$3"
 }
 
 # Differentiable reconstruction (examples/reconstruction/run_miniature.sh, run_paper.sh). The recipe sets SYSTEMS,

@@ -6,11 +6,13 @@
   reward reads ``metadev``, and bt_mle_dev trains on it.
 * the task: ``--extra-bitext-subsets metadev`` puts the meta-dev pairs into theta's batches and psi's MLE.
 * the meta term with non-sampling generation is refused in one line.
+* metabt_dev (on request): metabt with the meta-dev pairs also in both models' bitext, against bt_mle_dev.
 """
 import json
 import os
 import re
 import shlex
+import shutil
 import sys
 
 import pytest
@@ -177,3 +179,30 @@ def test_quickstart_selects_every_system_on_valid_and_only_metabt_learns_from_me
         assert ("metadev" in shlex.split(command)) == (system in ("metabt", "bt_mle_dev")), (system, command)
     with open(os.path.join(work, "seed1", "bt_mle_dev", "train.log"), encoding="utf-8") as f:
         assert re.search(r"pairs of train \+ \d+ pairs of --extra-bitext-subsets metadev", f.read())
+
+
+def test_metabt_dev_adds_the_meta_dev_pairs_to_metabt_and_is_compared_with_bt_mle_dev(quickstart, tmp_path):
+    """metabt_dev (on request) = metabt + the meta-dev pairs in both models' bitext, the data bt_mle_dev has: the
+    table puts it against bt_mle_dev (the meta reward alone) and metabt; the other systems are reused."""
+    raw, work, _ = quickstart
+    copy = str(tmp_path / "work")
+    shutil.copytree(work, copy)
+    env = " ".join(f"{k}='{v}'" for k, v in TINY_ENV.items())
+    out = run(["bash", "-c", f'{env} bash "$0" "$@"', os.path.join(ROOT, "scripts", "quickstart.sh"),
+               "--raw-dir", raw, "--work-dir", copy, *TINY,
+               "--systems", "baseline baseline_ft bt_mle_dev metabt metabt_dev"], timeout=900).stdout
+    assert "- metabt_dev vs bt_mle_dev (paired by seed)" in out and "- metabt_dev vs metabt (paired by seed)" in out
+    for system in ("baseline", "baseline_ft", "bt_mle_dev", "metabt"):  # converged before: reused, not retrained
+        assert f"reusing {os.path.join(copy, 'seed1', system)}" in out, system
+    with open(os.path.join(copy, "results", "summary.json"), encoding="utf-8") as f:
+        assert "metabt_dev" in json.load(f)["systems"]
+    save = os.path.join(copy, "seed1", "metabt_dev")
+    with open(os.path.join(save, "convergence.json"), encoding="utf-8") as f:
+        command = shlex.split(json.load(f)["command"])
+    for flag in ("--meta-dev-subset", "--extra-bitext-subsets"):
+        assert command[command.index(flag) + 1] == "metadev", (flag, command)
+    assert "--meta-weight" not in command and "--freeze-backward" not in command  # the meta reward is on
+    with open(os.path.join(save, "train.log"), encoding="utf-8") as f:
+        log = f.read()
+    assert re.search(r"pairs of train \+ \d+ pairs of --extra-bitext-subsets metadev", log)
+    assert set(re.findall(r"valid on '([^']+)' subset", log)) == {"valid"}
