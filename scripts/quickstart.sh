@@ -64,11 +64,8 @@ while [ $# -gt 0 ]; do
     *) recipe_unknown "$1" ;;
   esac
 done
-for s in $SYSTEMS; do
-  case "$s" in baseline|backward|baseline_ft|bt|bt_mle|bt_mle_dev|metabt|metabt_dev) ;;
-    *) recipe_die "--systems: unknown system $s (choose from baseline baseline_ft bt bt_mle bt_mle_dev metabt metabt_dev)" ;;
-  esac
-done
+recipe_check_systems "baseline backward baseline_ft bt bt_mle bt_mle_dev metabt metabt_dev" \
+  "choose from baseline baseline_ft bt bt_mle bt_mle_dev metabt metabt_dev"
 bash "$ROOT/scripts/setup_env.sh"
 PY="$ROOT/.venv/bin/python"; export PATH="$ROOT/.venv/bin:$PATH"
 ARCH="${ARCH:-transformer_lowres_tiny}"; MAX_TOKENS="${MAX_TOKENS:-2048}"; LR="${LR:-2e-3}"; WARMUP="${WARMUP:-100}"
