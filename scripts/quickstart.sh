@@ -24,7 +24,7 @@ summary.json.
 Systems (all SRC->TGT except backward):
   baseline     plain fairseq `translation`, trained to dev convergence (early stopping)
   (backward    TGT->SRC, trained the same way: the back-translation model of bt, bt_mle, bt_mle_dev,
-               metabt and metabt_dev; trained whenever one of them is listed, or when `backward` is)
+               metabt, metabt_dev and metabt_sent; trained whenever one of them is listed, or `backward` is)
   then, each fine-tuned from the baseline with ONE schedule and stopping rule (lr FT_LR, warm-up FT_WARMUP):
   baseline_ft  the baseline continued on the bitext alone: the control, and the convergence check
   bt           back-translation: pseudo-sources sampled by the frozen backward model (--freeze-backward); not
@@ -37,10 +37,13 @@ Systems (all SRC->TGT except backward):
   metabt_dev   metabt with the meta-dev pairs also added to the bitext of both models, as bt_mle_dev has them:
                against bt_mle_dev it measures the meta reward alone (same labelled data, used the same way);
                not run by default
+  metabt_sent  metabt with one reward per pseudo-sentence (--meta-reward-granularity sentence, Taylor trick)
+               instead of one per batch: against metabt it measures the reward granularity alone; not run
+               by default
 Default systems: baseline baseline_ft bt_mle_dev metabt (chosen for the 30-minute budget on 2 free cores;
 list bt and bt_mle in --systems to add them, one more fine-tuning run each). The table names the control of
 each Δ: baseline_ft in the table, and under it metabt against bt_mle_dev (and against bt_mle when both run),
-and metabt_dev against bt_mle_dev and metabt when it runs.
+metabt_dev against bt_mle_dev and metabt, and metabt_sent against metabt and bt_mle, when they run.
 Independent trainings run JOBS at a time (default: one per core, one thread each); each system is scored
 as soon as it has converged. Logs: WORK/logs/. Results: WORK/results/summary.json (Δ and p against
 baseline_ft, metabt against bt_mle_dev / bt_mle) and the printed table.
@@ -64,8 +67,8 @@ while [ $# -gt 0 ]; do
     *) recipe_unknown "$1" ;;
   esac
 done
-recipe_check_systems "baseline backward baseline_ft bt bt_mle bt_mle_dev metabt metabt_dev" \
-  "choose from baseline baseline_ft bt bt_mle bt_mle_dev metabt metabt_dev"
+recipe_check_systems "baseline backward baseline_ft bt bt_mle bt_mle_dev metabt metabt_dev metabt_sent" \
+  "choose from baseline baseline_ft bt bt_mle bt_mle_dev metabt metabt_dev metabt_sent"
 bash "$ROOT/scripts/setup_env.sh"
 PY="$ROOT/.venv/bin/python"; export PATH="$ROOT/.venv/bin:$PATH"
 ARCH="${ARCH:-transformer_lowres_tiny}"; MAX_TOKENS="${MAX_TOKENS:-2048}"; LR="${LR:-2e-3}"; WARMUP="${WARMUP:-100}"

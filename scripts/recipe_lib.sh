@@ -436,6 +436,14 @@ metabt_train_eval() {
   if [ "$sys" != backward ]; then ev_eval "$sys" "$seed" "$save" "$BIN" "$SRC" "$TGT" || return $?; fi
 }
 
+# metabt_bt_systems: the listed systems that need the backward model (backward itself, every BT/MetaBT system)
+metabt_bt_systems() {
+  local s
+  for s in backward bt bt_mle bt_mle_dev metabt metabt_dev metabt_sent; do
+    if recipe_has_system "$s"; then echo "$s"; fi
+  done
+}
+
 # metabt_pretrain: stage 1, pre-training: the baseline and, when a listed system back-translates (or `backward` is
 # listed), the backward model TGT->SRC, to dev convergence (JOBS of them at a time)
 metabt_pretrain() {
@@ -444,8 +452,7 @@ metabt_pretrain() {
     run="$WORK_DIR/seed$seed"
     ev_pool_run "seed$seed.baseline" metabt_train_eval baseline "$seed" "$run/baseline" "${COMMON[@]}" \
       "${PRETRAIN[@]}" --seed "$seed" --task translation -s "$SRC" -t "$TGT" "${SINGLE[@]}"
-    if recipe_has_system backward || recipe_has_system bt || recipe_has_system bt_mle ||
-       recipe_has_system bt_mle_dev || recipe_has_system metabt || recipe_has_system metabt_dev; then
+    if [ -n "$(metabt_bt_systems)" ]; then
       ev_pool_run "seed$seed.backward" metabt_train_eval backward "$seed" "$run/backward" "${COMMON[@]}" \
         "${PRETRAIN[@]}" --seed "$seed" --task translation -s "$TGT" -t "$SRC" "${SINGLE[@]}"
     fi
@@ -457,7 +464,7 @@ metabt_pretrain() {
 # (baseline_ft) and every method (the slowest systems start first, so the lanes finish together)
 metabt_finetune() {
   local sys seed run init args
-  for sys in metabt_dev metabt bt_mle_dev bt_mle bt baseline_ft; do
+  for sys in metabt_sent metabt_dev metabt bt_mle_dev bt_mle bt baseline_ft; do
     recipe_has_system "$sys" || continue
     for seed in $SEEDS; do
       run="$WORK_DIR/seed$seed"
@@ -472,6 +479,9 @@ metabt_finetune() {
         # MetaBT that also trains both models on the meta-dev pairs: the same labelled data, used the same way,
         # as bt_mle_dev, so metabt_dev vs bt_mle_dev is the meta reward alone
         metabt_dev) args=("${BT[@]}" "${init[@]}" --meta-dev-subset metadev --extra-bitext-subsets metadev) ;;
+        # MetaBT with one reward per pseudo-sentence (first-order Taylor trick) instead of one per batch:
+        # the same data as metabt, so metabt_sent vs metabt is the reward's granularity alone
+        metabt_sent) args=("${BT[@]}" "${init[@]}" --meta-dev-subset metadev --meta-reward-granularity sentence) ;;
       esac
       ev_pool_run "seed$seed.$sys" metabt_train_eval "$sys" "$seed" "$run/$sys" "${COMMON[@]}" "${FINETUNE[@]}" \
         --seed "$seed" "${args[@]}"
@@ -481,16 +491,17 @@ metabt_finetune() {
 }
 
 # metabt_compare "CONTROLS" TITLE CORPUS: the table of the listed systems, Δ and p against baseline_ft, metabt
-# against each of CONTROLS (space-separated) that ran, and metabt_dev against bt_mle_dev and metabt
+# against each of CONTROLS (space-separated) that ran, metabt_dev against bt_mle_dev and metabt, and metabt_sent
+# against metabt and bt_mle
 metabt_compare() {
   local rows=() pairs=() s
-  for s in baseline baseline_ft bt bt_mle bt_mle_dev metabt metabt_dev; do
+  for s in baseline baseline_ft bt bt_mle bt_mle_dev metabt metabt_dev metabt_sent; do
     if recipe_has_system "$s"; then rows+=("$s"); fi
   done
   for s in $1; do pairs+=(metabt:"$s"); done
-  recipe_also "${pairs[@]}" metabt_dev:bt_mle_dev metabt_dev:metabt
+  recipe_also "${pairs[@]}" metabt_dev:bt_mle_dev metabt_dev:metabt metabt_sent:metabt metabt_sent:bt_mle
   ev_compare --control baseline_ft --systems "${rows[@]}" --precondition baseline_ft:baseline \
-    --same-schedule baseline_ft bt bt_mle bt_mle_dev metabt metabt_dev "${ALSO[@]+"${ALSO[@]}"}" \
+    --same-schedule baseline_ft bt bt_mle bt_mle_dev metabt metabt_dev metabt_sent "${ALSO[@]+"${ALSO[@]}"}" \
     --title "$2" --corpus "$3"
 }
 

@@ -7,6 +7,7 @@
 * the task: ``--extra-bitext-subsets metadev`` puts the meta-dev pairs into theta's batches and psi's MLE.
 * the meta term with non-sampling generation is refused in one line.
 * metabt_dev (on request): metabt with the meta-dev pairs also in both models' bitext, against bt_mle_dev.
+* metabt_sent (on request): metabt with one reward per pseudo-sentence, against metabt and bt_mle.
 """
 import json
 import os
@@ -181,21 +182,25 @@ def test_quickstart_selects_every_system_on_valid_and_only_metabt_learns_from_me
         assert re.search(r"pairs of train \+ \d+ pairs of --extra-bitext-subsets metadev", f.read())
 
 
-def test_metabt_dev_adds_the_meta_dev_pairs_to_metabt_and_is_compared_with_bt_mle_dev(quickstart, tmp_path):
+def test_metabt_variants_on_request_train_what_they_say_and_are_compared_with_their_controls(quickstart, tmp_path):
     """metabt_dev (on request) = metabt + the meta-dev pairs in both models' bitext, the data bt_mle_dev has: the
-    table puts it against bt_mle_dev (the meta reward alone) and metabt; the other systems are reused."""
+    table puts it against bt_mle_dev (the meta reward alone) and metabt. metabt_sent = metabt with per-sentence
+    rewards, against metabt and bt_mle. The systems that converged before are reused."""
     raw, work, _ = quickstart
     copy = str(tmp_path / "work")
     shutil.copytree(work, copy)
     env = " ".join(f"{k}='{v}'" for k, v in TINY_ENV.items())
     out = run(["bash", "-c", f'{env} bash "$0" "$@"', os.path.join(ROOT, "scripts", "quickstart.sh"),
                "--raw-dir", raw, "--work-dir", copy, *TINY,
-               "--systems", "baseline baseline_ft bt_mle_dev metabt metabt_dev"], timeout=900).stdout
-    assert "- metabt_dev vs bt_mle_dev (paired by seed)" in out and "- metabt_dev vs metabt (paired by seed)" in out
+               "--systems", "baseline baseline_ft bt_mle bt_mle_dev metabt metabt_dev metabt_sent"],
+              timeout=900).stdout
+    for pair in ("metabt_dev vs bt_mle_dev", "metabt_dev vs metabt", "metabt_sent vs metabt",
+                 "metabt_sent vs bt_mle"):
+        assert f"- {pair} (paired by seed)" in out, pair
     for system in ("baseline", "baseline_ft", "bt_mle_dev", "metabt"):  # converged before: reused, not retrained
         assert f"reusing {os.path.join(copy, 'seed1', system)}" in out, system
     with open(os.path.join(copy, "results", "summary.json"), encoding="utf-8") as f:
-        assert "metabt_dev" in json.load(f)["systems"]
+        assert {"metabt_dev", "metabt_sent"} <= set(json.load(f)["systems"])
     save = os.path.join(copy, "seed1", "metabt_dev")
     with open(os.path.join(save, "convergence.json"), encoding="utf-8") as f:
         command = shlex.split(json.load(f)["command"])
@@ -206,3 +211,14 @@ def test_metabt_dev_adds_the_meta_dev_pairs_to_metabt_and_is_compared_with_bt_ml
         log = f.read()
     assert re.search(r"pairs of train \+ \d+ pairs of --extra-bitext-subsets metadev", log)
     assert set(re.findall(r"valid on '([^']+)' subset", log)) == {"valid"}
+
+    # metabt_sent: metabt's data and reward read, one reward per pseudo-sentence (its log has their spread)
+    save = os.path.join(copy, "seed1", "metabt_sent")
+    with open(os.path.join(save, "convergence.json"), encoding="utf-8") as f:
+        command = shlex.split(json.load(f)["command"])
+    assert command[command.index("--meta-dev-subset") + 1] == "metadev"
+    assert command[command.index("--meta-reward-granularity") + 1] == "sentence"
+    assert "--extra-bitext-subsets" not in command and "--meta-weight" not in command
+    with open(os.path.join(save, "train.log"), encoding="utf-8") as f:
+        log = f.read()
+    assert re.search(r"reward_std[ =]\d", log) and set(re.findall(r"valid on '([^']+)' subset", log)) == {"valid"}
