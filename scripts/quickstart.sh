@@ -67,8 +67,7 @@ while [ $# -gt 0 ]; do
     *) recipe_unknown "$1" ;;
   esac
 done
-recipe_check_systems "baseline backward baseline_ft bt bt_mle bt_mle_dev metabt metabt_dev metabt_sent" \
-  "choose from baseline baseline_ft bt bt_mle bt_mle_dev metabt metabt_dev metabt_sent"
+recipe_check_systems "backward $METABT_SYSTEMS" "choose from $METABT_SYSTEMS"
 bash "$ROOT/scripts/setup_env.sh"
 PY="$ROOT/.venv/bin/python"; export PATH="$ROOT/.venv/bin:$PATH"
 ARCH="${ARCH:-transformer_lowres_tiny}"; MAX_TOKENS="${MAX_TOKENS:-2048}"; LR="${LR:-2e-3}"; WARMUP="${WARMUP:-100}"

@@ -428,6 +428,10 @@ paper_prepare() {
 # the flags of every fairseq-train), PRETRAIN and FINETUNE (each stage's lr flags), SINGLE (the --arch flags of a
 # one-direction model) and BT (meta_backtranslation's direction, task and model flags).
 
+# Every MetaBT system a recipe can list, in table order; METABT_BT: those that need the backward model
+METABT_SYSTEMS="baseline baseline_ft bt bt_mle bt_mle_dev metabt metabt_dev metabt_sent"
+METABT_BT="backward bt bt_mle bt_mle_dev metabt metabt_dev metabt_sent"
+
 # metabt_train_eval SYSTEM SEED SAVE_DIR fairseq-train args...: one job: train one system to dev convergence, then
 # score its best checkpoint at once (SRC->TGT; the backward model is not scored)
 metabt_train_eval() {
@@ -439,7 +443,7 @@ metabt_train_eval() {
 # metabt_bt_systems: the listed systems that need the backward model (backward itself, every BT/MetaBT system)
 metabt_bt_systems() {
   local s
-  for s in backward bt bt_mle bt_mle_dev metabt metabt_dev metabt_sent; do
+  for s in $METABT_BT; do
     if recipe_has_system "$s"; then echo "$s"; fi
   done
 }
@@ -495,7 +499,7 @@ metabt_finetune() {
 # against metabt and bt_mle
 metabt_compare() {
   local rows=() pairs=() s
-  for s in baseline baseline_ft bt bt_mle bt_mle_dev metabt metabt_dev metabt_sent; do
+  for s in $METABT_SYSTEMS; do
     if recipe_has_system "$s"; then rows+=("$s"); fi
   done
   for s in $1; do pairs+=(metabt:"$s"); done

@@ -35,7 +35,7 @@ IWSLT_DIR=""; WMT_DIR=""; WMT_PRESET=wmt14-en-de; MONO=""; MONO_LINES=""
 SYSTEMS="baseline baseline_ft bt bt_mle_dev metabt"
 recipe_options --iwslt-dir IWSLT_DIR --wmt-dir WMT_DIR --wmt-preset WMT_PRESET --mono MONO --mono-lines MONO_LINES \
   --systems SYSTEMS
-recipe_check_systems "baseline baseline_ft bt bt_mle bt_mle_dev metabt metabt_dev metabt_sent"
+recipe_check_systems "$METABT_SYSTEMS"
 recipe_require_systems "baseline and baseline_ft (the start and the control of every fine-tuning)" baseline baseline_ft
 MONO_ARGS=(); [ -z "$MONO" ] || MONO_ARGS=(--mono "$TGT=$MONO" ${MONO_LINES:+--mono-lines "$MONO_LINES"})
 if [ -n "$RAW_DIR" ]; then RAW="$RAW_DIR"; SETTING=raw
