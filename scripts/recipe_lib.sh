@@ -504,8 +504,9 @@ metabt_compare() {
   done
   for s in $1; do pairs+=(metabt:"$s"); done
   recipe_also "${pairs[@]}" metabt_dev:bt_mle_dev metabt_dev:metabt metabt_sent:metabt metabt_sent:bt_mle
+  # every system but the first (the un-fine-tuned baseline) runs the fine-tuning schedule
   ev_compare --control baseline_ft --systems "${rows[@]}" --precondition baseline_ft:baseline \
-    --same-schedule baseline_ft bt bt_mle bt_mle_dev metabt metabt_dev metabt_sent "${ALSO[@]+"${ALSO[@]}"}" \
+    --same-schedule ${METABT_SYSTEMS#baseline } "${ALSO[@]+"${ALSO[@]}"}" \
     --title "$2" --corpus "$3"
 }
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import ROOT, run
-from fairseq_metabt.evidence import convergence, summary
+from fairseq_metabt.evidence import convergence, provenance, summary
 from fairseq_metabt.evidence.convergence import Protocol, ProtocolError
 
 EVIDENCE = [sys.executable, "-m", "fairseq_metabt.evidence"]
@@ -232,11 +232,25 @@ def test_results_md_is_generated_from_the_json_summaries(tmp_path):
     with open(out, encoding="utf-8") as f, open(os.path.join(ROOT, "docs", "results.md"), encoding="utf-8") as g:
         assert f.read() == g.read(), "docs/results.md was edited by hand: regenerate it with " \
                                      "`python -m fairseq_metabt.evidence docs`"
-    methods = {f[:-5] for f in os.listdir(results_dir) if f.endswith(".json")}
-    assert "metabt" in methods
-    for m in methods:
-        with open(os.path.join(results_dir, m + ".json"), encoding="utf-8") as f:
+    indicative = os.path.join(results_dir, summary.INDICATIVE_DIR)
+    kept = [os.path.join(results_dir, f) for f in summary.kept_tables(results_dir)]
+    earlier = [os.path.join(indicative, f) for f in summary.kept_tables(indicative)] if os.path.isdir(indicative) else []
+    assert any(p.endswith("metabt.json") for p in kept)
+    for path in kept + earlier:
+        m = os.path.basename(path)[:-5]
+        with open(path, encoding="utf-8") as f:
             s = json.load(f)
+        if path in kept:
+            # a table shown as kept has the provenance the tools write: commit, and per run its exact command,
+            # update counts and convergence record (tables kept before that live in docs/results/indicative/)
+            assert s["provenance"]["commit"], m
+            runs = provenance._runs(s)
+            assert runs, m
+            for r in runs:
+                assert r["command"].split()[0].endswith("fairseq-train") and r["commit"], (m, r["system"])
+                assert r["num_updates"] >= r["best_update"] > 0 and r["converged"] is True, (m, r["system"])
+        else:
+            assert provenance.caveats(s)[0].startswith("provenance not recorded"), m
         for entry in (s.get("pairs") or {"": s}).values():
             assert entry["control"] in entry["systems"]
             for name, row in entry["systems"].items():

@@ -29,7 +29,7 @@ gates select (scripts/prune_latent_depth.py), which must score the same. static_
 "learned selection from a deep model" against "training the K-layer network directly".
 Every system trains at lr LR (1.5e-3) after --warmup updates and halves it after LR_PATIENCE (2) validations
 without a new best dev score (--lr-scheduler plateau_updates), so each run anneals before --patience stops it.
-Model size: --dim 64 and --deep 4, the shape of the kept synthetic run (docs/results/latent_depth.json); a
+Model size: --dim 64 and --deep 4, the shape of the kept synthetic run (docs/results/indicative/latent_depth.json); a
 multilingual update is one batch of every pair, so dim 128 with 6 layers took 1.3-3.4 s per update on the real
 catalog corpus on 2 cores (~34 h for 3 seeds, docs/catalog_corpus.md): larger shapes are for a GPU.
 Knobs (environment): LR, LR_PATIENCE, GATE_UPDATES (200: relaxed gates and the KL anneal, then L_K'"'"'s ramp).'

@@ -44,7 +44,8 @@ only). The reading under each table is human-written (`docs/results/NAME.notes.m
 written by the tools. A table whose
 systems did not converge, or whose convergence precondition is not met, measures training length, not
 the method. Only comparisons of converged systems are kept here; the earlier fixed-budget runs are recorded in
-`docs/results_legacy.md`, and each method's miniature is re-run under the protocol by its issue.
+`docs/results_legacy.md`. Tables kept before the tools recorded provenance (3 seeds) follow the others under
+their own heading, until their re-run replaces them.
 """
 
 

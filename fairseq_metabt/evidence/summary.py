@@ -353,15 +353,29 @@ def notes_path(json_path: str) -> str:
     return json_path[:-len(".json")] + ".notes.md"
 
 
-def render_results_md(results_dir: str, header: str = "") -> str:
-    """``docs/results.md`` generated from every ``docs/results/*.json`` (never typed by hand), each table
-    followed by its human reading from ``NAME.notes.md``."""
-    files = sorted(f for f in os.listdir(results_dir) if f.endswith(".json"))
-    out = [header.rstrip() + "\n"] if header else []
-    for f in files:
+INDICATIVE_DIR = "indicative"
+INDICATIVE_HEADER = """# Indicative tables: kept before the tools recorded provenance
+
+These comparisons were kept before summaries recorded the commit, the commands and the update counts, with 3
+seeds: every system converged and each Δ has its seed-level verdict (from the kept per-seed scores), but
+they are descriptions of those runs, not findings. Each is re-run under the full protocol (5 seeds,
+tool-written provenance) and moves up when it is; the JSON and the reading are in
+`docs/results/indicative/`.
+"""
+
+
+def kept_tables(results_dir: str) -> List[str]:
+    """The ``NAME.json`` summaries directly in ``results_dir``, sorted: the tables with tool-written
+    provenance (the ones kept before it are in its ``indicative/`` folder)."""
+    return sorted(f for f in os.listdir(results_dir) if f.endswith(".json"))
+
+
+def _render_tables(results_dir: str, shown_dir: str) -> List[str]:
+    out = []
+    for f in kept_tables(results_dir):
         s = read_json(os.path.join(results_dir, f))
         out.append(f"## {s.get('title') or f[:-5]}\n")
-        out.append(f"Source: `docs/results/{f}`. Command: `{s.get('command') or '–'}`. "
+        out.append(f"Source: `{shown_dir}/{f}`. Command: `{s.get('command') or '–'}`. "
                    f"Corpus: {s.get('corpus') or '–'}.\n")
         line = _provenance_line(s)
         if line:
@@ -373,6 +387,19 @@ def render_results_md(results_dir: str, header: str = "") -> str:
         if os.path.exists(notes_file):
             with open(notes_file, encoding="utf-8") as nf:
                 out.append(nf.read().strip() + "\n")
+    return out
+
+
+def render_results_md(results_dir: str, header: str = "") -> str:
+    """``docs/results.md`` generated from every ``docs/results/*.json`` (never typed by hand), each table
+    followed by its human reading from ``NAME.notes.md``; then, under their own heading, the tables in
+    ``docs/results/indicative/`` (kept before provenance was recorded)."""
+    out = [header.rstrip() + "\n"] if header else []
+    out += _render_tables(results_dir, "docs/results")
+    indicative = os.path.join(results_dir, INDICATIVE_DIR)
+    if os.path.isdir(indicative) and kept_tables(indicative):
+        out.append(INDICATIVE_HEADER)
+        out += _render_tables(indicative, f"docs/results/{INDICATIVE_DIR}")
     return "\n".join(out)
 
 

@@ -45,8 +45,8 @@ from fairseq_metabt.models.transformer_lowres import set_sizes, setdefault
 
 # Relaxed gates only for a warm-up.  Relaxed throughout (the old default) trains a different network from the
 # one inference runs: at tau = 5 most relaxed samples lie strictly between 0 and 1, while evaluation keeps
-# q > 0.5 as 0/1 gates.  The miniatures (docs/results/latent_depth.json, every run) used relaxed gates for
-# exactly the KL anneal (200 updates), then hard gates while L_K ramps in: the gates polarised on every seed
+# q > 0.5 as 0/1 gates.  The miniatures (docs/results/indicative/latent_depth.json, every run) used relaxed
+# gates for exactly the KL anneal (200 updates), then hard gates while L_K ramps in: the gates polarised on every seed
 # and the model scored as trained equalled its pruned per-language Transformers.  Without an anneal, 500
 # updates is fairseq's examples/latent_depth --soft-update.
 DEFAULT_SOFT_UPDATES = 500
