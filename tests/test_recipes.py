@@ -107,7 +107,8 @@ TINY_ENV = {"ARCH": "transformer_lowres_tiny", "WARMUP": "1", "FT_WARMUP": "1", 
 
 CASES = {
     "quickstart": ["--src", "de", "--tgt", "en", "--systems", "baseline baseline_ft bt"],
-    "dds": ["--src", "de", "--tgt", "en", "--related", "nl,fr", "--systems", "uniform dds", "--interval", "2",
+    "dds": ["--src", "de", "--tgt", "en", "--related", "nl,fr", "--systems", "uniform related dds tcs_dds fixed_order",
+            "--interval", "2",
             "--arch", "transformer_lowres_tiny"],
     "latent_depth": ["--src", "de", "--tgt", "en", "--related", "nl", "--directions", "m2o", "--shallow", "1",
                      "--deep", "2", "--dim", "32", "--warmup", "1",
@@ -121,8 +122,11 @@ CASES = {
 def test_recipe_runs_on_a_handwritten_corpus(name, handwritten, tmp_path):
     work = str(tmp_path / "work")
     env = " ".join(f"{k}='{v}'" for k, v in TINY_ENV.items())
+    # a recipe never writes into the checkout: every later run's provenance would say "uncommitted changes"
+    changed = run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"]).stdout
     out = run(["bash", "-c", f'{env} bash "$0" "$@"', os.path.join(ROOT, RECIPES[name]), "--raw-dir", handwritten,
                "--work-dir", work, *TINY, *CASES[name]], timeout=1200).stdout
+    assert run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"]).stdout == changed
     with open(os.path.join(work, "results", "summary.json"), encoding="utf-8") as f:
         s = json.load(f)
     entries = s.get("pairs") or {s["pair"]: s}
@@ -154,6 +158,10 @@ def test_recipe_runs_on_a_handwritten_corpus(name, handwritten, tmp_path):
         cmdline = ""
     assert not ("fairseq_metabt.evidence" in cmdline and work in cmdline), cmdline
     assert "en" in " ".join(entries)
+    if name == "dds":  # DDS and TCS+DDS against the rules that could explain a gain, among the systems that ran
+        also = {(a["system"], a["control"]) for entry in entries.values() for a in entry["also"]}
+        assert also == {("dds", "related"), ("dds", "fixed_order"), ("tcs_dds", "related"),
+                        ("tcs_dds", "fixed_order")}, also
     if name == "latent_depth":  # the pruned plain Transformers compute what the gated model computes
         for pair, entry in entries.items():
             rows = entry["systems"]

@@ -24,7 +24,7 @@ available language of a ranking fixed from the start (--dds-init order), the con
 a fixed ranking"; --fixed-order gives the ranking (default on the synthetic preset: lrl,hrl,unrb,nsy,unra, the
 order the kept DDS runs settled on; on other data the ranking by vocabulary overlap with --src). Old flags --lrl,
 --pivot, --langs are accepted as aliases. Results: WORK/results/summary.json, the table, and
-WORK/seedS/SYSTEM/dds_languages.png (copied to examples/dds/language_usage_{tcs_dds,dds}.png).
+WORK/seedS/SYSTEM/dds_languages.png (those of the kept run: examples/dds/language_usage_{tcs_dds,dds}.png).
 Every system trains at lr LR (2e-3) after WARMUP (200) updates and halves it after LR_PATIENCE (2) validations
 without a new best dev score (--lr-scheduler plateau_updates), so each run anneals before --patience stops it.
 The defaults (tiny model, validation every 50 updates) are bounded to fit a 2-core machine; a GPU run would use
@@ -99,12 +99,14 @@ done
 # every (system, seed) is independent: JOBS of them at a time
 for seed in $SEEDS; do for sys in $SYSTEMS; do ev_pool_run "seed$seed.$sys" dds_system "$sys" "$seed"; done; done
 ev_pool_wait
+# the plots stay in the work directory: a recipe that wrote into the checkout would leave its tree dirty, and
+# every later run's provenance would say "uncommitted changes"
 for sys in tcs_dds dds; do
   png="$WORK_DIR/seed$FIRST_SEED/$sys/dds_languages.png"
-  if [ -f "$png" ] && [ -z "$RAW_DIR" ]; then cp "$png" "$ROOT/examples/dds/language_usage_$sys.png"; fi
+  if [ -f "$png" ]; then echo "language usage of $sys, seed $FIRST_SEED: $png"; fi
 done
-# DDS against the rules that could explain its gain: related, the fixed ranking; TCS+DDS against TCS
-recipe_also dds:related dds:fixed_order tcs_dds:tcs
+# DDS and TCS+DDS against the rules that could explain their gain: related, the fixed ranking; TCS+DDS against TCS
+recipe_also dds:related dds:fixed_order tcs_dds:tcs tcs_dds:related tcs_dds:fixed_order
 # shellcheck disable=SC2086
 ev_compare --control uniform --systems $SYSTEMS --same-schedule $SYSTEMS "${ALSO[@]+"${ALSO[@]}"}" \
   --title "DDS, miniature: $SRC-$TGT test, sources $SRC,$RELATED" \

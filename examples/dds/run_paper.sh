@@ -87,7 +87,7 @@ for lrl in $LRLS; do for seed in $SEEDS; do for sys in $SYSTEMS; do
   ev_pool_run "$lrl.seed$seed.$sys" dds_system "$lrl" "$sys" "$seed"
 done; done; done
 ev_pool_wait
-recipe_also dds:related tcs_dds:tcs
+recipe_also dds:related tcs_dds:tcs tcs_dds:related
 # shellcheck disable=SC2086
 ev_compare --control uniform --systems $SYSTEMS --same-schedule $SYSTEMS "${ALSO[@]+"${ALSO[@]}"}" \
   --title "DDS, the paper's TED setting ($PRESET into $TGT; test BLEU of each LRL: $LRLS)" \
