@@ -384,3 +384,20 @@ def test_every_training_scores_the_whole_dev_set():
     assert whole_batches(["data", "--max-tokens", "2048"]) == ["--required-batch-size-multiple", "1"]
     assert whole_batches(["data", "--required-batch-size-multiple", "8"]) == []
     assert whole_batches(["data", "--required-batch-size-multiple=8"]) == []
+
+
+@pytest.mark.fast
+def test_provenance_line_names_the_commit_the_runs_were_trained_at():
+    """A summary that reuses runs trained at an earlier commit says so beside the commit that summarised them."""
+    def summary_at(prov_commit, run_commits):
+        runs = [{"seed": i + 1, "commit": c} for i, c in enumerate(run_commits)]
+        return {"provenance": {"commit": prov_commit, "dirty": False, "versions": {}, "python": "3.11", "cores": 2},
+                "control": "a", "systems": {"a": {"runs": runs}}}
+
+    line = summary._provenance_line(summary_at("b" * 40, ["a" * 40, "a" * 40]))
+    assert line.startswith(f"Summarised at commit `{'b' * 10}` (every run trained at `{'a' * 10}`);"), line
+    assert "trained at" not in summary._provenance_line(summary_at("a" * 40, ["a" * 40]))
+    # runs from several commits are the caveat's business (provenance.caveats), not this line's
+    mixed = summary_at("b" * 40, ["a" * 40, "c" * 40])
+    assert "trained at" not in summary._provenance_line(mixed)
+    assert provenance.caveats(mixed)[0].startswith("seeds or systems trained from different commits")

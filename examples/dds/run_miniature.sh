@@ -51,7 +51,7 @@ done
 [ ${#RELATED_LIST[@]} -ge 1 ] || recipe_die "DDS needs other source languages: --related L1,L2,..."
 REL="${REL:-${RELATED_LIST[0]}}"
 # fixed_order's ranking: given, or on the synthetic preset's languages the order the kept DDS runs settled on
-# (docs/results/indicative/dds.notes.md), or else the task's default (vocabulary overlap with SRC, SRC first)
+# (docs/results_legacy.md), or else the task's default (vocabulary overlap with SRC, SRC first)
 if [ -z "$ORDER" ] && [ -z "$RAW_DIR" ] && [ "$SRC,$RELATED" = "lrl,hrl,unra,unrb,nsy" ]; then ORDER="lrl,hrl,unrb,nsy,unra"; fi
 ORDER_ARGS=(--dds-init order); [ -z "$ORDER" ] || ORDER_ARGS+=(--dds-order "$ORDER")
 [ -n "$RAW_DIR" ] && for l in "${RELATED_LIST[@]}"; do recipe_check_pair "$RAW_DIR" "$l" "$TGT"; done

@@ -344,7 +344,11 @@ def _provenance_line(s: dict) -> str:
     v = prov.get("versions") or {}
     soft = ", ".join(f"{k} {v[k]}" for k in v if v[k])
     dirty = " (uncommitted changes)" if prov.get("dirty") else ""
-    return (f"Summarised at commit `{(prov.get('commit') or 'unknown')[:10]}`{dirty}; {soft}; python "
+    # a summary may reuse runs trained at an earlier commit: say which, so the line is not read as theirs
+    trained = {r.get("commit") for r in provenance._runs(s)} - {None}
+    runs_at = (f" (every run trained at `{next(iter(trained))[:10]}`)"
+               if len(trained) == 1 and trained != {prov.get("commit")} else "")
+    return (f"Summarised at commit `{(prov.get('commit') or 'unknown')[:10]}`{dirty}{runs_at}; {soft}; python "
             f"{prov.get('python')}; {prov.get('cores')} cores, JOBS {prov.get('jobs') or 'default'}.\n")
 
 
