@@ -234,7 +234,8 @@ def test_results_md_is_generated_from_the_json_summaries(tmp_path):
                                      "`python -m fairseq_metabt.evidence docs`"
     indicative = os.path.join(results_dir, summary.INDICATIVE_DIR)
     kept = [os.path.join(results_dir, f) for f in summary.kept_tables(results_dir)]
-    earlier = [os.path.join(indicative, f) for f in summary.kept_tables(indicative)] if os.path.isdir(indicative) else []
+    earlier = ([os.path.join(indicative, f) for f in summary.kept_tables(indicative)]
+               if os.path.isdir(indicative) else [])
     assert any(p.endswith("metabt.json") for p in kept)
     for path in kept + earlier:
         m = os.path.basename(path)[:-5]
@@ -244,7 +245,7 @@ def test_results_md_is_generated_from_the_json_summaries(tmp_path):
             # a table shown as kept has the provenance the tools write: commit, and per run its exact command,
             # update counts and convergence record (tables kept before that live in docs/results/indicative/)
             assert s["provenance"]["commit"], m
-            runs = provenance._runs(s)
+            runs = provenance.runs(s)
             assert runs, m
             for r in runs:
                 assert r["command"].split()[0].endswith("fairseq-train") and r["commit"], (m, r["system"])

@@ -59,7 +59,7 @@ def environment() -> Dict[str, object]:
     return env
 
 
-def _runs(summary: dict) -> List[dict]:
+def runs(summary: dict) -> List[dict]:
     """Every (pair, system, seed) run record of a summary, with the names added."""
     pairs = summary.get("pairs") or {summary.get("pair", ""): summary}
     out = []
@@ -70,29 +70,36 @@ def _runs(summary: dict) -> List[dict]:
     return out
 
 
+def trained_at(summary: dict) -> Dict[str, List[str]]:
+    """``{commit: ["SYSTEM seed N", ...]}``: the commits a summary's runs, and the models they start from
+    (``depends_on``, e.g. the backward model), were trained at ("unknown" where none was recorded)."""
+    commits: Dict[str, List[str]] = {}
+    for r in runs(summary):
+        for c in [r.get("commit")] + [d.get("commit") for d in r.get("depends_on") or []]:
+            commits.setdefault(c or "unknown", []).append(f"{r['system']} seed {r['seed']}")
+    return commits
+
+
 def caveats(summary: dict) -> List[str]:
     """What a table's header must say about where its numbers come from (empty when nothing)."""
-    runs = _runs(summary)
-    if not runs:
+    recs = runs(summary)
+    if not recs:
         return ["provenance not recorded by the tools: this table was kept before summaries recorded the commit, "
                 "the commands and the update counts; its intervals use the kept per-seed scores only"]
     notes = []
-    commits: Dict[str, List[str]] = {}
-    for r in runs:
-        for c in [r.get("commit")] + [d.get("commit") for d in r.get("depends_on") or []]:
-            commits.setdefault(c or "unknown", []).append(f"{r['system']} seed {r['seed']}")
+    commits = trained_at(summary)
     if len(commits) > 1:
         notes.append("seeds or systems trained from different commits: " + "; ".join(
             f"{c[:10]} ({len(v)} runs)" for c, v in sorted(commits.items())))
-    dirty = sorted({f"{r['system']} seed {r['seed']}" for r in runs if r.get("dirty")})
+    dirty = sorted({f"{r['system']} seed {r['seed']}" for r in recs if r.get("dirty")})
     if dirty:
         notes.append("trained from a tree with uncommitted changes: " + ", ".join(dirty))
-    reset = sorted({f"{r['system']} seed {r['seed']}" for r in runs
+    reset = sorted({f"{r['system']} seed {r['seed']}" for r in recs
                     if (r.get("starts") or 1) > 1 and not r.get("early_stop_state_kept")})
     if reset:
         notes.append("resumed with fairseq's early-stopping state reset (it waited a fresh --patience after the "
                      "resume): " + ", ".join(reset))
-    capped = sorted({f"{r['system']} seed {r['seed']}" for r in runs if r.get("converged") is False})
+    capped = sorted({f"{r['system']} seed {r['seed']}" for r in recs if r.get("converged") is False})
     if capped:
         notes.append("not converged: " + ", ".join(capped))
     return notes

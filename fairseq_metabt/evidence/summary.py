@@ -345,9 +345,9 @@ def _provenance_line(s: dict) -> str:
     soft = ", ".join(f"{k} {v[k]}" for k in v if v[k])
     dirty = " (uncommitted changes)" if prov.get("dirty") else ""
     # a summary may reuse runs trained at an earlier commit: say which, so the line is not read as theirs
-    trained = {r.get("commit") for r in provenance._runs(s)} - {None}
+    trained = set(provenance.trained_at(s))  # several commits: provenance.caveats says so in the header
     runs_at = (f" (every run trained at `{next(iter(trained))[:10]}`)"
-               if len(trained) == 1 and trained != {prov.get("commit")} else "")
+               if len(trained) == 1 and trained != {prov.get("commit")} and "unknown" not in trained else "")
     return (f"Summarised at commit `{(prov.get('commit') or 'unknown')[:10]}`{dirty}{runs_at}; {soft}; python "
             f"{prov.get('python')}; {prov.get('cores')} cores, JOBS {prov.get('jobs') or 'default'}.\n")
 
