@@ -49,7 +49,8 @@ as soon as it has converged. Logs: WORK/logs/. Results: WORK/results/summary.jso
 baseline_ft, metabt against bt_mle_dev / bt_mle) and the printed table.
 Knobs (environment): ARCH (transformer_lowres_tiny), MAX_TOKENS (2048), LR (2e-3), WARMUP (100) for
 pre-training; FT_MAX_TOKENS (MAX_TOKENS), FT_LR (1e-3), FT_WARMUP (50) for fine-tuning; SIZES (synthetic
-sizes); JOBS (cores).'
+sizes); JOBS (cores); TITLE (the table title, followed by the pair; default "Quickstart: back-translation and
+meta back-translation").'
 SRC=lrl; TGT=tgt; RELATED=""; SEEDS="1"; WORK_DIR="$ROOT/runs/quickstart"
 PATIENCE=5; VALIDATE_EVERY=50; MAX_UPDATE=8000
 # shellcheck source=recipe_lib.sh
@@ -101,6 +102,6 @@ metabt_pretrain
 # every method (the slowest systems start first, so the lanes finish together)
 metabt_finetune
 
-metabt_compare "bt_mle_dev bt_mle" "Quickstart: back-translation and meta back-translation ($SRC->$TGT)" \
+metabt_compare "bt_mle_dev bt_mle" "${TITLE:-Quickstart: back-translation and meta back-translation} ($SRC->$TGT)" \
   "${RAW_DIR:-synthetic domain preset, corpus seed 1, $SIZES}; $META_DEV_NOTE"
 echo "quickstart finished in $(( $(date +%s) - start ))s; summary: $WORK_DIR/results/summary.json"

@@ -234,13 +234,14 @@ ev_eval() {
 }
 
 # ev_compare compare-args...: WORK_DIR/results/summary.json and its table. The recipe's command line as
-# launched and the effective value of every knob it read are recorded as its provenance.
+# launched, the effective value of every knob it read and, with --raw-dir, the corpus (path, content hash,
+# manifest) are recorded as its provenance.
 ev_compare() {
   local k knobs=()
   for k in $RECIPE_KNOBS; do [ -z "${!k:-}" ] || knobs+=(--knob "$k=${!k}"); done
   echo; echo "=== results (paired by seed: $SEEDS) ==="
   "$PY" -m fairseq_metabt.evidence compare --work-dir "$WORK_DIR" --out "$WORK_DIR/results/summary.json" \
-    --command "$RECIPE_COMMAND" "${knobs[@]+"${knobs[@]}"}" "$@"
+    --command "$RECIPE_COMMAND" ${RAW_DIR:+--raw-dir "$RAW_DIR"} "${knobs[@]+"${knobs[@]}"}" "$@"
 }
 
 # recipe_cpu_flag: --cpu unless CUDA is available (the recipes run unchanged on GPUs).

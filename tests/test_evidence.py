@@ -156,6 +156,78 @@ def _record(work, system, seed, refs, hyps, converged=True, **prov):
     return scores
 
 
+def _raw_corpus(path, preset="toy", languages=(("xx", "lrl"), ("yy", "target")), text="a b c\n"):
+    """A raw-layout corpus directory with a manifest (the synthetic generator's and the catalog kit's fields)."""
+    os.makedirs(path, exist_ok=True)
+    for name in ("train.xx-yy.xx", "train.xx-yy.yy", "test.xx-yy.xx"):
+        with open(os.path.join(path, name), "w", encoding="utf-8") as f:
+            f.write(text)
+    with open(os.path.join(path, "manifest.json"), "w", encoding="utf-8") as f:
+        json.dump({"generator": "gen", "preset": preset, "seed": 1, "description": "d",
+                   "languages": [{"code": c, "role": r} for c, r in languages]}, f)
+    return str(path)
+
+
+@pytest.mark.fast
+def test_corpus_record_names_the_corpus_by_its_content(tmp_path):
+    """A summary of a user's corpus keeps its manifest and a hash of its files: the same text gives the same
+    hash, one changed byte another; the kit's packages are read from its catalog.json."""
+    a = _raw_corpus(tmp_path / "a")
+    rec = provenance.corpus_record(a)
+    assert rec["preset"] == "toy" and rec["languages"] == {"xx": "lrl", "yy": "target"} and rec["files"] == 3
+    assert provenance.corpus_record(_raw_corpus(tmp_path / "b"))["sha256"] == rec["sha256"]
+    assert provenance.corpus_record(_raw_corpus(tmp_path / "c", text="a b d\n"))["sha256"] != rec["sha256"]
+    with open(os.path.join(a, "catalog.json"), "w", encoding="utf-8") as f:
+        json.dump({"commit": "f" * 40, "source": {"distribution": "Debian 12 (bookworm)",
+                                                 "packages": [{"package": "gimp-data", "version": "2.10"}]}}, f)
+    kit = provenance.corpus_record(a)
+    assert kit["sha256"] == rec["sha256"]  # the JSON descriptions are not corpus text
+    assert kit["packages"] == {"gimp-data": "2.10"} and kit["kit_commit"] == "f" * 40
+    line = summary._corpus_line({"corpus_record": kit})
+    assert "preset `toy`" in line and "catalogs of 1 pinned Debian 12 (bookworm) packages" in line
+    assert f"sha256 `{rec['sha256'][:16]}`" in line
+    with pytest.raises(Exception, match="no such directory"):
+        provenance.corpus_record(str(tmp_path / "missing"))
+
+
+def _verdict_row(delta, verdict, n=5, **extra):
+    return dict({"bleu": [1.0] * n, "chrf": [1.0] * n, "delta": delta, "p": 0.01, "converged": True,
+                 "verdict": verdict, "paired_seeds": list(range(1, n + 1)),
+                 "interval": {"n_seeds": n, "lo": delta - 1, "hi": delta + 1, "method": "t"}}, **extra)
+
+
+@pytest.mark.fast
+def test_synthetic_and_real_text_verdicts_side_by_side(tmp_path):
+    """results.md puts a method's real-text verdicts (METHOD_catalog.json) beside its synthetic ones, matched by
+    comparison and by the low-resource pair's direction whatever its languages are called."""
+    control = {"bleu": [1.0] * 5, "chrf": [1.0] * 5, "delta": None, "p": None, "converged": True}
+    synth = {"title": "M", "pairs": {
+        "lrl-tgt": {"control": "base", "systems": {"base": control, "m": _verdict_row(2.0, "better")},
+                    "also": [dict(_verdict_row(0.5, "level"), system="m", control="rel")]},
+        "tgt-lrl": {"control": "base", "systems": {"base": control, "m": _verdict_row(-2.0, "worse")}}}}
+    three = dict(control, bleu=[1.0] * 3, chrf=[1.0] * 3)
+    real = {"title": "M real", "corpus_record": {"languages": {"gl": "low-resource source", "en": "target",
+                                                               "pt": "related source"}},
+            "pairs": {"gl-en": {"control": "base", "systems": {"base": three, "m": _verdict_row(-0.3, "level", 3),
+                                                               "extra": _verdict_row(1.5, "better", 3)}},
+                      "pt-en": {"control": "base", "systems": {"base": three, "m": _verdict_row(9.0, "better", 3)}}}}
+    results = tmp_path / "results"
+    os.makedirs(results / summary.INDICATIVE_DIR)
+    for path, s in ((results / summary.INDICATIVE_DIR / "meth.json", synth), (results / "meth_catalog.json", real)):
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(s, f)
+    rows = [r for r in summary.render_side_by_side(str(results)).splitlines() if r.startswith("| meth |")]
+    assert rows == [
+        "| meth | LRL→TGT (lrl-tgt / gl-en) | m vs base | +2.00 [+1.00, +3.00] **better** (5 seeds) "
+        "| -0.30 [-1.30, +0.70] **level*** (3 seeds) |",
+        "| meth | LRL→TGT (lrl-tgt) | m vs rel | +0.50 [-0.50, +1.50] **level** (5 seeds) | – |",
+        "| meth | TGT→LRL (tgt-lrl) | m vs base | -2.00 [-3.00, -1.00] **worse** (5 seeds) | – |",
+        "| meth | LRL→TGT (gl-en) | extra vs base | – | +1.50 [+0.50, +2.50] **better*** (3 seeds) |"]
+    assert summary.render_results_md(str(results)).startswith("# Synthetic and real text side by side")
+    os.remove(results / "meth_catalog.json")  # without a real-text table there is nothing to put beside
+    assert summary.render_side_by_side(str(results)) == ""
+
+
 def test_compare_delta_and_p_are_sacrebleus_paired_by_seed(tmp_path):
     from sacrebleu.metrics import BLEU, CHRF
     from sacrebleu.significance import PairedTest
@@ -170,11 +242,13 @@ def test_compare_delta_and_p_are_sacrebleus_paired_by_seed(tmp_path):
         for name in ("control", "better", "same"):
             bleu[(name, s)] = _record(work, name, s, refs[s], hyps[s][name], converged=(name != "same" or s != 2))
     out = str(tmp_path / "summary.json")
+    raw = _raw_corpus(tmp_path / "raw")
     proc = run(EVIDENCE + ["compare", "--work-dir", work, "--control", "control", "--systems", "control", "better",
-                           "same", "--command", "cmd", "--corpus", "toy", "--out", out])
+                           "same", "--command", "cmd", "--corpus", "toy", "--raw-dir", raw, "--out", out])
     with open(out, encoding="utf-8") as f:
         s = json.load(f)
     assert s["control"] == "control" and s["command"] == "cmd" and s["corpus"] == "toy"
+    assert s["corpus_record"] == provenance.corpus_record(raw) and s["corpus_record"]["preset"] == "toy"
     better = s["systems"]["better"]
     assert better["bleu"] == pytest.approx([bleu[("better", k)]["bleu"] for k in seeds])
     expected_delta = statistics.mean(bleu[("better", k)]["bleu"] - bleu[("control", k)]["bleu"] for k in seeds)

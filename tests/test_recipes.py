@@ -9,6 +9,7 @@ import re
 import pytest
 
 from conftest import ROOT, run
+from fairseq_metabt.evidence import provenance
 
 RECIPES = {
     "quickstart": "scripts/quickstart.sh",
@@ -147,6 +148,8 @@ def test_recipe_runs_on_a_handwritten_corpus(name, handwritten, tmp_path):
     assert argv.startswith(f"{RECIPES[name]} --raw-dir {handwritten} --work-dir {work} --seeds 1"), s["command"]
     assert s["provenance"]["knobs"]["ARCH"] == "transformer_lowres_tiny" and s["provenance"]["commit"]
     assert {"torch", "fairseq", "sacrebleu", "sentencepiece"} <= set(s["provenance"]["versions"])
+    # the user's corpus is named by its content, so a kept table says which text it was measured on
+    assert s["corpus_record"] == provenance.corpus_record(handwritten), s.get("corpus_record")
     assert "| verdict | p (pooled) |" in out
     # the progress monitor ran beside the jobs and is gone with the recipe
     with open(os.path.join(work, "logs", ".progress.pid"), encoding="utf-8") as f:

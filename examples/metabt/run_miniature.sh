@@ -9,11 +9,12 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 # the miniature of docs/results/metabt.json: every system, both MLE controls included, fine-tuned at lr 2.5e-4
 ARGS=(--seeds "1 2 3 4 5" --work-dir "$ROOT/runs/metabt_miniature"
       --systems "baseline baseline_ft bt bt_mle bt_mle_dev metabt")
-export FT_LR="${FT_LR:-2.5e-4}"
+export FT_LR="${FT_LR:-2.5e-4}" TITLE="${TITLE:-Meta back-translation, miniature}"
 for a in "$@"; do
   if [ "$a" = -h ] || [ "$a" = --help ]; then
     echo "MetaBT miniature: scripts/quickstart.sh with --seeds \"1 2 3 4 5\" --work-dir runs/metabt_miniature,"
-    echo "--systems \"baseline baseline_ft bt bt_mle bt_mle_dev metabt\" and FT_LR=2.5e-4 by default."
+    echo "--systems \"baseline baseline_ft bt bt_mle bt_mle_dev metabt\", FT_LR=2.5e-4 and"
+    echo "TITLE=\"Meta back-translation, miniature\" by default."
     echo "Every quickstart flag works here (later flags win):"; echo
     exec bash "$ROOT/scripts/quickstart.sh" --help
   fi

@@ -6,7 +6,7 @@
              [--task T] [--beam 5] [-- fairseq-generate args]
                                              score a system (scripts/evaluate.py) and record it in W/evals.json
     compare  --work-dir W --control NAME [--systems A B ...] [--precondition SYS:REF ...]
-             [--same-schedule A B ...] [--command C] [--knob K=V ...] [--corpus C] [--title T]
+             [--same-schedule A B ...] [--command C] [--knob K=V ...] [--corpus C] [--raw-dir DIR] [--title T]
                                              W/summary.json + a table with mean ± std, paired Δ with its
                                              seed-level 95 % interval and verdict, pooled p, updates,
                                              convergence, and the provenance of every run
@@ -131,7 +131,9 @@ def cmd_compare(argv: List[str]) -> int:
     p.add_argument("--command", default="", help="the full recipe command line, environment knobs included")
     p.add_argument("--knob", action="append", default=[], metavar="K=V",
                    help="an effective setting the recipe read from the environment (recorded in provenance)")
-    p.add_argument("--corpus", default="")
+    p.add_argument("--corpus", default="", help="the corpus in words (shown with the table)")
+    p.add_argument("--raw-dir", help="the raw corpus the systems were trained on, when it is the user's own: its "
+                   "path, content hash and manifest are recorded with the summary")
     p.add_argument("--title", default="")
     p.add_argument("--out", help="default: WORK/summary.json")
     p.add_argument("--test", choices=["ar", "bs"], default="ar", help="sacrebleu paired test: approximate "
@@ -147,7 +149,7 @@ def cmd_compare(argv: List[str]) -> int:
 
     s = summary.compare(a.work_dir, a.control, a.systems, pairs(a.precondition, "--precondition"), a.same_schedule,
                         pairs(a.also, "--also"), a.command, a.corpus, a.title, a.out,
-                        knobs=dict(pairs(a.knob, "--knob", "=")), test_type=a.test,
+                        knobs=dict(pairs(a.knob, "--knob", "=")), raw_dir=a.raw_dir, test_type=a.test,
                         n_samples=a.samples)
     print(summary.render_summary(s))
     return 0

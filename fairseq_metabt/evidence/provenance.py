@@ -6,10 +6,14 @@ and names what a reader must know before trusting a table: seeds trained from di
 from a tree with uncommitted changes, runs resumed with their early-stopping state reset, and
 results kept from before the tools recorded provenance.
 """
+import hashlib
+import json
 import os
 import platform
 import subprocess
 from typing import Dict, Iterable, List, Optional
+
+from fairseq_metabt.errors import UserError
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 PACKAGES = ("torch", "fairseq", "sacrebleu", "sentencepiece", "numpy")
@@ -103,3 +107,39 @@ def caveats(summary: dict) -> List[str]:
     if capped:
         notes.append("not converged: " + ", ".join(capped))
     return notes
+
+
+def corpus_record(raw_dir: str) -> Dict[str, object]:
+    """What a summary keeps of a user's raw corpus (a recipe's ``--raw-dir``), so a table names the exact text
+    it was measured on: the path, one sha256 over every corpus file (names and contents, sorted; the JSON
+    descriptions left out) and, from the ``manifest.json`` that the synthetic generator and
+    ``scripts/make_catalog_corpus.py`` write, the generator, preset, description, seed and the languages with
+    their roles; from a catalog kit's ``catalog.json``, the kit's commit and its packages."""
+    if not os.path.isdir(raw_dir):
+        raise UserError(f"--raw-dir {raw_dir}: no such directory (give the raw corpus the recipe trained on)")
+    digest = hashlib.sha256()
+    names = sorted(f for f in os.listdir(raw_dir)
+                   if os.path.isfile(os.path.join(raw_dir, f)) and not f.endswith(".json"))
+    for name in names:
+        digest.update(name.encode() + b"\0")
+        with open(os.path.join(raw_dir, name), "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    rec: Dict[str, object] = {"path": os.path.abspath(raw_dir), "files": len(names), "sha256": digest.hexdigest()}
+    for fname, keys in (("manifest.json", ("generator", "preset", "description", "seed", "target")),
+                        ("catalog.json", ())):
+        path = os.path.join(raw_dir, fname)
+        if not os.path.exists(path):
+            continue
+        with open(path, encoding="utf-8") as fh:
+            meta = json.load(fh)
+        if fname == "manifest.json":
+            rec.update({k: meta[k] for k in keys if k in meta})
+            rec["languages"] = {lang["code"]: lang.get("role") for lang in meta.get("languages") or []}
+        else:
+            source = meta.get("source") if isinstance(meta.get("source"), dict) else {}
+            rec["kit_commit"] = meta.get("commit")
+            rec["distribution"] = source.get("distribution")
+            rec["packages"] = {p.get("package"): p.get("version") for p in source.get("packages") or []}
+    return rec

@@ -154,8 +154,9 @@ def compare(work_dir: str, control: str, systems: Optional[Sequence[str]] = None
             preconditions: Sequence[Tuple[str, str]] = (), same_schedule: Sequence[str] = (),
             also: Sequence[Tuple[str, str]] = (), command: str = "",
             corpus: str = "", title: str = "", out: Optional[str] = None,
-            knobs: Optional[Dict[str, str]] = None, **kw) -> dict:
-    """Build ``WORK/summary.json`` from ``WORK/evals.json`` (see the module docstring)."""
+            knobs: Optional[Dict[str, str]] = None, raw_dir: Optional[str] = None, **kw) -> dict:
+    """Build ``WORK/summary.json`` from ``WORK/evals.json`` (see the module docstring). ``raw_dir``, the user's
+    raw corpus, is recorded by :func:`provenance.corpus_record` (path, content hash, manifest)."""
     records = list(load_evals(work_dir).values())
     if not records:
         raise UserError(f"no scored systems in {os.path.join(work_dir, EVALS)}; run "
@@ -194,6 +195,8 @@ def compare(work_dir: str, control: str, systems: Optional[Sequence[str]] = None
         result[pair] = entry
     summary: Dict[str, object] = {"title": title, "command": command, "corpus": corpus, "control": control,
                                   "provenance": dict(provenance.environment(), knobs=dict(knobs or {}))}
+    if raw_dir:
+        summary["corpus_record"] = provenance.corpus_record(raw_dir)
     if len(result) == 1:
         summary.update(next(iter(result.values())))
         summary["pair"] = pairs[0]
@@ -352,6 +355,22 @@ def _provenance_line(s: dict) -> str:
             f"{prov.get('python')}; {prov.get('cores')} cores, JOBS {prov.get('jobs') or 'default'}.\n")
 
 
+def _corpus_line(s: dict) -> str:
+    """The recorded corpus (``corpus_record``): what it is, where it came from and its content hash."""
+    rec = s.get("corpus_record")
+    if not rec:
+        return ""
+    what = [f"preset `{rec['preset']}`" if rec.get("preset") else "",
+            f"seed {rec['seed']}" if rec.get("seed") is not None else "",
+            f"written by `{rec['generator']}`" if rec.get("generator") else "",
+            f"kit at commit `{rec['kit_commit'][:10]}`" if rec.get("kit_commit") else "",
+            (f"catalogs of {len(rec['packages'])} pinned {rec.get('distribution') or ''} packages".replace("  ", " ")
+             if rec.get("packages") else "")]
+    desc = f" ({rec['description']})" if rec.get("description") else ""
+    return (f"Corpus files: {', '.join(w for w in what if w) or 'no manifest'}{desc}; {rec.get('files')} files, "
+            f"sha256 `{(rec.get('sha256') or '')[:16]}`.\n")
+
+
 def notes_path(json_path: str) -> str:
     """The human reading kept beside a tool-written result: ``NAME.notes.md`` next to ``NAME.json``."""
     return json_path[:-len(".json")] + ".notes.md"
@@ -381,6 +400,9 @@ def _render_tables(results_dir: str, shown_dir: str) -> List[str]:
         out.append(f"## {s.get('title') or f[:-5]}\n")
         out.append(f"Source: `{shown_dir}/{f}`. Command: `{s.get('command') or '–'}`. "
                    f"Corpus: {s.get('corpus') or '–'}.\n")
+        line = _corpus_line(s)
+        if line:
+            out.append(line)
         line = _provenance_line(s)
         if line:
             out.append(line)
@@ -394,11 +416,88 @@ def _render_tables(results_dir: str, shown_dir: str) -> List[str]:
     return out
 
 
+CATALOG_SUFFIX = "_catalog"  # docs/results/METHOD_catalog.json: METHOD's recipe on the real-text catalog kit
+# the roles of the low-resource pair's two languages, as the manifests name them (synthetic / catalog kit)
+_ROLES = {"lrl": "LRL", "low-resource source": "LRL", "tgt": "TGT", "target": "TGT"}
+
+
+def _language_roles(s: dict) -> Dict[str, str]:
+    """Language code -> LRL / TGT (other roles as named) from the summary's recorded corpus; without one, the
+    synthetic presets' codes (``lrl``, ``tgt``)."""
+    langs = (s.get("corpus_record") or {}).get("languages")
+    if langs:
+        return {code: _ROLES.get(role, role) for code, role in langs.items()}
+    return {"lrl": "LRL", "tgt": "TGT"}
+
+
+def comparisons(s: dict) -> Dict[Tuple[str, str, str], dict]:
+    """``{(direction, system, control): row}``: every Δ a summary states on its low-resource pair, in either
+    direction (``LRL→TGT``, ``TGT→LRL``), whatever the languages are called in that corpus."""
+    roles = _language_roles(s)
+    out: Dict[Tuple[str, str, str], dict] = {}
+    for pair, entry in (s.get("pairs") or {s.get("pair") or "": s}).items():
+        a, _, b = pair.partition("-")
+        if sorted([roles.get(a, ""), roles.get(b, "")]) != ["LRL", "TGT"]:
+            continue
+        direction = f"{roles[a]}→{roles[b]}"
+        control = entry["control"]
+        for name, row in entry.get("systems", {}).items():
+            if name != control and row.get("delta") is not None:
+                out[(direction, name, control)] = dict(row, pair=pair)
+        for row in entry.get("also", []):
+            out[(direction, row["system"], row["control"])] = dict(row, pair=pair)
+    return out
+
+
+def _delta_cell(row: Optional[dict]) -> str:
+    if not row or row.get("delta") is None:
+        return "–"
+    n = (row.get("interval") or {}).get("n_seeds") or len(row.get("paired_seeds") or [])
+    seeds = f"{n} seed{'' if n == 1 else 's'}"
+    return f"{row['delta']:+.2f}{_ci_phrase(row.get('interval'))} **{verdict_text(row)}** ({seeds})"
+
+
+def render_side_by_side(results_dir: str) -> str:
+    """One table of every comparison on the low-resource pair that a method's synthetic table
+    (``METHOD.json``, else ``indicative/METHOD.json``) and its real-text table (``METHOD_catalog.json``)
+    state: ΔBLEU with its 95 % interval, verdict and seeds on each corpus ("" without a real-text table)."""
+    rows = []
+    for f in kept_tables(results_dir):
+        if not f.endswith(CATALOG_SUFFIX + ".json"):
+            continue
+        method = f[:-len(CATALOG_SUFFIX + ".json")]
+        real = comparisons(read_json(os.path.join(results_dir, f)))
+        synth: Dict[Tuple[str, str, str], dict] = {}
+        for d in (results_dir, os.path.join(results_dir, INDICATIVE_DIR)):
+            if os.path.exists(os.path.join(d, method + ".json")):
+                synth = comparisons(read_json(os.path.join(d, method + ".json")))
+                break
+        for key in list(synth) + [k for k in real if k not in synth]:
+            direction, system, control = key
+            pairs = " / ".join(dict.fromkeys(r["pair"] for r in (synth.get(key), real.get(key)) if r))
+            rows.append(f"| {method} | {direction} ({pairs}) | {system} vs {control} | {_delta_cell(synth.get(key))} "
+                        f"| {_delta_cell(real.get(key))} |")
+    if not rows:
+        return ""
+    return "\n".join([
+        "# Synthetic and real text side by side\n",
+        "Every comparison on the low-resource pair that a method's synthetic table and its table on the real-text "
+        "catalog kit (`docs/catalog_corpus.md`) state, in the same recipe: ΔBLEU [95 % interval over seeds], "
+        "verdict, seeds. A verdict marked * rests on fewer than "
+        f"{MIN_SEEDS} seeds (indicative). The full tables and their readings follow.\n",
+        "| method | direction (pairs) | comparison | synthetic corpus | real text (catalog kit) |",
+        "|---|---|---|---|---|", *rows]) + "\n"
+
+
 def render_results_md(results_dir: str, header: str = "") -> str:
-    """``docs/results.md`` generated from every ``docs/results/*.json`` (never typed by hand), each table
-    followed by its human reading from ``NAME.notes.md``; then, under their own heading, the tables in
-    ``docs/results/indicative/`` (kept before provenance was recorded)."""
+    """``docs/results.md`` generated from every ``docs/results/*.json`` (never typed by hand): the synthetic and
+    real-text verdicts side by side (when a ``METHOD_catalog.json`` exists), each table followed by its human
+    reading from ``NAME.notes.md``; then, under their own heading, the tables in ``docs/results/indicative/``
+    (kept before provenance was recorded)."""
     out = [header.rstrip() + "\n"] if header else []
+    side = render_side_by_side(results_dir)
+    if side:
+        out.append(side)
     out += _render_tables(results_dir, "docs/results")
     indicative = os.path.join(results_dir, INDICATIVE_DIR)
     if os.path.isdir(indicative) and kept_tables(indicative):
