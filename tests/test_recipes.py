@@ -165,6 +165,11 @@ def test_recipe_runs_on_a_handwritten_corpus(name, handwritten, tmp_path):
         also = {(a["system"], a["control"]) for entry in entries.values() for a in entry["also"]}
         assert also == {("dds", "related"), ("dds", "fixed_order"), ("tcs_dds", "related"),
                         ("tcs_dds", "fixed_order")}, also
+        # the reading of the learned scorers (scripts/dds_report.py) over the seeds, beside the table
+        with open(os.path.join(work, "results", "scorer.json"), encoding="utf-8") as f:
+            scorer = json.load(f)
+        assert sorted(os.path.basename(d) for d in scorer) == ["dds", "tcs_dds"], list(scorer)
+        assert "**dds** (1 run;" in out and "**tcs_dds** (1 run;" in out
     if name == "latent_depth":  # the pruned plain Transformers compute what the gated model computes
         for pair, entry in entries.items():
             rows = entry["systems"]

@@ -23,7 +23,8 @@ tcs_dds_centered, dds_alg2, tcs_dds_alg2 use those objectives. fixed_order: ever
 available language of a ranking fixed from the start (--dds-init order), the control for "the scorer becomes
 a fixed ranking"; --fixed-order gives the ranking (default on the synthetic preset: lrl,hrl,unrb,nsy,unra, the
 order the kept DDS runs settled on; on other data the ranking by vocabulary overlap with --src). Old flags --lrl,
---pivot, --langs are accepted as aliases. Results: WORK/results/summary.json, the table, and
+--pivot, --langs are accepted as aliases. Results: WORK/results/summary.json, the table,
+WORK/results/scorer.{md,json} (what the learned scorers did over the seeds: scripts/dds_report.py) and
 WORK/seedS/SYSTEM/dds_languages.png (those of the kept run: examples/dds/language_usage_{tcs_dds,dds}.png).
 Every system trains at lr LR (2e-3) after WARMUP (200) updates and halves it after LR_PATIENCE (2) validations
 without a new best dev score (--lr-scheduler plateau_updates), so each run anneals before --patience stops it.
@@ -111,3 +112,12 @@ recipe_also dds:related dds:fixed_order tcs_dds:tcs tcs_dds:related tcs_dds:fixe
 ev_compare --control uniform --systems $SYSTEMS --same-schedule $SYSTEMS "${ALSO[@]+"${ALSO[@]}"}" \
   --title "DDS, miniature: $SRC-$TGT test, sources $SRC,$RELATED" \
   --corpus "${RAW_DIR:-synthetic multilingual preset --multiway, corpus seed 1}"
+# what the learned scorers did over the seeds (rewards, p per language, entropy, KL to the prior): the table's
+# reading, in WORK/results/scorer.{md,json}
+learned=()
+for sys in $SYSTEMS; do case "$sys" in *dds*) for seed in $SEEDS; do learned+=("$WORK_DIR/seed$seed/$sys"); done;; esac; done
+if [ ${#learned[@]} -gt 0 ]; then
+  echo; echo "=== what the scorer learned (scripts/dds_report.py) ==="
+  "$PY" "$ROOT/scripts/dds_report.py" "${learned[@]}" --json "$WORK_DIR/results/scorer.json" \
+    | tee "$WORK_DIR/results/scorer.md"
+fi
