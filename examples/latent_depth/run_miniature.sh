@@ -8,7 +8,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 RECIPE_USAGE='Latent-depth miniature: does a deep model with learned, per-language layer selection beat static depth?
 
   bash examples/latent_depth/run_miniature.sh [shared flags] [--directions "o2m m2o"] [--shallow 2] [--deep 4]
-       [--warmup 200] [--dim 64] [--sizes SYNTHETIC_SIZES] [--extra-train "fairseq-train args"]
+       [--warmup 200] [--dim 64] [--vocab-size 2000] [--sizes SYNTHETIC_SIZES] [--extra-train "fairseq-train args"]
        [--latent-extra "args for the latent systems only"]
        [--systems "static_shallow static_k static_deep latent_deep"]   (also: latent_lang)
 
@@ -32,18 +32,22 @@ without a new best dev score (--lr-scheduler plateau_updates), so each run annea
 Model size: --dim 64 and --deep 4, the shape of the kept synthetic run (docs/results/indicative/latent_depth.json); a
 multilingual update is one batch of every pair, so dim 128 with 6 layers took 1.3-3.4 s per update on the real
 catalog corpus on 2 cores (~34 h for 3 seeds, docs/catalog_corpus.md): larger shapes are for a GPU.
+--vocab-size: the joint sentencepiece vocabulary of every language (one dictionary for the shared model).
 Knobs (environment): LR, LR_PATIENCE, GATE_UPDATES (200: relaxed gates and the KL anneal, then L_K'"'"'s ramp).'
 SRC=lrl; TGT=tgt; RELATED="hrl"; SEEDS="1 2 3"; WORK_DIR="$ROOT/runs/latent_depth_miniature"
 PATIENCE=5; VALIDATE_EVERY=50; MAX_UPDATE=10000; METRIC=nll_loss
 # shellcheck source=../../scripts/recipe_lib.sh
 source "$ROOT/scripts/recipe_lib.sh"
 recipe_parse "$@"
-DIRS="o2m m2o"; SHALLOW=2; DEEP=4; WARMUP=200; SYSTEMS="static_shallow static_k static_deep latent_deep"; DIM=64; SIZES=""; EXTRA_TRAIN=""; LATENT_EXTRA=""
+DIRS="o2m m2o"; SHALLOW=2; DEEP=4; WARMUP=200; SYSTEMS="static_shallow static_k static_deep latent_deep"; DIM=64; VOCAB=2000; SIZES=""; EXTRA_TRAIN=""; LATENT_EXTRA=""
 set -- "${RECIPE_ARGS[@]+"${RECIPE_ARGS[@]}"}"
 while [ $# -gt 0 ]; do
   case "$1" in
+    --directions|--shallow|--deep|--warmup|--dim|--vocab-size|--sizes|--extra-train|--latent-extra|--systems|--pivot|--langs)
+      [ $# -ge 2 ] || recipe_die "$1 needs a value (see --help)" ;;&
     --directions) DIRS="$2"; shift 2;; --shallow) SHALLOW="$2"; shift 2;; --deep) DEEP="$2"; shift 2;;
-    --warmup) WARMUP="$2"; shift 2;; --dim) DIM="$2"; shift 2;; --sizes) SIZES="$2"; shift 2;;
+    --warmup) WARMUP="$2"; shift 2;; --dim) DIM="$2"; shift 2;; --vocab-size) VOCAB="$2"; shift 2;;
+    --sizes) SIZES="$2"; shift 2;;
     --extra-train) EXTRA_TRAIN="$2"; shift 2;; --latent-extra) LATENT_EXTRA="$2"; shift 2;; --systems) SYSTEMS="$2"; shift 2;;
     --pivot) TGT="$2"; shift 2;;
     --langs) read -r -a L <<< "$2"; SRC="${L[0]}"; RELATED_LIST=("${L[@]:1}"); RELATED="$(IFS=,; echo "${L[*]:1}")"; shift 2;;
@@ -55,7 +59,7 @@ LANGS="$SRC ${RELATED_LIST[*]+"${RELATED_LIST[*]}"}"
 recipe_corpus 1 multilingual \
   "${SIZES:-train=1000,hrl=4000,unra=200,unrb=200,nsy=200,valid=200,test=1000,mono_tgt=200,mono_lrl=200}"
 DATA="$WORK_DIR/bin"
-recipe_prepare "$RAW" "$DATA" --vocab-size 2000
+recipe_prepare "$RAW" "$DATA" --vocab-size "$VOCAB"
 
 pairs() {  # o2m: TGT-x,...   m2o: x-TGT,...
   local out=""; for l in $LANGS; do
