@@ -63,11 +63,15 @@ def environment() -> Dict[str, object]:
     return env
 
 
+def pair_entries(summary: dict) -> Dict[str, dict]:
+    """``{pair: entry}`` of a summary: its ``pairs``, or the summary itself under its one ``pair``."""
+    return summary.get("pairs") or {summary.get("pair") or "": summary}
+
+
 def runs(summary: dict) -> List[dict]:
     """Every (pair, system, seed) run record of a summary, with the names added."""
-    pairs = summary.get("pairs") or {summary.get("pair", ""): summary}
     out = []
-    for pair, entry in pairs.items():
+    for pair, entry in pair_entries(summary).items():
         for name, row in entry.get("systems", {}).items():
             for run in row.get("runs") or []:
                 out.append(dict(run, system=name, pair=pair))

@@ -315,7 +315,7 @@ def render_table(entry: dict) -> str:
 
 def _method_line(summary: dict) -> str:
     """How the table's intervals were computed (from the first interval found)."""
-    pairs = summary.get("pairs") or {"": summary}
+    pairs = provenance.pair_entries(summary)
     for entry in pairs.values():
         for row in list(entry.get("systems", {}).values()) + entry.get("also", []):
             if row.get("interval"):
@@ -328,7 +328,7 @@ def _method_line(summary: dict) -> str:
 
 def render_summary(summary: dict) -> str:
     """Every pair's table of a summary (``pairs`` or a single pair), under its provenance caveats."""
-    pairs = summary.get("pairs") or {summary.get("pair", ""): summary}
+    pairs = provenance.pair_entries(summary)
     parts = [f"**Caveat: {c}.**\n" for c in provenance.caveats(summary)]
     for pair, entry in pairs.items():
         if len(pairs) > 1 or pair:
@@ -435,7 +435,7 @@ def comparisons(s: dict) -> Dict[Tuple[str, str, str], dict]:
     direction (``LRL→TGT``, ``TGT→LRL``), whatever the languages are called in that corpus."""
     roles = _language_roles(s)
     out: Dict[Tuple[str, str, str], dict] = {}
-    for pair, entry in (s.get("pairs") or {s.get("pair") or "": s}).items():
+    for pair, entry in provenance.pair_entries(s).items():
         a, _, b = pair.partition("-")
         if sorted([roles.get(a, ""), roles.get(b, "")]) != ["LRL", "TGT"]:
             continue
@@ -510,7 +510,7 @@ def add_kept_verdicts(summary: dict) -> dict:
     """Seed-level intervals and verdicts for a summary kept before they were computed, from its kept per-seed
     scores (the hypotheses are gone, so the interval lacks the sentence component; its ``method`` says so).
     Rows that already have an interval are left as they are."""
-    pairs = summary.get("pairs") or {"": summary}
+    pairs = provenance.pair_entries(summary)
     for entry in pairs.values():
         table = entry["systems"]
 
