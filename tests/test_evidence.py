@@ -476,3 +476,86 @@ def test_provenance_line_names_the_commit_the_runs_were_trained_at():
     mixed = summary_at("b" * 40, ["a" * 40, "c" * 40])
     assert "trained at" not in summary._provenance_line(mixed)
     assert provenance.caveats(mixed)[0].startswith("seeds or systems trained from different commits")
+
+
+@pytest.mark.fast
+def test_shards_of_other_seeds_merge_into_the_table_one_work_directory_gives(tmp_path):
+    """A comparison trained over several sessions: seed 1 in one work directory, seeds 2-3 in another, each
+    archived without checkpoints into a shard; merging the shards gives the very table that `compare` gives
+    on one work directory holding all three seeds, with every shard's command and the corpus record."""
+    from conftest import fails
+
+    seeds = [1, 2, 3]
+    refs = {s: _corpus(s) for s in seeds}
+    raw = _raw_corpus(tmp_path / "raw")
+    works = {"a": str(tmp_path / "a"), "b": str(tmp_path / "b"), "all": str(tmp_path / "all")}
+    for s in seeds:
+        hyps = {"control": _noisy(refs[s], 0.55, 10 + s), "better": _noisy(refs[s], 0.7, 20 + s)}
+        for name, h in hyps.items():
+            _record(works["a" if s == 1 else "b"], name, s, refs[s], h, commit=f"c{s}")
+            _record(works["all"], name, s, refs[s], h, commit=f"c{s}")
+    what = ["--control", "control", "--systems", "control", "better", "--same-schedule", "control", "better",
+            "--title", "T", "--corpus", "toy"]
+
+    def compare(work, command, out=None):
+        out = out or os.path.join(work, "results", "summary.json")
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        run(EVIDENCE + ["compare", "--work-dir", work, "--out", out, "--command", command, "--raw-dir", raw,
+                        "--knob", "LR=1e-3"] + what)
+        return out
+
+    whole = summary.read_json(compare(works["all"], "recipe --seeds '1 2 3'"))
+    assert whole["compare_args"] == what  # where and by which command it ran is not part of what is compared
+    compare(works["a"], "recipe --seeds 1")
+    compare(works["b"], "recipe --seeds '2 3'")
+    shard_a, shard_b = str(tmp_path / "shards" / "seed1"), str(tmp_path / "shards" / "seed2-3")
+    run(EVIDENCE + ["archive", works["a"], shard_a])
+    run(EVIDENCE + ["archive", works["b"], shard_b])
+    # a shard holds no checkpoint and no absolute path; the runs moved away, it still merges
+    kept = json.load(open(os.path.join(shard_a, "evals.json"), encoding="utf-8"))["records"]
+    assert all(not os.path.isabs(r["hyps"]) and r["save_dir"].startswith("runs/") for r in kept.values())
+    assert os.path.exists(os.path.join(shard_a, kept["better|1|xx-yy"]["save_dir"], convergence.RECORD))
+    changed = str(tmp_path / "changed")
+    for name, keep in (("control", 0.5), ("better", 0.7)):
+        _record(changed, name, 1, refs[1], _noisy(refs[1], keep, 99))
+    compare(changed, "recipe --seeds 1")
+    run(EVIDENCE + ["archive", changed, str(tmp_path / "shards" / "seed1-other")])
+    import shutil
+    shutil.rmtree(works["a"]), shutil.rmtree(works["b"])
+    out = str(tmp_path / "merged.json")
+    proc = run(EVIDENCE + ["merge", shard_a, shard_b, "--out", out])
+    merged = summary.read_json(out)
+    for key in ("bleu", "chrf", "seeds", "delta", "p", "p_per_seed", "interval", "verdict", "converged"):
+        assert merged["systems"]["better"][key] == whole["systems"]["better"][key], key
+    assert [r["commit"] for r in merged["systems"]["better"]["runs"]] == ["c1", "c2", "c3"]
+    assert merged["schedule"]["same"] is True and merged["schedule"]["systems"] == ["control", "better"]
+    assert merged["corpus_record"] == whole["corpus_record"] and merged["provenance"]["knobs"] == {"LR": "1e-3"}
+    assert merged["command"] == "recipe --seeds 1\nrecipe --seeds '2 3'"
+    assert [(sh["path"], sh["seeds"]) for sh in merged["shards"]] == [("shards/seed1", [1]), ("shards/seed2-3", [2, 3])]
+    assert "| better* |" in proc.stdout
+    line = summary._commands_phrase(merged, "docs/results")
+    assert "`recipe --seeds 1` (seeds 1: `docs/results/shards/seed1`)" in line and "seeds 2, 3" in line
+    # what would make the merge wrong is refused, naming the shards
+    assert "not empty" in fails(EVIDENCE + ["archive", works["all"], shard_a])
+    assert "in both" in fails(EVIDENCE + ["merge", shard_a, str(tmp_path / "shards" / "seed1-other"), "--out", out])
+    # a session that trained some of a seed's systems (its control again: deterministic, the same output) merges
+    part = str(tmp_path / "part")
+    _record(part, "control", 2, refs[2], _noisy(refs[2], 0.55, 12))
+    os.makedirs(os.path.join(part, "results"))
+    run(EVIDENCE + ["compare", "--work-dir", part, "--out", os.path.join(part, "results", "summary.json"),
+                    "--raw-dir", raw, "--knob", "LR=1e-3", "--control", "control", "--systems", "control",
+                    "--same-schedule", "control", "--title", "T", "--corpus", "toy"])
+    run(EVIDENCE + ["archive", part, str(tmp_path / "shards" / "part")])
+    again = summary.read_json(run(EVIDENCE + ["merge", str(tmp_path / "shards" / "part"), shard_a, shard_b,
+                                              "--out", out]) and out)
+    assert again["systems"]["better"]["interval"] == whole["systems"]["better"]["interval"]
+    other = str(tmp_path / "other")
+    _record(other, "control", 4, refs[1], refs[1])
+    _record(other, "better", 4, refs[1], refs[1])
+    os.makedirs(os.path.join(other, "results"))
+    run(EVIDENCE + ["compare", "--work-dir", other, "--out", os.path.join(other, "results", "summary.json"),
+                    "--raw-dir", raw, "--knob", "LR=1e-3", "--control", "control", "--title", "T"])
+    run(EVIDENCE + ["archive", other, str(tmp_path / "shards" / "other")])
+    assert "differ in compare arguments" in fails(EVIDENCE + ["merge", shard_a, str(tmp_path / "shards" / "other"),
+                                                              "--out", out])
+    assert "not a shard" in fails(EVIDENCE + ["merge", str(tmp_path / "raw"), "--out", out])

@@ -10,6 +10,10 @@
                                              W/summary.json + a table with mean ± std, paired Δ with its
                                              seed-level 95 % interval and verdict, pooled p, updates,
                                              convergence, and the provenance of every run
+    archive  WORK SHARD                      keep a finished recipe's scored runs, without checkpoints, as a
+                                             shard (docs/results/runs/): one session's seeds of a comparison
+    merge    SHARD... --out SUMMARY.json     one summary from the shards of one comparison, as compare
+                                             writes it (same arguments, knobs and corpus checked)
     table    SUMMARY.json                    print a summary's table(s)
     progress --work-dir W [--patience P] [--validate-every V] [--metric M] [--parent-pid PID]
                                              print a line per running job at each validation, and an
@@ -114,9 +118,12 @@ def cmd_evaluate(argv: List[str]) -> int:
     return 0
 
 
-def cmd_compare(argv: List[str]) -> int:
-    from fairseq_metabt.evidence import summary
+# compare's flags that say where and by which command a comparison ran, not what it compares: left out of the
+# arguments a summary records for merging shards (``compare_args``)
+_WHERE_FLAGS = ("--work-dir", "--out", "--command", "--knob", "--raw-dir")
 
+
+def _compare_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fairseq_metabt.evidence compare",
                                 description="summary.json and a table: mean ± std, paired Δ and p, convergence")
     p.add_argument("--work-dir", required=True)
@@ -139,7 +146,28 @@ def cmd_compare(argv: List[str]) -> int:
     p.add_argument("--test", choices=["ar", "bs"], default="ar", help="sacrebleu paired test: approximate "
                    "randomisation (ar) or bootstrap resampling (bs)")
     p.add_argument("--samples", type=int, default=2000, help="trials / resamples of the paired test")
+    return p
+
+
+def _what_is_compared(argv: List[str]) -> List[str]:
+    """``argv`` without the flags of :data:`_WHERE_FLAGS` and their values (``--flag v`` and ``--flag=v``)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _WHERE_FLAGS:
+            skip = True
+        elif not arg.startswith(tuple(f + "=" for f in _WHERE_FLAGS)):
+            out.append(arg)
+    return out
+
+
+def _compare(argv: List[str], quiet: bool = False) -> dict:
+    from fairseq_metabt.evidence import summary
+
+    p = _compare_parser()
     a = p.parse_args(argv)
+
     def pairs(items: List[str], flag: str, sep: str = ":") -> list:
         for item in items:
             if sep not in item:
@@ -150,7 +178,47 @@ def cmd_compare(argv: List[str]) -> int:
     s = summary.compare(a.work_dir, a.control, a.systems, pairs(a.precondition, "--precondition"), a.same_schedule,
                         pairs(a.also, "--also"), a.command, a.corpus, a.title, a.out,
                         knobs=dict(pairs(a.knob, "--knob", "=")), raw_dir=a.raw_dir, test_type=a.test,
-                        n_samples=a.samples)
+                        n_samples=a.samples, compare_args=_what_is_compared(argv))
+    if not quiet:
+        print(summary.render_summary(s))
+    return s
+
+
+def cmd_compare(argv: List[str]) -> int:
+    _compare(argv)
+    return 0
+
+
+def cmd_archive(argv: List[str]) -> int:
+    from fairseq_metabt.evidence import shards
+
+    p = argparse.ArgumentParser(prog="python -m fairseq_metabt.evidence archive",
+                                description="keep a finished recipe's scored runs (no checkpoints) as a shard "
+                                            "that `merge` combines with shards of other seeds")
+    p.add_argument("work_dir", help="the recipe's work directory (its evals.json and results/summary.json)")
+    p.add_argument("dest", help="the shard directory to write (absent or empty)")
+    p.add_argument("--summary", help="the recipe's summary (default WORK/results/summary.json)")
+    a = p.parse_args(argv)
+    out = shards.archive(a.work_dir, a.dest, a.summary)
+    print(f"archived {len(out['records'])} scored runs of {a.work_dir} in {a.dest}")
+    return 0
+
+
+def cmd_merge(argv: List[str]) -> int:
+    from fairseq_metabt.evidence import shards, summary
+
+    p = argparse.ArgumentParser(prog="python -m fairseq_metabt.evidence merge",
+                                description="one summary from the shards of one comparison (other seeds, "
+                                            "trained in other sessions), as compare writes it")
+    p.add_argument("shards", nargs="+", help="shard directories written by `archive`")
+    p.add_argument("--out", required=True, help="the summary to write, e.g. docs/results/dds_catalog.json")
+    a = p.parse_args(argv)
+
+    def compare_from_args(args: List[str], work: str, out: str, command: str, knobs: dict) -> None:
+        _compare(args + ["--work-dir", work, "--out", out, "--command", command]
+                 + [f"--knob={k}={v}" for k, v in knobs.items()], quiet=True)
+
+    s = shards.merge(a.shards, a.out, compare_from_args)
     print(summary.render_summary(s))
     return 0
 
@@ -212,7 +280,7 @@ def cmd_docs(argv: List[str]) -> int:
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare, "table": cmd_table,
             "verdicts": cmd_verdicts, "progress": cmd_progress,
-            "docs": cmd_docs}
+            "docs": cmd_docs, "archive": cmd_archive, "merge": cmd_merge}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

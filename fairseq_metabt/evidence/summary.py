@@ -154,9 +154,12 @@ def compare(work_dir: str, control: str, systems: Optional[Sequence[str]] = None
             preconditions: Sequence[Tuple[str, str]] = (), same_schedule: Sequence[str] = (),
             also: Sequence[Tuple[str, str]] = (), command: str = "",
             corpus: str = "", title: str = "", out: Optional[str] = None,
-            knobs: Optional[Dict[str, str]] = None, raw_dir: Optional[str] = None, **kw) -> dict:
+            knobs: Optional[Dict[str, str]] = None, raw_dir: Optional[str] = None,
+            compare_args: Optional[Sequence[str]] = None, **kw) -> dict:
     """Build ``WORK/summary.json`` from ``WORK/evals.json`` (see the module docstring). ``raw_dir``, the user's
-    raw corpus, is recorded by :func:`provenance.corpus_record` (path, content hash, manifest)."""
+    raw corpus, is recorded by :func:`provenance.corpus_record` (path, content hash, manifest);
+    ``compare_args``, the CLI arguments that say what is compared, so that :mod:`.shards` can merge this
+    comparison's other seeds the same way."""
     records = list(load_evals(work_dir).values())
     if not records:
         raise UserError(f"no scored systems in {os.path.join(work_dir, EVALS)}; run "
@@ -197,6 +200,8 @@ def compare(work_dir: str, control: str, systems: Optional[Sequence[str]] = None
                                   "provenance": dict(provenance.environment(), knobs=dict(knobs or {}))}
     if raw_dir:
         summary["corpus_record"] = provenance.corpus_record(raw_dir)
+    if compare_args is not None:
+        summary["compare_args"] = list(compare_args)
     if len(result) == 1:
         summary.update(next(iter(result.values())))
         summary["pair"] = pairs[0]
@@ -393,12 +398,21 @@ def kept_tables(results_dir: str) -> List[str]:
     return sorted(f for f in os.listdir(results_dir) if f.endswith(".json"))
 
 
+def _commands_phrase(s: dict, shown_dir: str) -> str:
+    """The recipe command of a summary, or of each shard it was merged from (:mod:`.shards`)."""
+    if not s.get("shards"):
+        return f"Command: `{s.get('command') or '–'}`."
+    parts = [f"`{sh.get('command') or '–'}` (seeds {', '.join(map(str, sh['seeds']))}: `{shown_dir}/{sh['path']}`)"
+             for sh in s["shards"]]
+    return f"Merged from {len(parts)} shards, one recipe run each: " + "; ".join(parts) + "."
+
+
 def _render_tables(results_dir: str, shown_dir: str) -> List[str]:
     out = []
     for f in kept_tables(results_dir):
         s = read_json(os.path.join(results_dir, f))
         out.append(f"## {s.get('title') or f[:-5]}\n")
-        out.append(f"Source: `{shown_dir}/{f}`. Command: `{s.get('command') or '–'}`. "
+        out.append(f"Source: `{shown_dir}/{f}`. {_commands_phrase(s, shown_dir)} "
                    f"Corpus: {s.get('corpus') or '–'}.\n")
         line = _corpus_line(s)
         if line:

@@ -1,0 +1,212 @@
+"""One comparison, trained over several sessions: shards of a recipe's scored runs, and their merge.
+
+A converged multi-seed comparison on real text takes longer than one working session of a 2-core machine,
+and the machine that trained it may not be there the next time. A **shard** keeps what a finished recipe
+invocation (usually one seed, ``--seeds K``) needs for the table, without its checkpoints, so it can be
+committed beside the results:
+
+    SHARD/summary.json     the recipe's own summary (its command, knobs, corpus record and compare arguments)
+    SHARD/evals.json       its scored runs, with paths relative to SHARD
+    SHARD/hyps/*.hyp       each run's detokenised test output
+    SHARD/refs/*.ref       the references (one file per distinct content)
+    SHARD/runs/.../        each run's convergence record (update counts, command, commit) and its small
+                           JSON-lines logs (e.g. the DDS scorer's ``dds_log.jsonl``)
+
+:func:`merge` builds one summary from several shards exactly as ``compare`` builds it from one work
+directory, after checking that the shards are parts of the same comparison: the same compare arguments
+(control, systems, checks, title), the same knobs, the same corpus (content hash), and no run twice.
+"""
+import hashlib
+import os
+import shutil
+import tempfile
+from typing import Dict, List, Optional, Sequence
+
+from fairseq_metabt.data.raw_layout import sha256_file
+from fairseq_metabt.errors import UserError
+from fairseq_metabt.evidence import convergence, summary as summary_mod
+from fairseq_metabt.evidence.io import atomic_write_json, read_json
+
+SUMMARY = "summary.json"
+MAX_LOG_BYTES = 5 * 1024 * 1024  # a run's JSON-lines log larger than this stays behind (shards are committed)
+
+
+def _require_empty(dest: str) -> None:
+    if os.path.isdir(dest) and os.listdir(dest):
+        raise UserError(f"shard directory {dest} is not empty", "archive into a new directory; an existing shard "
+                        "is never overwritten")
+    if os.path.exists(dest) and not os.path.isdir(dest):
+        raise UserError(f"{dest} exists and is not a directory", "name a new directory")
+
+
+def archive(work_dir: str, dest: str, summary_path: Optional[str] = None) -> Dict[str, object]:
+    """Copy the scored runs of a finished recipe's ``work_dir`` into the shard ``dest`` (absent or empty).
+
+    ``summary_path`` (default ``WORK/results/summary.json``, where the recipes write it) must exist: a shard
+    is a finished invocation, with its command and compare arguments. Returns the shard's ``evals.json``."""
+    summary_path = summary_path or os.path.join(work_dir, "results", SUMMARY)
+    evals = summary_mod.load_evals(work_dir)
+    if not evals:
+        raise UserError(f"no scored systems in {os.path.join(work_dir, summary_mod.EVALS)}",
+                        "archive the work directory of a recipe that has scored its systems")
+    if not os.path.exists(summary_path):
+        raise UserError(f"{summary_path} is missing: the recipe has not written its table",
+                        "run the recipe to its end (it reuses finished runs) before archiving")
+    s = read_json(summary_path)
+    if "compare_args" not in s:
+        raise UserError(f"{summary_path} does not record its compare arguments (written before shards existed)",
+                        "re-run the recipe at this commit: it reuses the finished runs and rewrites the summary")
+    _require_empty(dest)
+    os.makedirs(dest, exist_ok=True)
+    records: Dict[str, dict] = {}
+    refs: Dict[str, str] = {}  # sha -> relative path
+    runs: Dict[str, str] = {}  # save_dir -> relative path
+    for key, rec in sorted(evals.items()):
+        rec = dict(rec)
+        for path in (rec["hyps"], rec["ref"]):
+            if not os.path.exists(path):
+                raise UserError(f"{path}, recorded for {key} in {work_dir}/evals.json, is missing",
+                                "re-run the recipe's scoring step (it reuses finished trainings)")
+        hyp_rel = os.path.join("hyps", f"{rec['system']}.seed{rec['seed']}.{rec['pair']}.hyp")
+        os.makedirs(os.path.join(dest, "hyps"), exist_ok=True)
+        shutil.copyfile(rec["hyps"], os.path.join(dest, hyp_rel))
+        sha = sha256_file(rec["ref"])
+        if sha not in refs:
+            refs[sha] = os.path.join("refs", f"{rec['pair']}.{sha[:12]}.ref")
+            os.makedirs(os.path.join(dest, "refs"), exist_ok=True)
+            shutil.copyfile(rec["ref"], os.path.join(dest, refs[sha]))
+        save = rec.get("save_dir")
+        if save and os.path.exists(os.path.join(save, convergence.RECORD)):
+            if save not in runs:
+                rel = os.path.relpath(save, work_dir)
+                if rel.startswith(".."):
+                    rel = os.path.join("external", hashlib.sha256(save.encode()).hexdigest()[:12])
+                runs[save] = os.path.join("runs", rel)
+                os.makedirs(os.path.join(dest, runs[save]), exist_ok=True)
+                for name in sorted(os.listdir(save)):
+                    src = os.path.join(save, name)
+                    if name == convergence.RECORD or (name.endswith(".jsonl") and os.path.getsize(src) <= MAX_LOG_BYTES):
+                        shutil.copyfile(src, os.path.join(dest, runs[save], name))
+            rec["save_dir"] = runs[save]
+        else:
+            rec["save_dir"] = None
+        rec.update(hyps=hyp_rel, ref=refs[sha], trained_in=save)
+        records[key] = rec
+    out = {"records": records, "work_dir": os.path.abspath(work_dir)}
+    atomic_write_json(os.path.join(dest, summary_mod.EVALS), out)
+    shutil.copyfile(summary_path, os.path.join(dest, SUMMARY))
+    return out
+
+
+def _same_run(a: dict, b: dict) -> bool:
+    def text(path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+    # the commands differ in their work directories; 1,000 identical output lines say it is the same run
+    return text(a["hyps"]) == text(b["hyps"]) and text(a["ref"]) == text(b["ref"])
+
+
+def _load_shard(path: str) -> Dict[str, object]:
+    for name in (SUMMARY, summary_mod.EVALS):
+        if not os.path.exists(os.path.join(path, name)):
+            raise UserError(f"{path} is not a shard: {name} is missing",
+                            "name directories written by `python -m fairseq_metabt.evidence archive`")
+    s = read_json(os.path.join(path, SUMMARY))
+    if "compare_args" not in s:
+        raise UserError(f"{path}/{SUMMARY} does not record its compare arguments",
+                        "archive it again from a recipe re-run at this commit")
+    records = {}
+    for key, rec in read_json(os.path.join(path, summary_mod.EVALS))["records"].items():
+        rec = dict(rec, hyps=os.path.abspath(os.path.join(path, rec["hyps"])),
+                   ref=os.path.abspath(os.path.join(path, rec["ref"])))
+        if rec.get("save_dir"):
+            rec["save_dir"] = os.path.abspath(os.path.join(path, rec["save_dir"]))
+        records[key] = rec
+    return {"path": path, "summary": s, "records": records}
+
+
+def _same(shards: List[dict], what: str, get) -> object:
+    first = get(shards[0])
+    for sh in shards[1:]:
+        if get(sh) != first:
+            raise UserError(f"shards {shards[0]['path']} and {sh['path']} differ in {what}",
+                            "merge only shards of one comparison: the same recipe, corpus and settings, other seeds")
+    return first
+
+
+# compare's flags whose values a shard may hold a part of: a session may train some of a seed's systems
+SUBSET_FLAGS = ("--systems", "--same-schedule", "--also")
+
+
+def _flags(args: Sequence[str]) -> Dict[str, List[str]]:
+    """``--flag v1 v2 --other v`` as ``{"--flag": [v1, v2], "--other": [v]}`` (compare's values never start
+    with ``--``)."""
+    out: Dict[str, List[str]] = {}
+    flag = ""
+    for arg in args:
+        if arg.startswith("--"):
+            flag, _, value = arg.partition("=")
+            out.setdefault(flag, [])
+            if value:
+                out[flag].append(value)
+        else:
+            out.setdefault(flag, []).append(arg)
+    return out
+
+
+def _widest_args(shards: List[dict]) -> List[str]:
+    """The compare arguments of the shard that holds every system of the comparison; every other shard's must
+    be the same, except that its systems, schedule check and further comparisons may be a part of those."""
+    parsed = [_flags(sh["summary"]["compare_args"]) for sh in shards]
+
+    def covers(big: Dict[str, List[str]], small: Dict[str, List[str]]) -> bool:
+        fixed = lambda f: {k: v for k, v in f.items() if k not in SUBSET_FLAGS}  # noqa: E731
+        return fixed(big) == fixed(small) and all(set(small.get(k, [])) <= set(big.get(k, [])) for k in SUBSET_FLAGS)
+
+    for i, big in enumerate(parsed):
+        if all(covers(big, small) for small in parsed):
+            return list(shards[i]["summary"]["compare_args"])
+    first = parsed[0]
+    other = next((sh for sh, f in zip(shards, parsed) if not (covers(first, f) or covers(f, first))), shards[-1])
+    raise UserError(f"shards {shards[0]['path']} and {other['path']} differ in compare arguments",
+                    "merge only shards of one comparison: the same recipe, corpus and settings; a shard may hold "
+                    "some of the systems, and one shard must hold them all")
+
+
+def merge(shard_dirs: Sequence[str], out: str, compare_from_args) -> dict:
+    """One summary from the shards' runs, as ``compare`` would write it had one work directory held them all.
+
+    ``compare_from_args(argv, work_dir, out, command, knobs)`` runs ``compare`` with a shard's recorded
+    arguments (the CLI's parser). Its ``command`` is every shard's recipe command, one per line; the summary
+    also lists the shards (path, command, seeds, commits) and keeps their common corpus record."""
+    if not shard_dirs:
+        raise UserError("merge needs at least one shard", "name the shard directories")
+    shards = [_load_shard(d) for d in shard_dirs]
+    args = _widest_args(shards)
+    knobs = _same(shards, "knobs", lambda sh: (sh["summary"].get("provenance") or {}).get("knobs") or {})
+    corpus = _same(shards, "corpus (content hash)",
+                   lambda sh: (sh["summary"].get("corpus_record") or {}).get("sha256"))
+    records: Dict[str, dict] = {}
+    owner: Dict[str, str] = {}
+    for sh in shards:
+        for key, rec in sh["records"].items():
+            # a run may be in two shards only as the same deterministic run (e.g. the control, retrained so that
+            # a shard holding some of a seed's systems has its table): the same test output
+            if key in records and not _same_run(records[key], rec):
+                raise UserError(f"{key.replace('|', ' seed ', 1).replace('|', ' ')} is in both {owner[key]} and "
+                                f"{sh['path']} with different results", "a run belongs to one shard: leave one out")
+            if key not in records:
+                records[key], owner[key] = rec, sh["path"]
+    command = "\n".join(sh["summary"].get("command") or "" for sh in shards)
+    with tempfile.TemporaryDirectory() as work:
+        atomic_write_json(os.path.join(work, summary_mod.EVALS), {"records": records})
+        compare_from_args(list(args), work, out, command, knobs)
+    s = read_json(out)
+    if corpus:
+        s["corpus_record"] = shards[0]["summary"]["corpus_record"]
+    s["shards"] = [{"path": os.path.relpath(sh["path"], os.path.dirname(os.path.abspath(out))),
+                    "command": sh["summary"].get("command"),
+                    "seeds": sorted({r["seed"] for r in sh["records"].values()}),
+                    "commits": sorted({str(r.get("commit")) for r in sh["records"].values()})} for sh in shards]
+    atomic_write_json(out, s)
+    return s
