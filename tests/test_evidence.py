@@ -538,17 +538,30 @@ def test_shards_of_other_seeds_merge_into_the_table_one_work_directory_gives(tmp
     # what would make the merge wrong is refused, naming the shards
     assert "not empty" in fails(EVIDENCE + ["archive", works["all"], shard_a])
     assert "in both" in fails(EVIDENCE + ["merge", shard_a, str(tmp_path / "shards" / "seed1-other"), "--out", out])
-    # a session that trained some of a seed's systems (its control again: deterministic, the same output) merges
-    part = str(tmp_path / "part")
-    _record(part, "control", 2, refs[2], _noisy(refs[2], 0.55, 12))
-    os.makedirs(os.path.join(part, "results"))
-    run(EVIDENCE + ["compare", "--work-dir", part, "--out", os.path.join(part, "results", "summary.json"),
-                    "--raw-dir", raw, "--knob", "LR=1e-3", "--control", "control", "--systems", "control",
-                    "--same-schedule", "control", "--title", "T", "--corpus", "toy"])
-    run(EVIDENCE + ["archive", part, str(tmp_path / "shards" / "part")])
-    again = summary.read_json(run(EVIDENCE + ["merge", str(tmp_path / "shards" / "part"), shard_a, shard_b,
-                                              "--out", out]) and out)
-    assert again["systems"]["better"]["interval"] == whole["systems"]["better"]["interval"]
+    # seeds 2-3 in two sessions: the control first; then the other system, its control's scores imported from
+    # the first shard (not retrained), so the recipe's table is made and the shards merge to the same table
+    def part(name, systems, seed_list, imported=None):
+        work = str(tmp_path / name)
+        if imported:
+            run(EVIDENCE + ["import", imported, work, "--systems", "control"])
+        for k in seed_list:
+            for sys_name in systems:
+                keep, off = {"control": (0.55, 10), "better": (0.7, 20)}[sys_name]
+                _record(work, sys_name, k, refs[k], _noisy(refs[k], keep, off + k), commit=f"c{k}")
+        os.makedirs(os.path.join(work, "results"))
+        run(EVIDENCE + ["compare", "--work-dir", work, "--out", os.path.join(work, "results", "summary.json"),
+                        "--raw-dir", raw, "--knob", "LR=1e-3", "--control", "control", "--systems", *systems,
+                        "--same-schedule", *systems, "--title", "T", "--corpus", "toy"])
+        run(EVIDENCE + ["archive", work, str(tmp_path / "shards" / name)])
+        return str(tmp_path / "shards" / name), work
+    ctrl, _ = part("ctrl23", ["control"], [2, 3])
+    rest, rest_work = part("rest23", ["better"], [2, 3], imported=ctrl)
+    assert {r["system"] for r in summary.load_evals(rest_work).values()} == {"control", "better"}
+    again = summary.read_json(run(EVIDENCE + ["merge", shard_a, ctrl, rest, "--out", out]) and out)
+    for key in ("bleu", "delta", "interval", "verdict"):
+        assert again["systems"]["better"][key] == whole["systems"]["better"][key], key
+    assert "already scored" in fails(EVIDENCE + ["import", ctrl, rest_work, "--systems", "control"])
+    assert "holds no scored run" in fails(EVIDENCE + ["import", ctrl, str(tmp_path / "x"), "--systems", "nope"])
     other = str(tmp_path / "other")
     _record(other, "control", 4, refs[1], refs[1])
     _record(other, "better", 4, refs[1], refs[1])

@@ -12,6 +12,9 @@
                                              convergence, and the provenance of every run
     archive  WORK SHARD                      keep a finished recipe's scored runs, without checkpoints, as a
                                              shard (docs/results/runs/): one session's seeds of a comparison
+    import   SHARD WORK [--systems A ..] [--seeds S ..]
+                                             put a shard's scored runs (a seed's control) into WORK, so a
+                                             recipe run for the seed's other systems need not retrain them
     merge    SHARD... --out SUMMARY.json     one summary from the shards of one comparison, as compare
                                              writes it (same arguments, knobs and corpus checked)
     table    SUMMARY.json                    print a summary's table(s)
@@ -204,6 +207,23 @@ def cmd_archive(argv: List[str]) -> int:
     return 0
 
 
+def cmd_import(argv: List[str]) -> int:
+    from fairseq_metabt.evidence import shards
+
+    p = argparse.ArgumentParser(prog="python -m fairseq_metabt.evidence import",
+                                description="put a shard's scored runs (e.g. a seed's control) into a work "
+                                            "directory, so a recipe run for the seed's other systems has its table "
+                                            "without retraining them")
+    p.add_argument("shard")
+    p.add_argument("work_dir")
+    p.add_argument("--systems", nargs="+", help="default: every system of the shard")
+    p.add_argument("--seeds", nargs="+", type=int, help="default: every seed of the shard")
+    a = p.parse_args(argv)
+    keys = shards.import_runs(a.shard, a.work_dir, a.systems, a.seeds)
+    print(f"imported {len(keys)} scored runs of {a.shard} into {a.work_dir}: " + ", ".join(keys))
+    return 0
+
+
 def cmd_merge(argv: List[str]) -> int:
     from fairseq_metabt.evidence import shards, summary
 
@@ -280,7 +300,7 @@ def cmd_docs(argv: List[str]) -> int:
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare, "table": cmd_table,
             "verdicts": cmd_verdicts, "progress": cmd_progress,
-            "docs": cmd_docs, "archive": cmd_archive, "merge": cmd_merge}
+            "docs": cmd_docs, "archive": cmd_archive, "import": cmd_import, "merge": cmd_merge}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

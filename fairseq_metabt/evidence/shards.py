@@ -125,6 +125,26 @@ def _load_shard(path: str) -> Dict[str, object]:
     return {"path": path, "summary": s, "records": records}
 
 
+def import_runs(shard_dir: str, work_dir: str, systems: Optional[Sequence[str]] = None,
+                seeds: Optional[Sequence[int]] = None) -> List[str]:
+    """Put a shard's scored runs (of ``systems`` and ``seeds``; default all) into ``work_dir``'s ``evals.json``,
+    pointing at the shard's files. So a session that trains the rest of a seed's systems does not retrain their
+    control: the recipe's table finds the control's scores, and its shard holds the same run again (the same
+    test output), which :func:`merge` accepts. Returns the keys imported; a key already scored in
+    ``work_dir`` is an error (nothing is replaced)."""
+    sh = _load_shard(shard_dir)
+    chosen = {k: r for k, r in sh["records"].items()
+              if (systems is None or r["system"] in systems) and (seeds is None or r["seed"] in seeds)}
+    if not chosen:
+        raise UserError(f"{shard_dir} holds no scored run of systems {list(systems or [])} and seeds "
+                        f"{list(seeds or [])}", "check the names against its evals.json")
+    clash = sorted(set(chosen) & set(summary_mod.load_evals(work_dir)))
+    if clash:
+        raise UserError(f"{work_dir} has already scored {', '.join(clash)}", "import into a new work directory")
+    summary_mod.put_records(work_dir, chosen)
+    return sorted(chosen)
+
+
 def _same(shards: List[dict], what: str, get) -> object:
     first = get(shards[0])
     for sh in shards[1:]:

@@ -48,6 +48,12 @@ def add_eval(work_dir: str, system: str, seed: int, pair: str, scores: dict, hyp
                    versions=c.versions)
     else:
         rec.update(converged=None, status="no training record", reason=None)
+    put_records(work_dir, {_key(system, seed, pair): rec})
+    return rec
+
+
+def put_records(work_dir: str, new: Dict[str, dict]) -> None:
+    """Add scored records to ``WORK/evals.json`` (replacing those with the same key)."""
     import fcntl
 
     os.makedirs(work_dir, exist_ok=True)
@@ -55,9 +61,8 @@ def add_eval(work_dir: str, system: str, seed: int, pair: str, scores: dict, hyp
     with open(os.path.join(work_dir, ".evals.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         records = load_evals(work_dir)
-        records[_key(system, seed, pair)] = rec
+        records.update(new)
         atomic_write_json(os.path.join(work_dir, EVALS), {"records": records})
-    return rec
 
 
 def _lines(path: str) -> List[str]:
