@@ -57,16 +57,17 @@ def archive(work_dir: str, dest: str, summary_path: Optional[str] = None) -> Dic
         raise UserError(f"{summary_path} does not record its compare arguments (written before shards existed)",
                         "re-run the recipe at this commit: it reuses the finished runs and rewrites the summary")
     _require_empty(dest)
+    for key, rec in sorted(evals.items()):  # checked before anything is written: no half-made shard
+        for path in (rec["hyps"], rec["ref"]):
+            if not os.path.exists(path):
+                raise UserError(f"{path}, recorded for {key} in {work_dir}/evals.json, is missing",
+                                "re-run the recipe's scoring step (it reuses finished trainings)")
     os.makedirs(dest, exist_ok=True)
     records: Dict[str, dict] = {}
     refs: Dict[str, str] = {}  # sha -> relative path
     runs: Dict[str, str] = {}  # save_dir -> relative path
     for key, rec in sorted(evals.items()):
         rec = dict(rec)
-        for path in (rec["hyps"], rec["ref"]):
-            if not os.path.exists(path):
-                raise UserError(f"{path}, recorded for {key} in {work_dir}/evals.json, is missing",
-                                "re-run the recipe's scoring step (it reuses finished trainings)")
         hyp_rel = os.path.join("hyps", f"{rec['system']}.seed{rec['seed']}.{rec['pair']}.hyp")
         os.makedirs(os.path.join(dest, "hyps"), exist_ok=True)
         shutil.copyfile(rec["hyps"], os.path.join(dest, hyp_rel))
