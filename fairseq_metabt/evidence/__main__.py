@@ -238,7 +238,10 @@ def cmd_merge(argv: List[str]) -> int:
         _compare(args + ["--work-dir", work, "--out", out, "--command", command]
                  + [f"--knob={k}={v}" for k, v in knobs.items()], quiet=True)
 
-    s = shards.merge(a.shards, a.out, compare_from_args)
+    def parse(args: List[str]) -> dict:  # what is compared, as compare's own parser reads it
+        return vars(_compare_parser().parse_args(args + ["--work-dir", "."]))
+
+    s = shards.merge(a.shards, a.out, compare_from_args, parse)
     print(summary.render_summary(s))
     return 0
 

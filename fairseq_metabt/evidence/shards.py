@@ -155,34 +155,18 @@ def _same(shards: List[dict], what: str, get) -> object:
     return first
 
 
-# compare's flags whose values a shard may hold a part of: a session may train some of a seed's systems
-SUBSET_FLAGS = ("--systems", "--same-schedule", "--also")
+# compare's options whose values a shard may hold a part of: a session may train some of a seed's systems
+SUBSET_OPTIONS = ("systems", "same_schedule", "also")
 
 
-def _flags(args: Sequence[str]) -> Dict[str, List[str]]:
-    """``--flag v1 v2 --other v`` as ``{"--flag": [v1, v2], "--other": [v]}`` (compare's values never start
-    with ``--``)."""
-    out: Dict[str, List[str]] = {}
-    flag = ""
-    for arg in args:
-        if arg.startswith("--"):
-            flag, _, value = arg.partition("=")
-            out.setdefault(flag, [])
-            if value:
-                out[flag].append(value)
-        else:
-            out.setdefault(flag, []).append(arg)
-    return out
-
-
-def _widest_args(shards: List[dict]) -> List[str]:
+def _widest_args(shards: List[dict], parse) -> List[str]:
     """The compare arguments of the shard that holds every system of the comparison; every other shard's must
     be the same, except that its systems, schedule check and further comparisons may be a part of those."""
-    parsed = [_flags(sh["summary"]["compare_args"]) for sh in shards]
+    parsed = [parse(sh["summary"]["compare_args"]) for sh in shards]
 
-    def covers(big: Dict[str, List[str]], small: Dict[str, List[str]]) -> bool:
-        fixed = lambda f: {k: v for k, v in f.items() if k not in SUBSET_FLAGS}  # noqa: E731
-        return fixed(big) == fixed(small) and all(set(small.get(k, [])) <= set(big.get(k, [])) for k in SUBSET_FLAGS)
+    def covers(big: dict, small: dict) -> bool:
+        fixed = lambda f: {k: v for k, v in f.items() if k not in SUBSET_OPTIONS}  # noqa: E731
+        return fixed(big) == fixed(small) and all(set(small[k] or []) <= set(big[k] or []) for k in SUBSET_OPTIONS)
 
     for i, big in enumerate(parsed):
         if all(covers(big, small) for small in parsed):
@@ -194,16 +178,16 @@ def _widest_args(shards: List[dict]) -> List[str]:
                     "some of the systems, and one shard must hold them all")
 
 
-def merge(shard_dirs: Sequence[str], out: str, compare_from_args) -> dict:
+def merge(shard_dirs: Sequence[str], out: str, compare_from_args, parse) -> dict:
     """One summary from the shards' runs, as ``compare`` would write it had one work directory held them all.
 
     ``compare_from_args(argv, work_dir, out, command, knobs)`` runs ``compare`` with a shard's recorded
-    arguments (the CLI's parser). Its ``command`` is every shard's recipe command, one per line; the summary
+    arguments (the CLI's parser); ``parse(argv)`` gives those arguments as a dict of compare's options. Its ``command`` is every shard's recipe command, one per line; the summary
     also lists the shards (path, command, seeds, commits) and keeps their common corpus record."""
     if not shard_dirs:
         raise UserError("merge needs at least one shard", "name the shard directories")
     shards = [_load_shard(d) for d in shard_dirs]
-    args = _widest_args(shards)
+    args = _widest_args(shards, parse)
     knobs = _same(shards, "knobs", lambda sh: (sh["summary"].get("provenance") or {}).get("knobs") or {})
     corpus = _same(shards, "corpus (content hash)",
                    lambda sh: (sh["summary"].get("corpus_record") or {}).get("sha256"))
