@@ -20,7 +20,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from fairseq_metabt.data.raw_layout import sha256_file
 from fairseq_metabt.errors import UserError
@@ -86,7 +86,8 @@ def archive(work_dir: str, dest: str, summary_path: Optional[str] = None) -> Dic
                 os.makedirs(os.path.join(dest, runs[save]), exist_ok=True)
                 for name in sorted(os.listdir(save)):
                     src = os.path.join(save, name)
-                    if name == convergence.RECORD or (name.endswith(".jsonl") and os.path.getsize(src) <= MAX_LOG_BYTES):
+                    small_log = name.endswith(".jsonl") and os.path.getsize(src) <= MAX_LOG_BYTES
+                    if name == convergence.RECORD or small_log:
                         shutil.copyfile(src, os.path.join(dest, runs[save], name))
             rec["save_dir"] = runs[save]
         else:
@@ -159,7 +160,7 @@ def _same(shards: List[dict], what: str, get) -> object:
 SUBSET_OPTIONS = ("systems", "same_schedule", "also")
 
 
-def _widest_args(shards: List[dict], parse) -> List[str]:
+def _widest_args(shards: List[dict], parse: Callable[[List[str]], dict]) -> List[str]:
     """The compare arguments of the shard that holds every system of the comparison; every other shard's must
     be the same, except that its systems, schedule check and further comparisons may be a part of those."""
     parsed = [parse(sh["summary"]["compare_args"]) for sh in shards]
@@ -178,12 +179,14 @@ def _widest_args(shards: List[dict], parse) -> List[str]:
                     "some of the systems, and one shard must hold them all")
 
 
-def merge(shard_dirs: Sequence[str], out: str, compare_from_args, parse) -> dict:
+def merge(shard_dirs: Sequence[str], out: str, compare_from_args: Callable[..., None],
+          parse: Callable[[List[str]], dict]) -> dict:
     """One summary from the shards' runs, as ``compare`` would write it had one work directory held them all.
 
     ``compare_from_args(argv, work_dir, out, command, knobs)`` runs ``compare`` with a shard's recorded
-    arguments (the CLI's parser); ``parse(argv)`` gives those arguments as a dict of compare's options. Its ``command`` is every shard's recipe command, one per line; the summary
-    also lists the shards (path, command, seeds, commits) and keeps their common corpus record."""
+    arguments (the CLI's parser); ``parse(argv)`` gives those arguments as a dict of compare's options. Its
+    ``command`` is every shard's recipe command, one per line; the summary also lists the shards (path,
+    command, seeds, commits) and keeps their common corpus record."""
     if not shard_dirs:
         raise UserError("merge needs at least one shard", "name the shard directories")
     shards = [_load_shard(d) for d in shard_dirs]
