@@ -41,6 +41,7 @@ Systems (all SRC->TGT except backward):
                instead of one per batch: against metabt it measures the reward granularity alone; not run
                by default
 Default systems: baseline baseline_ft bt_mle_dev metabt (chosen for the 30-minute budget on 2 free cores;
+--systems must include the control baseline_ft;
 list bt and bt_mle in --systems to add them, one more fine-tuning run each). The table names the control of
 each Δ: baseline_ft in the table, and under it metabt against bt_mle_dev (and against bt_mle when both run),
 metabt_dev against bt_mle_dev and metabt, and metabt_sent against metabt and bt_mle, when they run.
@@ -69,6 +70,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 recipe_check_systems "backward $METABT_SYSTEMS" "choose from $METABT_SYSTEMS"
+# every Δ of the table is against baseline_ft: refuse before training, not at the summary after it
+case " $SYSTEMS " in *" baseline_ft "*) ;;
+  *) recipe_die "--systems \"$SYSTEMS\" lacks the control baseline_ft (every Δ is against it): add it, e.g. --systems \"baseline_ft $SYSTEMS\"";;
+esac
 bash "$ROOT/scripts/setup_env.sh"
 PY="$ROOT/.venv/bin/python"; export PATH="$ROOT/.venv/bin:$PATH"
 ARCH="${ARCH:-transformer_lowres_tiny}"; MAX_TOKENS="${MAX_TOKENS:-2048}"; LR="${LR:-2e-3}"; WARMUP="${WARMUP:-100}"

@@ -99,6 +99,12 @@ def test_bad_shared_flags_are_one_line_errors(handwritten, tmp_path):
     proc = run(["bash", os.path.join(ROOT, RECIPES["quickstart"]), "--seeds", "", "--work-dir", str(tmp_path)],
                check=False)
     assert proc.returncode == 2 and "--seeds needs at least one seed" in proc.stdout
+    # a table without its control was refused only after every system had trained (2026-12-06)
+    work = tmp_path / "no_control"
+    proc = run(["bash", os.path.join(ROOT, RECIPES["quickstart"]), "--systems", "baseline metabt", "--work-dir", str(work)],
+               check=False)
+    assert proc.returncode == 2 and "lacks the control baseline_ft" in proc.stdout
+    assert not work.exists() or not os.listdir(work)  # nothing trained, nothing written
 
 
 # tiny settings: one seed, a few updates, the smallest model; the point is the interface, not the scores
