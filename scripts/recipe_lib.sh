@@ -22,6 +22,7 @@ RECIPE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Provenance: the environment knobs any recipe reads. Those the user set at launch go into the recorded
 # command line; their effective values (after each recipe's defaults) go into summary.json (ev_compare).
 RECIPE_KNOBS="ARCH MAX_TOKENS LR WARMUP LR_PATIENCE LR_SHRINK FT_LR FT_MAX_TOKENS FT_WARMUP LR_ITER WARMUP_ITER
+  DROPOUT ATTENTION_DROPOUT ACTIVATION_DROPOUT LABEL_SMOOTHING VOCAB_SIZE
   GATE_UPDATES REL SIZES METRIC BEAM GEN_MAX_TOKENS EVAL_SUBSETS JOBS OMP_NUM_THREADS"
 RECIPE_ENV_SET=""
 for _k in $RECIPE_KNOBS; do
