@@ -80,12 +80,10 @@ case " $SYSTEMS " in *" baseline_ft "*) ;;
 esac
 bash "$ROOT/scripts/setup_env.sh"
 PY="$ROOT/.venv/bin/python"; export PATH="$ROOT/.venv/bin:$PATH"
-ARCH="${ARCH:-transformer_lowres_small}"; MAX_TOKENS="${MAX_TOKENS:-2048}"; LR="${LR:-2e-3}"; WARMUP="${WARMUP:-100}"
+MAX_TOKENS="${MAX_TOKENS:-2048}"; LR="${LR:-2e-3}"; WARMUP="${WARMUP:-100}"
 FT_MAX_TOKENS="${FT_MAX_TOKENS:-$MAX_TOKENS}"; FT_LR="${FT_LR:-1e-3}"; FT_WARMUP="${FT_WARMUP:-50}"
 LR_PATIENCE="${LR_PATIENCE:-2}"
-# regularisation and vocabulary for 2,000 training pairs (docs/catalog_corpus.md, "A default that fails on real text")
-DROPOUT="${DROPOUT:-0.3}"; ATTENTION_DROPOUT="${ATTENTION_DROPOUT:-0.1}"; ACTIVATION_DROPOUT="${ACTIVATION_DROPOUT:-0.1}"
-LABEL_SMOOTHING="${LABEL_SMOOTHING:-0.2}"; VOCAB_SIZE="${VOCAB_SIZE:-2000}"
+recipe_lowres  # ARCH, the regularisation (LOWRES_REG) and VOCAB_SIZE for 2,000 training pairs
 SIZES="${SIZES:-train=2000,valid=300,test=1000,mono_tgt=4000,mono_lrl=500}"
 start=$(date +%s)
 
@@ -96,8 +94,7 @@ recipe_prepare "$RAW" "$BIN" --vocab-size "$VOCAB_SIZE"
 CPU="$(recipe_cpu_flag)"
 
 COMMON=("$BIN" --user-dir "$USER_DIR" --optimizer adam --adam-betas '(0.9, 0.98)' --clip-norm 1.0
-        --criterion label_smoothed_cross_entropy --label-smoothing "$LABEL_SMOOTHING"
-        --dropout "$DROPOUT" --attention-dropout "$ATTENTION_DROPOUT" --activation-dropout "$ACTIVATION_DROPOUT"
+        --criterion label_smoothed_cross_entropy "${LOWRES_REG[@]}"
         --log-interval 50 --log-format simple --num-workers 0 $CPU)
 # plateau_updates: the lr halves after every LR_PATIENCE validations without a new best, so each run anneals
 # before --patience stops it (fairseq_metabt/lr_schedulers/plateau_updates.py)

@@ -125,6 +125,13 @@ CASES = {
 }
 
 
+# the pair-level recipes' default regularisation for 2,000 pairs (scripts/recipe_lib.sh, recipe_lowres)
+LOWRES = ("quickstart", "reconstruction", "wake_sleep")
+LOWRES_FLAGS = ("--dropout 0.3", "--attention-dropout 0.1", "--activation-dropout 0.1", "--label-smoothing 0.2")
+LOWRES_KNOBS = {"DROPOUT": "0.3", "ATTENTION_DROPOUT": "0.1", "ACTIVATION_DROPOUT": "0.1", "LABEL_SMOOTHING": "0.2",
+                "VOCAB_SIZE": "2000"}
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_recipe_runs_on_a_handwritten_corpus(name, handwritten, tmp_path):
     work = str(tmp_path / "work")
@@ -167,6 +174,14 @@ def test_recipe_runs_on_a_handwritten_corpus(name, handwritten, tmp_path):
         cmdline = ""
     assert not ("fairseq_metabt.evidence" in cmdline and work in cmdline), cmdline
     assert "en" in " ".join(entries)
+    if name in LOWRES:  # the low-resource regularisation reaches every fairseq-train run (recipe_lowres)
+        for pair, entry in entries.items():
+            for system, row in entry["systems"].items():
+                cmd = row["runs"][0]["command"]
+                assert all(flag in cmd for flag in LOWRES_FLAGS), (pair, system, cmd)
+        assert {k: s["provenance"]["knobs"][k] for k in LOWRES_KNOBS} == LOWRES_KNOBS, s["provenance"]["knobs"]
+        with open(os.path.join(work, "bin", "prepare.json"), encoding="utf-8") as f:
+            assert json.load(f)["options"]["vocab_size"] == 2000
     if name == "dds":  # DDS and TCS+DDS against the rules that could explain a gain, among the systems that ran
         also = {(a["system"], a["control"]) for entry in entries.values() for a in entry["also"]}
         assert also == {("dds", "related"), ("dds", "fixed_order"), ("tcs_dds", "related"),

@@ -29,7 +29,9 @@
 # LR (5e-4), WARMUP (400 updates, iteration 0), LR_ITER (2e-4, continued training), WARMUP_ITER (100 updates),
 # LR_SHRINK (0.5) and LR_PATIENCE (2): --lr-scheduler plateau_updates multiplies the lr by LR_SHRINK after every
 # LR_PATIENCE validations without a new best, so every stage anneals before PATIENCE stops it; BEAM (5, evaluation),
-# GEN_MAX_TOKENS (8192), EVAL_SUBSETS ("valid test"; empty: no evaluation), SIZES (synthetic --sizes).
+# GEN_MAX_TOKENS (8192), EVAL_SUBSETS ("valid test"; empty: no evaluation), SIZES (synthetic --sizes);
+# DROPOUT, ATTENTION_DROPOUT, ACTIVATION_DROPOUT (the architecture's when unset) and LABEL_SMOOTHING (0.1)
+# (run_miniature.sh sets the low-resource regularisation, scripts/recipe_lib.sh recipe_lowres).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"; [ -x "$PY" ] || PY=python
@@ -81,7 +83,9 @@ mkdir -p "$RUN"
 
 COMMON=(--user-dir "$ROOT/fairseq_metabt" --task translation --arch "$ARCH" --share-decoder-input-output-embed
         --optimizer adam --adam-betas "(0.9, 0.98)" --clip-norm 1.0 --criterion label_smoothed_cross_entropy
-        --label-smoothing 0.1 --max-tokens "$MAX_TOKENS" --upsample-primary 1
+        --label-smoothing "${LABEL_SMOOTHING:-0.1}" ${DROPOUT:+--dropout "$DROPOUT"}
+        ${ATTENTION_DROPOUT:+--attention-dropout "$ATTENTION_DROPOUT"}
+        ${ACTIVATION_DROPOUT:+--activation-dropout "$ACTIVATION_DROPOUT"} --max-tokens "$MAX_TOKENS" --upsample-primary 1
         --seed "$SEED" --num-workers 0 --log-format simple --log-interval 50 "${DEVICE[@]}")
 
 # train DIR DATA S T MAX_UPDATE [INIT]: one direction, trained to dev convergence under the evidence protocol
