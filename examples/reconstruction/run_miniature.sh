@@ -21,7 +21,7 @@ Model (environment knobs, recorded): --arch or ARCH (transformer_lowres_small), 
 synthetic table was made with the former default (transformer_lowres_tiny, dropout 0.1, label smoothing 0.1,
 4,000 pieces), which over-fits 2,000 real pairs (docs/catalog_corpus.md).'
 SRC=lrl; TGT=tgt; RELATED=""; SEEDS="1 2 3"; WORK_DIR="$ROOT/runs/reconstruction_miniature"
-PATIENCE=5; VALIDATE_EVERY=100; MAX_UPDATE=10000; METRIC=nll_loss
+PATIENCE=5; VALIDATE_EVERY=100; MAX_UPDATE=20000; METRIC=nll_loss
 # shellcheck source=../../scripts/recipe_lib.sh
 source "$ROOT/scripts/recipe_lib.sh"
 recipe_parse "$@"
