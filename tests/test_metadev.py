@@ -98,7 +98,8 @@ def test_selection_and_meta_dev_are_disjoint_halves_of_the_dev_set(split_bin):
     assert "metadev" in info["splits"]["lrl-tgt"]
     # the same inputs give the same files: the prepared directory is reused, not refused
     run([sys.executable, SPLIT, raw, split_raw, "--src", "lrl", "--tgt", "tgt"])
-    out = run([sys.executable, os.path.join(ROOT, "scripts", "prepare_data.py"), split_raw, bin_dir, "--reuse"]).stdout
+    out = run([sys.executable, os.path.join(ROOT, "scripts", "prepare_data.py"), split_raw, bin_dir, "--reuse",
+               "--vocab-size", str(info["options"]["vocab_size"])]).stdout
     assert "reused" in out
 
 
