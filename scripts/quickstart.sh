@@ -40,7 +40,7 @@ Systems (all SRC->TGT except backward):
   metabt_sent  metabt with one reward per pseudo-sentence (--meta-reward-granularity sentence, Taylor trick)
                instead of one per batch: against metabt it measures the reward granularity alone; not run
                by default
-Default systems: baseline baseline_ft bt_mle_dev metabt (chosen for the 30-minute budget on 2 free cores;
+Default systems: baseline baseline_ft bt_mle_dev metabt (chosen to keep the run short on 2 free cores;
 --systems must include the control baseline_ft;
 list bt and bt_mle in --systems to add them, one more fine-tuning run each). The table names the control of
 each Δ: baseline_ft in the table, and under it metabt against bt_mle_dev (and against bt_mle when both run),
