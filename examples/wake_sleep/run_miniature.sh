@@ -20,8 +20,8 @@ synthetic table used the former transformer_lowres_tiny at dropout 0.1, label sm
 over-fits 2,000 real pairs: docs/catalog_corpus.md), 2048 tokens, lr 2e-3 with 100 warm-up updates for
 iteration 0, 2.5e-4 with 50 for every later stage, the lr halved after every 2 validations without a new
 best). Seeds run in parallel lanes (JOBS, default: the number of cores; logs in WORK/logs/seedS.log).
-Systems iterI and controlI, one table per direction (SRC-TGT: forward, TGT-SRC: backward), Δ and p against control of the last iteration, and iterI vs controlI for
-every I. Results: WORK/results/summary.json.'
+Systems iterI and controlI, one table per direction (SRC-TGT: forward, TGT-SRC: backward), Δ and p against
+control of the last iteration, and iterI vs controlI for every I. Results: WORK/results/summary.json.'
 SRC=lrl; TGT=tgt; RELATED=""; SEEDS="1 2 3"; WORK_DIR="$ROOT/runs/wake_sleep_miniature"
 PATIENCE=5; VALIDATE_EVERY=50; MAX_UPDATE=10000
 # shellcheck source=../../scripts/recipe_lib.sh
