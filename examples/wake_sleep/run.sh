@@ -30,7 +30,8 @@
 # LR_SHRINK (0.5) and LR_PATIENCE (2): --lr-scheduler plateau_updates multiplies the lr by LR_SHRINK after every
 # LR_PATIENCE validations without a new best, so every stage anneals before PATIENCE stops it; BEAM (5, evaluation),
 # GEN_MAX_TOKENS (8192), EVAL_SUBSETS ("valid test"; empty: no evaluation), SIZES (synthetic --sizes);
-# DROPOUT, ATTENTION_DROPOUT, ACTIVATION_DROPOUT (the architecture's when unset) and LABEL_SMOOTHING (0.1)
+# DROPOUT, ATTENTION_DROPOUT, ACTIVATION_DROPOUT (the architecture's when unset), LABEL_SMOOTHING (0.1) and
+# VOCAB_SIZE (prepare_data.py's 4,000 when unset; used only when OUT/bin is not prepared yet)
 # (run_miniature.sh sets the low-resource regularisation, scripts/recipe_lib.sh recipe_lowres).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -77,7 +78,7 @@ for lang in "$SRC" "$TGT"; do
   fi
 done
 BIN="$OUT/bin"
-[ -f "$BIN/prepare.json" ] || "$PY" "$ROOT/scripts/prepare_data.py" "$RAW" "$BIN"
+[ -f "$BIN/prepare.json" ] || "$PY" "$ROOT/scripts/prepare_data.py" "$RAW" "$BIN" ${VOCAB_SIZE:+--vocab-size "$VOCAB_SIZE"}
 RUN="$OUT/seed$SEED"
 mkdir -p "$RUN"
 
