@@ -298,6 +298,30 @@ def test_precondition_says_when_the_baseline_had_not_converged(tmp_path):
 
 
 @pytest.mark.fast
+def test_tables_report_each_systems_output_length_against_the_reference(tmp_path):
+    """A system that drops words from every line is as short as a count of its words says, in the summary
+    and in the table's note; a summary kept before the ratio was recorded prints no such note."""
+    work = str(tmp_path)
+    expected = {}
+    for seed in (1, 2):
+        refs = _corpus(seed)
+        short = [" ".join(r.split()[: max(1, len(r.split()) * 2 // 3)]) for r in refs]
+        _record(work, "control", seed, refs, _noisy(refs, 0.6, seed))
+        _record(work, "short", seed, refs, short)
+        expected[seed] = sum(len(h.split()) for h in short) / sum(len(r.split()) for r in refs)
+    s = summary.compare(work, "control", ["control", "short"])
+    assert s["systems"]["control"]["length_ratio"] == [1.0, 1.0]
+    assert s["systems"]["short"]["length_ratio"] == pytest.approx([expected[1], expected[2]], abs=1e-3)
+    assert 0.6 < expected[1] < 0.7
+    table = summary.render_summary(s)
+    mean = statistics.mean(expected.values())
+    assert "output/reference length" in table and f"control 1.00, short {mean:.2f}" in table
+    for entry in s["systems"].values():
+        del entry["length_ratio"]
+    assert "output/reference length" not in summary.render_summary(s)
+
+
+@pytest.mark.fast
 def test_results_md_is_generated_from_the_json_summaries(tmp_path):
     """docs/results.md is exactly what `python -m fairseq_metabt.evidence docs` makes of docs/results/*.json."""
     results_dir = os.path.join(ROOT, "docs", "results")

@@ -70,6 +70,22 @@ def _lines(path: str) -> List[str]:
         return [line.rstrip("\n") for line in f]
 
 
+def length_ratio(hyps: Sequence[str], refs: Sequence[str]) -> float:
+    """Output length over reference length in sacrebleu's BLEU tokens (what its brevity penalty reads: below 1
+    the penalty is exp(1 - 1/ratio)), so a table shows when every system's output is short."""
+    import sacrebleu
+
+    with significance.quiet_sacrebleu():
+        b = sacrebleu.metrics.BLEU().corpus_score(list(hyps), [list(refs)])
+    return round(b.sys_len / b.ref_len, 3) if b.ref_len else float("nan")
+
+
+def _record_length_ratio(rec: dict) -> Optional[float]:
+    if not (rec.get("hyps") and rec.get("ref") and os.path.exists(rec["hyps"]) and os.path.exists(rec["ref"])):
+        return None
+    return length_ratio(_lines(rec["hyps"]), _lines(rec["ref"]))
+
+
 def _mean_std(xs: Sequence[float]) -> Tuple[float, float]:
     return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
@@ -119,6 +135,7 @@ def compare_pair(records: List[dict], control: str, systems: Sequence[str], test
         entry = {"seeds": seed_list, "bleu": [r["bleu"] for r in rows], "chrf": [r["chrf"] for r in rows],
                  "converged": all(r.get("converged") is True for r in rows),
                  "status": [r.get("status") for r in rows], "n_test": [r.get("n") for r in rows],
+                 "length_ratio": [_record_length_ratio(r) for r in rows],
                  "runs": [dict({k: r.get(k) for k in RUN_FIELDS}, seed=s) for s, r in zip(seed_list, rows)]}
         if name == control:
             entry.update(delta=0.0, delta_chrf=0.0, p=None, p_chrf=None, p_per_seed=None, verdict=None)
@@ -310,6 +327,9 @@ def render_table(entry: dict) -> str:
         rows.append(f"| {name} | {_pm(bm, bs)} | {_pm(cm, cs)} | {delta} | {verdict} | {p} | {dc} | "
                     f"{s.get('n_seeds') or len(s['bleu'])} | {_updates(s)} | {conv_txt} |")
     notes = [c["text"] for c in entry.get("preconditions", [])]
+    ratios = _length_note(entry["systems"])
+    if ratios:
+        notes.append(ratios)
     for c in entry.get("also", []):
         d = "–" if c.get("delta") is None else f"{c['delta']:+.2f}{_ci_phrase(c.get('interval'))}"
         per = ", ".join(f"{x:+.2f}" for x in c.get("delta_per_seed") or [])
@@ -321,6 +341,20 @@ def render_table(entry: dict) -> str:
     elif sched and sched.get("systems"):
         notes.append(f"same schedule and stopping rule for {', '.join(sched['systems'])}")
     return "\n".join(rows + ([""] + [f"- {n}" for n in notes] if notes else []))
+
+
+def _length_note(systems: Dict[str, dict]) -> str:
+    """One line: each system's output/reference length, mean over seeds (summaries kept before it was
+    recorded have none, and print nothing)."""
+    parts = []
+    for name, s in systems.items():
+        xs = [x for x in s.get("length_ratio") or [] if x is not None]
+        if xs:
+            parts.append(f"{name} {statistics.mean(xs):.2f}")
+    if not parts:
+        return ""
+    return ("output/reference length (sacrebleu tokens, mean over seeds; below 1 BLEU's brevity penalty applies): "
+            + ", ".join(parts))
 
 
 def _method_line(summary: dict) -> str:
