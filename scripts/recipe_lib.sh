@@ -21,7 +21,7 @@
 RECIPE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Provenance: the environment knobs any recipe reads. Those the user set at launch go into the recorded
 # command line; their effective values (after each recipe's defaults) go into summary.json (ev_compare).
-RECIPE_KNOBS="ARCH MAX_TOKENS LR WARMUP LR_PATIENCE LR_SHRINK FT_LR FT_MAX_TOKENS FT_WARMUP LR_ITER WARMUP_ITER
+RECIPE_KNOBS="ARCH MAX_TOKENS LR WARMUP LR_PATIENCE LR_SHRINK FT_LR FT_MAX_TOKENS FT_WARMUP BT_FORWARD LR_ITER WARMUP_ITER
   DROPOUT ATTENTION_DROPOUT ACTIVATION_DROPOUT LABEL_SMOOTHING VOCAB_SIZE
   GATE_UPDATES REL SIZES METRIC BEAM GEN_MAX_TOKENS EVAL_SUBSETS JOBS OMP_NUM_THREADS"
 RECIPE_ENV_SET=""
@@ -447,6 +447,29 @@ paper_prepare() {
 METABT_SYSTEMS="baseline baseline_ft bt bt_mle bt_mle_dev metabt metabt_dev metabt_sent"
 METABT_BT="backward bt bt_mle bt_mle_dev metabt metabt_dev metabt_sent"
 
+# metabt_mode: BT_FORWARD says where the forward model of every BT/MetaBT system starts, and so which system is
+# the control of the table (METABT_CONTROL):
+#   scratch  (default) random initialisation, on the pre-training schedule, beside the converged backward model:
+#            the paper's set-up (A.2); the control is `baseline`, trained on the bitext alone with that schedule.
+#   finetune the converged baseline, on the fine-tuning schedule (FT_LR); the control is `baseline_ft`, the
+#            baseline fine-tuned as long. The tables kept before 2026-12-06 used it; on the real catalog kit it
+#            held BT's gain to +0.1 BLEU where BT from scratch gained +2 (docs/catalog_corpus.md).
+metabt_mode() {
+  BT_FORWARD="${BT_FORWARD:-scratch}"
+  case "$BT_FORWARD" in
+    scratch) METABT_CONTROL=baseline ;;
+    finetune) METABT_CONTROL=baseline_ft ;;
+    *) recipe_die "BT_FORWARD=$BT_FORWARD: use scratch (each BT system's forward model from random initialisation," \
+                  "the default) or finetune (from the converged baseline, the control baseline_ft)" ;;
+  esac
+}
+
+# metabt_require_control: refuse, before anything trains, a --systems list without the table's control
+metabt_require_control() {
+  recipe_has_system "$METABT_CONTROL" || recipe_die "--systems \"$SYSTEMS\" lacks the control $METABT_CONTROL" \
+    "(every Δ is against it with BT_FORWARD=$BT_FORWARD): add it, e.g. --systems \"$METABT_CONTROL $SYSTEMS\""
+}
+
 # metabt_train_eval SYSTEM SEED SAVE_DIR fairseq-train args...: one job: train one system to dev convergence, then
 # score its best checkpoint at once (SRC->TGT; the backward model is not scored)
 metabt_train_eval() {
@@ -479,17 +502,24 @@ metabt_pretrain() {
   ev_pool_wait
 }
 
-# metabt_finetune: stage 2, fine-tuning from the stage-1 checkpoints: one schedule and stopping rule for the control
-# (baseline_ft) and every method (the slowest systems start first, so the lanes finish together)
-metabt_finetune() {
-  local sys seed run init args
+# metabt_stage2: stage 2, after the stage-1 models converged: every BT/MetaBT system (its forward model from
+# scratch or from the baseline, BT_FORWARD) and baseline_ft, one schedule and stopping rule for the control and every
+# method (the slowest systems start first, so the lanes finish together)
+metabt_stage2() {
+  local sys seed run init sched args
   for sys in metabt_sent metabt_dev metabt bt_mle_dev bt_mle bt baseline_ft; do
     recipe_has_system "$sys" || continue
     for seed in $SEEDS; do
       run="$WORK_DIR/seed$seed"
-      init=(--forward-init "$run/baseline/checkpoint_best.pt" --backward-init "$run/backward/checkpoint_best.pt")
+      if [ "$BT_FORWARD" = scratch ]; then
+        init=(--backward-init "$run/backward/checkpoint_best.pt"); sched=("${PRETRAIN[@]}")
+      else
+        init=(--forward-init "$run/baseline/checkpoint_best.pt" --backward-init "$run/backward/checkpoint_best.pt")
+        sched=("${FINETUNE[@]}")
+      fi
       case "$sys" in
-        baseline_ft) args=(--task translation -s "$SRC" -t "$TGT" "${SINGLE[@]}"
+        baseline_ft) sched=("${FINETUNE[@]}")
+                     args=(--task translation -s "$SRC" -t "$TGT" "${SINGLE[@]}"
                            --finetune-from-model "$run/baseline/checkpoint_best.pt") ;;
         bt) args=("${BT[@]}" "${init[@]}" --freeze-backward) ;;
         bt_mle) args=("${BT[@]}" "${init[@]}" --meta-weight 0) ;;
@@ -502,26 +532,34 @@ metabt_finetune() {
         # the same data as metabt, so metabt_sent vs metabt is the reward's granularity alone
         metabt_sent) args=("${BT[@]}" "${init[@]}" --meta-dev-subset metadev --meta-reward-granularity sentence) ;;
       esac
-      ev_pool_run "seed$seed.$sys" metabt_train_eval "$sys" "$seed" "$run/$sys" "${COMMON[@]}" "${FINETUNE[@]}" \
+      ev_pool_run "seed$seed.$sys" metabt_train_eval "$sys" "$seed" "$run/$sys" "${COMMON[@]}" "${sched[@]}" \
         --seed "$seed" "${args[@]}"
     done
   done
   ev_pool_wait
 }
 
-# metabt_compare "CONTROLS" TITLE CORPUS: the table of the listed systems, Δ and p against baseline_ft, metabt
-# against each of CONTROLS (space-separated) that ran, metabt_dev against bt_mle_dev and metabt, and metabt_sent
-# against metabt and bt_mle
+# metabt_compare "CONTROLS" TITLE CORPUS: the table of the listed systems, Δ and p against METABT_CONTROL
+# (metabt_mode), metabt against each of CONTROLS (space-separated) that ran, metabt_dev against bt_mle_dev and
+# metabt, and metabt_sent against metabt and bt_mle
 metabt_compare() {
-  local rows=() pairs=() s
+  local rows=() pairs=() s same=() pre=()
   for s in $METABT_SYSTEMS; do
     if recipe_has_system "$s"; then rows+=("$s"); fi
   done
   for s in $1; do pairs+=(metabt:"$s"); done
   recipe_also "${pairs[@]}" metabt_dev:bt_mle_dev metabt_dev:metabt metabt_sent:metabt metabt_sent:bt_mle
-  # every system but the first (the un-fine-tuned baseline) runs the fine-tuning schedule
-  ev_compare --control baseline_ft --systems "${rows[@]}" --precondition baseline_ft:baseline \
-    --same-schedule ${METABT_SYSTEMS#baseline } "${ALSO[@]+"${ALSO[@]}"}" \
+  if [ "$BT_FORWARD" = scratch ]; then
+    # the control and every BT system train from scratch on the pre-training schedule (baseline_ft, when listed,
+    # is a row of its own on the fine-tuning schedule)
+    same=(baseline ${METABT_BT#backward })
+  else
+    # every system but the un-fine-tuned baseline runs the fine-tuning schedule; continuing the baseline must gain
+    # nothing (it had converged), or the fine-tuned systems' Δ would mix in that gain
+    same=(${METABT_SYSTEMS#baseline }); pre=(--precondition baseline_ft:baseline)
+  fi
+  ev_compare --control "$METABT_CONTROL" --systems "${rows[@]}" "${pre[@]+"${pre[@]}"}" \
+    --same-schedule "${same[@]}" "${ALSO[@]+"${ALSO[@]}"}" \
     --title "$2" --corpus "$3"
 }
 

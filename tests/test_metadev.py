@@ -163,11 +163,12 @@ def test_quickstart_selects_every_system_on_valid_and_only_metabt_learns_from_me
     with open(os.path.join(work, "results", "summary.json"), encoding="utf-8") as f:
         s = json.load(f)
     # the default systems: MetaBT against the control that sees the same labelled data
-    assert set(s["systems"]) == {"baseline", "baseline_ft", "bt_mle_dev", "metabt"}, s["systems"].keys()
+    assert set(s["systems"]) == {"baseline", "bt_mle_dev", "metabt"}, s["systems"].keys()
+    assert s["control"] == "baseline"
     assert "split by line parity" in s["corpus"]
     assert "- metabt vs bt_mle_dev (paired by seed)" in out  # the table names the control of each Δ
     bin_dir = os.path.join(work, "bin")
-    for system in ("baseline", "backward", "baseline_ft", "bt_mle_dev", "metabt"):
+    for system in ("baseline", "backward", "bt_mle_dev", "metabt"):
         save = os.path.join(work, "seed1", system)
         with open(os.path.join(save, "convergence.json"), encoding="utf-8") as f:
             command = json.load(f)["command"]
@@ -193,12 +194,12 @@ def test_metabt_variants_on_request_train_what_they_say_and_are_compared_with_th
     env = " ".join(f"{k}='{v}'" for k, v in TINY_ENV.items())
     out = run(["bash", "-c", f'{env} bash "$0" "$@"', os.path.join(ROOT, "scripts", "quickstart.sh"),
                "--raw-dir", raw, "--work-dir", copy, *TINY,
-               "--systems", "baseline baseline_ft bt_mle bt_mle_dev metabt metabt_dev metabt_sent"],
+               "--systems", "baseline bt_mle bt_mle_dev metabt metabt_dev metabt_sent"],
               timeout=900).stdout
     for pair in ("metabt_dev vs bt_mle_dev", "metabt_dev vs metabt", "metabt_sent vs metabt",
                  "metabt_sent vs bt_mle"):
         assert f"- {pair} (paired by seed)" in out, pair
-    for system in ("baseline", "baseline_ft", "bt_mle_dev", "metabt"):  # converged before: reused, not retrained
+    for system in ("baseline", "bt_mle_dev", "metabt"):  # converged before: reused, not retrained
         assert f"reusing {os.path.join(copy, 'seed1', system)}" in out, system
     with open(os.path.join(copy, "results", "summary.json"), encoding="utf-8") as f:
         assert {"metabt_dev", "metabt_sent"} <= set(json.load(f)["systems"])

@@ -286,9 +286,9 @@ def test_latent_soft_updates_default_is_a_warm_up():
 
 
 # -- one dry run of every paper recipe ---------------------------------------------------------------------
-def run_recipe(recipe: str, work: str, *args: str) -> subprocess.CompletedProcess:
-    """bash examples/RECIPE/run_paper.sh --dry-run ... with two lanes, one thread each."""
-    env = dict(os.environ, JOBS="2", OMP_NUM_THREADS="1", PROGRESS_POLL="60")
+def run_recipe(recipe: str, work: str, *args: str, **knobs: str) -> subprocess.CompletedProcess:
+    """bash examples/RECIPE/run_paper.sh --dry-run ... with two lanes, one thread each (and the knobs given)."""
+    env = dict(os.environ, JOBS="2", OMP_NUM_THREADS="1", PROGRESS_POLL="60", **knobs)
     r = subprocess.run(["bash", os.path.join(ROOT, "examples", recipe, "run_paper.sh"), "--dry-run", "--work-dir", work,
                         *args], capture_output=True, text=True, cwd=ROOT, env=env)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
@@ -332,11 +332,17 @@ def test_latent_depth_run_paper_dry_run(data, tmp_path):
 
 def test_metabt_run_paper_dry_run(data, tmp_path):
     work = str(tmp_path / "metabt")
+    # the former set-up, on request: every BT system's forward model fine-tuned from the baseline, against baseline_ft
     r = run_recipe("metabt", work, "--iwslt-dir", data.iwslt, "--mono", os.path.join(data.wmt, "news.en"),
-                   "--systems", "baseline baseline_ft metabt")
-    assert "--meta-dev-subset metadev" in trained(work, "seed1/metabt")["command"]
+                   "--systems", "baseline baseline_ft metabt", BT_FORWARD="finetune")
+    command = trained(work, "seed1/metabt")["command"]
+    assert "--meta-dev-subset metadev" in command
+    assert f"--forward-init {os.path.join(work, 'seed1', 'baseline', 'checkpoint_best.pt')}" in command
+    assert "--lr 1e-4" in command  # the fine-tuning lr (A.2's pre-training lr is 7e-4)
     trained(work, "seed1/backward")
-    assert set(summary(work)["systems"]) == {"baseline", "baseline_ft", "metabt"}
+    s = summary(work)
+    assert set(s["systems"]) == {"baseline", "baseline_ft", "metabt"} and s["control"] == "baseline_ft"
+    assert s["provenance"]["knobs"]["BT_FORWARD"] == "finetune"
     assert "no paper figure" in r.stdout
 
 

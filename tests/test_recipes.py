@@ -5,6 +5,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 
 import pytest
 
@@ -101,9 +102,15 @@ def test_bad_shared_flags_are_one_line_errors(handwritten, tmp_path):
     assert proc.returncode == 2 and "--seeds needs at least one seed" in proc.stdout
     # a table without its control was refused only after every system had trained (2026-12-06)
     work = tmp_path / "no_control"
-    proc = run(["bash", os.path.join(ROOT, RECIPES["quickstart"]), "--systems", "baseline metabt", "--work-dir", str(work)],
+    proc = run(["bash", os.path.join(ROOT, RECIPES["quickstart"]), "--systems", "bt metabt", "--work-dir", str(work)],
                check=False)
+    assert proc.returncode == 2 and "lacks the control baseline (" in proc.stdout
+    proc = run(["bash", "-c", 'BT_FORWARD=finetune bash "$0" "$@"', os.path.join(ROOT, RECIPES["quickstart"]),
+                "--systems", "baseline metabt", "--work-dir", str(work)], check=False)
     assert proc.returncode == 2 and "lacks the control baseline_ft" in proc.stdout
+    proc = run(["bash", "-c", 'BT_FORWARD=fine bash "$0" "$@"', os.path.join(ROOT, RECIPES["quickstart"]),
+                "--work-dir", str(work)], check=False)
+    assert proc.returncode == 2 and "BT_FORWARD=fine: use scratch" in proc.stdout
     assert not work.exists() or not os.listdir(work)  # nothing trained, nothing written
 
 
@@ -182,6 +189,14 @@ def test_recipe_runs_on_a_handwritten_corpus(name, handwritten, tmp_path):
         assert {k: s["provenance"]["knobs"][k] for k in LOWRES_KNOBS} == LOWRES_KNOBS, s["provenance"]["knobs"]
         with open(os.path.join(work, "bin", "prepare.json"), encoding="utf-8") as f:
             assert json.load(f)["options"]["vocab_size"] == 2000
+    if name == "quickstart":  # BT_FORWARD=scratch: BT's forward model from random initialisation, as the baseline's
+        entry = next(iter(entries.values()))
+        assert entry["control"] == "baseline" and s["provenance"]["knobs"]["BT_FORWARD"] == "scratch"
+        commands = {system: shlex.split(row["runs"][0]["command"]) for system, row in entry["systems"].items()}
+        lr = {system: c[c.index("--lr") + 1] for system, c in commands.items()}
+        assert "--forward-init" not in commands["bt"] and "--backward-init" in commands["bt"], commands["bt"]
+        assert lr["bt"] == lr["baseline"] != lr["baseline_ft"], lr  # the schedule of its control
+        assert entry["schedule"]["same"] and entry["schedule"]["systems"] == ["baseline", "bt"], entry["schedule"]
     if name == "dds":  # DDS and TCS+DDS against the rules that could explain a gain, among the systems that ran
         also = {(a["system"], a["control"]) for entry in entries.values() for a in entry["also"]}
         assert also == {("dds", "related"), ("dds", "fixed_order"), ("tcs_dds", "related"),

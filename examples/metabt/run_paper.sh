@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Meta back-translation at the paper's scale (Pham et al. 2021, A.2) on a public corpus as distributed: IWSLT'14
 # de-en (the XML/TAGS release) or WMT-style pairs (WMT'14 En-De by default), plus monolingual target text; the
-# quickstart's systems (baseline and backward model to dev convergence, then baseline_ft, BT, BT + MLE with the
-# meta-dev pairs and MetaBT fine-tuned from them with one schedule) under the evidence protocol.
+# quickstart's systems (baseline and backward model to dev convergence, then BT, BT + MLE with the meta-dev pairs
+# and MetaBT beside the backward model, their forward models from scratch with the baseline's schedule; BT_FORWARD)
+# under the evidence protocol.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 RECIPE_USAGE='MetaBT, the paper'"'"'s settings on IWSLT'"'"'14 or WMT: does meta back-translation beat back-translation?
 
   bash examples/metabt/run_paper.sh --iwslt-dir DIR --mono FILE [--src de --tgt en]           # IWSLT'"'"'14 de->en
   bash examples/metabt/run_paper.sh --wmt-dir DIR [--wmt-preset wmt14-en-de] --mono FILE      # WMT'"'"'14 en->de
-       [--mono-lines N] [--systems "baseline baseline_ft bt bt_mle_dev metabt"] [paper-scale flags] [shared flags]
+       [--mono-lines N] [--systems "baseline bt bt_mle_dev metabt"] [paper-scale flags] [shared flags]
 
 --iwslt-dir: the unpacked IWSLT'"'"'14 release (train.tags.de-en.*, IWSLT14.TED*.xml; fairseq'"'"'s split). --wmt-dir:
 WMT files named as --wmt-preset (scripts/prepare_public.py: wmt14-en-de = europarl-v7 + commoncrawl +
@@ -20,8 +21,9 @@ The dev set is cut by line parity into the selection dev set (every system'"'"'s
 set (MetaBT'"'"'s reward, bt_mle_dev'"'"'s extra bitext), as in the quickstart. Model: Transformer-Base per direction
 with all embeddings shared (A.2) on WMT (transformer_wmt_en_de / dual_transformer_base); the IWSLT size
 (dim 512, ffn 1024, 4 heads: the paper'"'"'s multilingual model) on IWSLT. Adam (0.9, 0.98), lr 7e-4 after 4,000
-warm-up updates, fine-tuning lr 1e-4 after 1,000; 32,768 target tokens per update (--update-freq fills it on
-fewer GPUs; the paper: 2,048 sentences forward, 1,024 backward); the lr halves after 2 validations without a new
+warm-up updates (fine-tuning, for baseline_ft and BT_FORWARD=finetune: lr 1e-4 after 1,000); 32,768 target
+tokens per update (--update-freq fills it on fewer GPUs; the paper: 2,048 sentences forward, 1,024 backward); the
+lr halves after 2 validations without a new
 best. Early stopping: dev loss every --validate-every (2000) updates, patience 5, cap --max-update (200,000, the
 paper'"'"'s training length). Results: WORK/results/summary.json and the table (the paper'"'"'s appendix, the only
 part in shared/papers, reports no BLEU to print beside ours).'
@@ -32,11 +34,13 @@ source "$ROOT/scripts/recipe_lib.sh"
 SRC_SET=""; for a in "$@"; do [ "$a" = --src ] && SRC_SET=1; done
 paper_parse "$@"
 IWSLT_DIR=""; WMT_DIR=""; WMT_PRESET=wmt14-en-de; MONO=""; MONO_LINES=""
-SYSTEMS="baseline baseline_ft bt bt_mle_dev metabt"
+metabt_mode  # BT_FORWARD (scratch, the paper's A.2: the forward model from random initialisation) and the control
+SYSTEMS="baseline bt bt_mle_dev metabt"; [ "$BT_FORWARD" = scratch ] || SYSTEMS="baseline baseline_ft bt bt_mle_dev metabt"
 recipe_options --iwslt-dir IWSLT_DIR --wmt-dir WMT_DIR --wmt-preset WMT_PRESET --mono MONO --mono-lines MONO_LINES \
   --systems SYSTEMS
 recipe_check_systems "$METABT_SYSTEMS"
-recipe_require_systems "baseline and baseline_ft (the start and the control of every fine-tuning)" baseline baseline_ft
+recipe_require_systems "baseline (the control, and with BT_FORWARD=finetune the start of every fine-tuning)" baseline
+metabt_require_control
 MONO_ARGS=(); [ -z "$MONO" ] || MONO_ARGS=(--mono "$TGT=$MONO" ${MONO_LINES:+--mono-lines "$MONO_LINES"})
 if [ -n "$RAW_DIR" ]; then RAW="$RAW_DIR"; SETTING=raw
 elif [ -n "$IWSLT_DIR" ] && [ -z "$WMT_DIR" ]; then
@@ -78,9 +82,9 @@ FINETUNE=(--lr "$FT_LR" --warmup-updates "$FT_WARMUP")
 BT=(-s "$SRC" -t "$TGT" --task meta_backtranslation "${DUAL[@]}" --bt-generation sample --backward-lr 1e-4
     --meta-reward cosine --ddp-backend legacy_ddp)
 
-# the quickstart's two stages (recipe_lib.sh): both directions to dev convergence, then every fine-tuning
+# the quickstart's two stages (recipe_lib.sh): both directions to dev convergence, then every BT system
 metabt_pretrain
-metabt_finetune
+metabt_stage2
 metabt_compare "bt_mle_dev bt_mle bt" "MetaBT, the paper's settings ($SETTING, $SRC->$TGT)" \
   "${IWSLT_DIR:-${WMT_DIR:-$RAW}} ($SETTING); mono.$TGT from ${MONO:-the raw directory}; $META_DEV_NOTE"
 paper_report metabt any
