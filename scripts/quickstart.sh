@@ -54,8 +54,8 @@ the control, metabt against bt_mle_dev / bt_mle) and the printed table.
 Knobs (environment): ARCH (transformer_lowres_small; the BT systems use its dual_transformer twin),
 DROPOUT (0.3), ATTENTION_DROPOUT (0.1), ACTIVATION_DROPOUT (0.1), LABEL_SMOOTHING (0.2) and VOCAB_SIZE (2000,
 the joint sentencepiece vocabulary) for every system; MAX_TOKENS (2048), LR (2e-3), WARMUP (100) for
-the baseline, the backward model and, by default, every BT system; BT_FORWARD (scratch: the forward model of each BT system
-model from random initialisation; finetune: from the converged baseline, the set-up of the synthetic MetaBT
+the baseline, the backward model and, by default, every BT system; BT_FORWARD (scratch: the forward model of each BT
+system from random initialisation; finetune: from the converged baseline, the set-up of the synthetic MetaBT
 tables kept before 2026-12-06, which held BT to +0.1 BLEU on the gl-en catalog kit where BT from scratch gained
 +2); FT_MAX_TOKENS (MAX_TOKENS), FT_LR (1e-3), FT_WARMUP (50) for fine-tuning; SIZES (synthetic
 sizes); JOBS (cores); TITLE (the table title, followed by the pair; default "Quickstart: back-translation and
@@ -68,7 +68,7 @@ PATIENCE=5; VALIDATE_EVERY=50; MAX_UPDATE=8000
 source "$ROOT/scripts/recipe_lib.sh"
 recipe_parse "$@"
 metabt_mode  # BT_FORWARD: where each BT system's forward model starts, and the control (METABT_CONTROL)
-SYSTEMS="baseline bt_mle_dev metabt"; [ "$BT_FORWARD" = scratch ] || SYSTEMS="baseline baseline_ft bt_mle_dev metabt"
+metabt_default_systems baseline bt_mle_dev metabt
 META_DEV=""
 set -- "${RECIPE_ARGS[@]+"${RECIPE_ARGS[@]}"}"
 while [ $# -gt 0 ]; do

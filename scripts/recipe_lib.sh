@@ -464,6 +464,17 @@ metabt_mode() {
   esac
 }
 
+# metabt_default_systems SYSTEM...: a recipe's default --systems (set after metabt_mode): the list given, with the
+# control baseline_ft after baseline when BT_FORWARD=finetune
+metabt_default_systems() {
+  local s out=()
+  for s in "$@"; do
+    out+=("$s")
+    if [ "$s" = baseline ] && [ "$METABT_CONTROL" = baseline_ft ]; then out+=(baseline_ft); fi
+  done
+  SYSTEMS="${out[*]}"
+}
+
 # metabt_require_control: refuse, before anything trains, a --systems list without the table's control
 metabt_require_control() {
   recipe_has_system "$METABT_CONTROL" || recipe_die "--systems \"$SYSTEMS\" lacks the control $METABT_CONTROL" \

@@ -35,7 +35,7 @@ SRC_SET=""; for a in "$@"; do [ "$a" = --src ] && SRC_SET=1; done
 paper_parse "$@"
 IWSLT_DIR=""; WMT_DIR=""; WMT_PRESET=wmt14-en-de; MONO=""; MONO_LINES=""
 metabt_mode  # BT_FORWARD (scratch, the paper's A.2: the forward model from random initialisation) and the control
-SYSTEMS="baseline bt bt_mle_dev metabt"; [ "$BT_FORWARD" = scratch ] || SYSTEMS="baseline baseline_ft bt bt_mle_dev metabt"
+metabt_default_systems baseline bt bt_mle_dev metabt
 recipe_options --iwslt-dir IWSLT_DIR --wmt-dir WMT_DIR --wmt-preset WMT_PRESET --mono MONO --mono-lines MONO_LINES \
   --systems SYSTEMS
 recipe_check_systems "$METABT_SYSTEMS"

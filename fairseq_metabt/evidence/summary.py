@@ -70,14 +70,15 @@ def _lines(path: str) -> List[str]:
         return [line.rstrip("\n") for line in f]
 
 
-def length_ratio(hyps: Sequence[str], refs: Sequence[str]) -> float:
+def length_ratio(hyps: Sequence[str], refs: Sequence[str]) -> Optional[float]:
     """Output length over reference length in sacrebleu's BLEU tokens (what its brevity penalty reads: below 1
-    the penalty is exp(1 - 1/ratio)), so a table shows when every system's output is short."""
+    the penalty is exp(1 - 1/ratio)), so a table shows when every system's output is short; None for an empty
+    reference (no ratio to give)."""
     import sacrebleu
 
     with significance.quiet_sacrebleu():
         b = sacrebleu.metrics.BLEU().corpus_score(list(hyps), [list(refs)])
-    return round(b.sys_len / b.ref_len, 3) if b.ref_len else float("nan")
+    return round(b.sys_len / b.ref_len, 3) if b.ref_len else None
 
 
 def _record_length_ratio(rec: dict) -> Optional[float]:
