@@ -197,6 +197,13 @@ def test_recipe_runs_on_a_handwritten_corpus(name, handwritten, tmp_path):
         assert "--forward-init" not in commands["bt"] and "--backward-init" in commands["bt"], commands["bt"]
         assert lr["bt"] == lr["baseline"] != lr["baseline_ft"], lr  # the schedule of its control
         assert entry["schedule"]["same"] and entry["schedule"]["systems"] == ["baseline", "bt"], entry["schedule"]
+    if name == "wake_sleep":  # every later stage restarts iteration 0's lr; B repeated beside the pseudo pairs
+        assert s["provenance"]["knobs"]["UPSAMPLE"] == "auto", s["provenance"]["knobs"]
+        for entry in entries.values():
+            commands = {system: shlex.split(row["runs"][0]["command"]) for system, row in entry["systems"].items()}
+            lr = {system: c[c.index("--lr") + 1] for system, c in commands.items()}
+            assert lr["iter1"] == lr["control1"] == lr["iter0"], lr
+            assert all("--upsample-primary" in c for c in commands.values()), commands
     if name == "dds":  # DDS and TCS+DDS against the rules that could explain a gain, among the systems that ran
         also = {(a["system"], a["control"]) for entry in entries.values() for a in entry["also"]}
         assert also == {("dds", "related"), ("dds", "fixed_order"), ("tcs_dds", "related"),

@@ -1,4 +1,5 @@
 """examples/wake_sleep/run.sh (Alg. 1 offline): iteration 1 is back-translation, resume, bad input."""
+import json
 import os
 import shutil
 
@@ -90,3 +91,48 @@ def test_bad_input_is_named(offline, tmp_path):
     os.remove(broken / "mono.lrl")
     proc = recipe(str(broken), str(tmp_path / "b"), "--iterations", "1", check=False)
     assert proc.returncode != 0 and "source monotext M_S" in proc.stdout and "mono.lrl is missing" in proc.stdout
+
+
+def _upsample_flag(stage_dir):
+    command = json.load(open(os.path.join(stage_dir, "convergence.json")))["command"].split()
+    return int(command[command.index("--upsample-primary") + 1])
+
+
+def test_real_pairs_are_repeated_to_match_the_pseudo_pairs(offline, tmp_path):
+    """UPSAMPLE=auto: a stage on B ∪ pseudo repeats B round(|pseudo| / |B|) times (at least once); B-only stages and
+    UPSAMPLE=1 keep plain concatenation. The tiny corpus's target monotext, tripled, gives 600 pseudo pairs for 400
+    real ones (factor 2, rounded from 1.5); its 200 source lines give the sleep phase factor 1 (0.5, at least 1)."""
+    raw, _, _ = offline
+    big = tmp_path / "raw"
+    shutil.copytree(raw, big)
+    lines = open(big / "mono.tgt", encoding="utf-8").readlines()
+    open(big / "mono.tgt", "w", encoding="utf-8").writelines(lines * 3)
+    real = sum(1 for _ in open(big / "train.lrl-tgt.lrl", encoding="utf-8"))
+    out = str(tmp_path / "out")
+    recipe(str(big), out, "--iterations", "1")
+    run_dir = os.path.join(out, "seed1")
+    wake = json.load(open(os.path.join(run_dir, "iter1", "wake-data", "pseudo.json")))["pairs"]
+    sleep = json.load(open(os.path.join(run_dir, "iter1", "sleep-data", "pseudo.json")))["pairs"]
+    assert (real, wake, sleep) == (400, 600, 200)
+    assert _upsample_flag(os.path.join(run_dir, "iter1", "forward")) == 2
+    assert _upsample_flag(os.path.join(run_dir, "iter1", "backward")) == 1
+    assert _upsample_flag(os.path.join(run_dir, "iter0", "forward")) == 1
+    # an explicit factor is used as given
+    KNOBS["UPSAMPLE"] = "3"
+    try:
+        recipe(str(big), str(tmp_path / "out3"), "--iterations", "1")
+    finally:
+        del KNOBS["UPSAMPLE"]
+    assert _upsample_flag(os.path.join(tmp_path, "out3", "seed1", "iter1", "forward")) == 3
+    assert _upsample_flag(os.path.join(tmp_path, "out3", "seed1", "iter1", "backward")) == 3
+
+
+def test_bad_upsample_is_named(offline, tmp_path):
+    raw, _, _ = offline
+    KNOBS["UPSAMPLE"] = "0"
+    try:
+        proc = recipe(raw, str(tmp_path / "a"), "--iterations", "1", check=False)
+    finally:
+        del KNOBS["UPSAMPLE"]
+    assert proc.returncode == 2 and "UPSAMPLE must be 'auto' or a positive integer" in proc.stdout
+    assert not os.path.exists(tmp_path / "a" / "seed1")  # refused before anything trained

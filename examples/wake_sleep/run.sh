@@ -27,6 +27,8 @@
 # Scale knobs (environment): ARCH (transformer_lowres_small), MLE_UPDATES (3000), ITER_UPDATES (1500, the most
 # updates per direction and iteration), VALID_EVERY (200 updates), PATIENCE (5 validations), MAX_TOKENS (4096),
 # LR (5e-4), WARMUP (400 updates, iteration 0), LR_ITER (2e-4, continued training), WARMUP_ITER (100 updates),
+# UPSAMPLE (auto: each stage on B ∪ pseudo pairs repeats B round(pseudo pairs / |B|) times, at least once, so an
+# epoch holds about as many real pairs as pseudo ones; an integer: that factor; 1: plain concatenation),
 # LR_SHRINK (0.5) and LR_PATIENCE (2): --lr-scheduler plateau_updates multiplies the lr by LR_SHRINK after every
 # LR_PATIENCE validations without a new best, so every stage anneals before PATIENCE stops it; BEAM (5, evaluation),
 # GEN_MAX_TOKENS (8192), EVAL_SUBSETS ("valid test"; empty: no evaluation), SIZES (synthetic --sizes);
@@ -60,6 +62,12 @@ SRC="${SRC:-lrl}"; TGT="${TGT:-tgt}"; ARCH="${ARCH:-transformer_lowres_small}"
 MLE_UPDATES="${MLE_UPDATES:-3000}"; ITER_UPDATES="${ITER_UPDATES:-1500}"; VALID_EVERY="${VALID_EVERY:-200}"
 PATIENCE="${PATIENCE:-5}"; MAX_TOKENS="${MAX_TOKENS:-4096}"; LR="${LR:-5e-4}"; LR_ITER="${LR_ITER:-2e-4}"
 WARMUP="${WARMUP:-400}"; WARMUP_ITER="${WARMUP_ITER:-100}"; LR_SHRINK="${LR_SHRINK:-0.5}"; LR_PATIENCE="${LR_PATIENCE:-2}"
+UPSAMPLE="${UPSAMPLE:-auto}"
+if ! [[ "$UPSAMPLE" =~ ^(auto|[1-9][0-9]*)$ ]]; then
+  echo "UPSAMPLE must be 'auto' or a positive integer (how many times B is repeated beside the pseudo pairs)," \
+       "got '$UPSAMPLE'" >&2
+  exit 2
+fi
 BEAM="${BEAM:-5}"; GEN_MAX_TOKENS="${GEN_MAX_TOKENS:-8192}"; EVAL_SUBSETS="${EVAL_SUBSETS-valid test}"
 DEVICE=(); "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' || DEVICE=(--cpu)
 mkdir -p "$OUT"
@@ -86,14 +94,16 @@ COMMON=(--user-dir "$ROOT/fairseq_metabt" --task translation --arch "$ARCH" --sh
         --optimizer adam --adam-betas "(0.9, 0.98)" --clip-norm 1.0 --criterion label_smoothed_cross_entropy
         --label-smoothing "${LABEL_SMOOTHING:-0.1}" ${DROPOUT:+--dropout "$DROPOUT"}
         ${ATTENTION_DROPOUT:+--attention-dropout "$ATTENTION_DROPOUT"}
-        ${ACTIVATION_DROPOUT:+--activation-dropout "$ACTIVATION_DROPOUT"} --max-tokens "$MAX_TOKENS" --upsample-primary 1
+        ${ACTIVATION_DROPOUT:+--activation-dropout "$ACTIVATION_DROPOUT"} --max-tokens "$MAX_TOKENS"
         --seed "$SEED" --num-workers 0 --log-format simple --log-interval 50 "${DEVICE[@]}")
 
-# train DIR DATA S T MAX_UPDATE [INIT]: one direction, trained to dev convergence under the evidence protocol
-# (python -m fairseq_metabt.evidence train: early stopping after PATIENCE validations every VALID_EVERY updates,
-# MAX_UPDATE only a safety cap; DIR/convergence.json says whether it converged); continued from INIT if given
+# train DIR DATA S T MAX_UPDATE [INIT [UPSAMPLE]]: one direction, trained to dev convergence under the evidence
+# protocol (python -m fairseq_metabt.evidence train: early stopping after PATIENCE validations every VALID_EVERY
+# updates, MAX_UPDATE only a safety cap; DIR/convergence.json says whether it converged); continued from INIT if
+# given; B repeated UPSAMPLE times beside DATA's train1, the pseudo pairs (fairseq's default -1 would break the
+# concatenation)
 train() {
-  local dir="$1" data="$2" s="$3" t="$4" max="$5" init="${6:-}"
+  local dir="$1" data="$2" s="$3" t="$4" max="$5" init="${6:-}" ups="${7:-1}"
   [ -f "$dir/done" ] && return 0
   mkdir -p "$dir"
   local plateau=(--lr-scheduler plateau_updates --lr-shrink "$LR_SHRINK" --lr-patience "$LR_PATIENCE")
@@ -104,7 +114,7 @@ train() {
                               --finetune-from-model "$init")
   echo "training $s->$t in $dir (log: $dir/train.log)"
   "$PY" -m fairseq_metabt.evidence train --save-dir "$dir" --patience "$PATIENCE" --validate-every "$VALID_EVERY" \
-      --max-update "$max" -- "$data" -s "$s" -t "$t" "${COMMON[@]}" "${schedule[@]}" \
+      --max-update "$max" -- "$data" -s "$s" -t "$t" "${COMMON[@]}" "${schedule[@]}" --upsample-primary "$ups" \
       > "$dir/protocol.log" 2>&1 || { tail -40 "$dir/protocol.log" >&2; exit 1; }
   tail -1 "$dir/protocol.log"
   grep -E "valid on 'valid' subset" "$dir/train.log" | tail -1 || true
@@ -175,6 +185,19 @@ pseudo() {
   touch "$dir/done"
 }
 
+# upsample DATA_DIR: B's repeat factor beside DATA_DIR's pseudo pairs (UPSAMPLE; auto: their ratio to |B|, rounded,
+# at least 1). Many more noisy pseudo pairs than real ones drown B: on the catalog kit (2,000 real pairs, 22,014
+# back-translated) iteration 1 lost BLEU to iteration 0 at 1:11 (docs/catalog_corpus.md)
+upsample() {
+  if [ "$UPSAMPLE" != auto ]; then echo "$UPSAMPLE"; return; fi
+  "$PY" - "$1/pseudo.json" "$BIN/spm/train.$SRC-$TGT.$SRC" <<'EOF'
+import json, sys
+pseudo = json.load(open(sys.argv[1]))["pairs"]
+real = sum(1 for _ in open(sys.argv[2], encoding="utf-8"))
+print(max(1, round(pseudo / real)))
+EOF
+}
+
 # iteration 0: MLE on B, both directions
 FWD="$RUN/iter0/forward"; BWD="$RUN/iter0/backward"
 train "$FWD" "$BIN" "$SRC" "$TGT" "$MLE_UPDATES"
@@ -187,12 +210,14 @@ for ((i = 1; i <= ITERATIONS; i++)); do
   # wake: x~ = q_phi(y) for y in M_T (backward model of iteration i-1); theta on B ∪ B_back
   pseudo "$i" wake "$BWD/checkpoint_best.pt" "$TGT" "$SRC"
   NEW_FWD="$RUN/iter$i/forward"
-  train "$NEW_FWD" "$RUN/iter$i/wake-data" "$SRC" "$TGT" "$ITER_UPDATES" "$FWD/checkpoint_best.pt"
+  UPS=$(upsample "$RUN/iter$i/wake-data")  # a plain assignment, so a failure stops the script (set -e)
+  train "$NEW_FWD" "$RUN/iter$i/wake-data" "$SRC" "$TGT" "$ITER_UPDATES" "$FWD/checkpoint_best.pt" "$UPS"
   evaluate "$NEW_FWD" "$SRC" "$TGT" "$i" forward "$RUN/iter$i/wake-data/pseudo.json"
   # sleep: y~ = p_theta(x~) for x~ in M_S (the forward model just trained); phi on reversed B ∪ B_dreamt
   pseudo "$i" sleep "$NEW_FWD/checkpoint_best.pt" "$SRC" "$TGT"
   NEW_BWD="$RUN/iter$i/backward"
-  train "$NEW_BWD" "$RUN/iter$i/sleep-data" "$TGT" "$SRC" "$ITER_UPDATES" "$BWD/checkpoint_best.pt"
+  UPS=$(upsample "$RUN/iter$i/sleep-data")  # a plain assignment, so a failure stops the script (set -e)
+  train "$NEW_BWD" "$RUN/iter$i/sleep-data" "$TGT" "$SRC" "$ITER_UPDATES" "$BWD/checkpoint_best.pt" "$UPS"
   evaluate "$NEW_BWD" "$TGT" "$SRC" "$i" backward "$RUN/iter$i/sleep-data/pseudo.json"
   FWD="$NEW_FWD"; BWD="$NEW_BWD"
 done
