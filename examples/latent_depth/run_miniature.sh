@@ -32,9 +32,9 @@ without a new best dev score (--lr-scheduler plateau_updates), so each run annea
 Model size: --dim 128 (ffn 256, 4 heads) and --deep 4. On the real catalog kit dim 64, the shape of the kept
 synthetic run (docs/results/indicative/latent_depth.json, made with --dim 64), ended at dev nll_loss 4.34 and
 9.5 BLEU gl-en where dim 128 reached 3.29 and 18.0 (static_deep, m2o, seed 1, the same 2,000 pieces:
-docs/catalog_corpus.md); it costs 1.2 s
-per update with a core to itself (dim 64: 0.65 s with 3 trainings on 2 cores); a multilingual update is one batch
-of every pair. dim 128 with 6 layers took 1.3-3.4 s per update there: larger shapes are for a GPU.
+docs/catalog_corpus.md); it costs 1.2 s per update with a core to itself (dim 64: 0.65 s with 3 trainings on
+2 cores); a multilingual update is one batch of every pair. dim 128 with 6 layers took 1.3-3.4 s per update
+there: larger shapes are for a GPU.
 --vocab-size: the joint sentencepiece vocabulary of every language (one dictionary for the shared model).
 Knobs (environment): LR, LR_PATIENCE, GATE_UPDATES (200: relaxed gates and the KL anneal, then L_K'"'"'s ramp).'
 SRC=lrl; TGT=tgt; RELATED="hrl"; SEEDS="1 2 3"; WORK_DIR="$ROOT/runs/latent_depth_miniature"

@@ -185,17 +185,11 @@ pseudo() {
   touch "$dir/done"
 }
 
-# upsample DATA_DIR: B's repeat factor beside DATA_DIR's pseudo pairs (UPSAMPLE; auto: their ratio to |B|, rounded,
-# at least 1). Many more noisy pseudo pairs than real ones drown B: on the catalog kit (2,000 real pairs, 22,014
-# back-translated) iteration 1 lost BLEU to iteration 0 at 1:11 (docs/catalog_corpus.md)
+# upsample DATA_DIR: B's repeat factor beside DATA_DIR's pseudo pairs (UPSAMPLE; auto: pseudo_bitext.py upsample,
+# their ratio to |B|, rounded, at least 1)
 upsample() {
   if [ "$UPSAMPLE" != auto ]; then echo "$UPSAMPLE"; return; fi
-  "$PY" - "$1/pseudo.json" "$BIN/spm/train.$SRC-$TGT.$SRC" <<'EOF'
-import json, sys
-pseudo = json.load(open(sys.argv[1]))["pairs"]
-real = sum(1 for _ in open(sys.argv[2], encoding="utf-8"))
-print(max(1, round(pseudo / real)))
-EOF
+  "$PY" "$ROOT/examples/wake_sleep/pseudo_bitext.py" upsample "$1/pseudo.json" "$BIN/spm/train.$SRC-$TGT.$SRC"
 }
 
 # iteration 0: MLE on B, both directions
