@@ -297,6 +297,7 @@ ev_pool_run() {
   mkdir -p "$WORK_DIR/logs"
   local log="$WORK_DIR/logs/$name.log" rcfile="$WORK_DIR/logs/$name.rc"
   rm -f "$rcfile"
+  echo "$$" > "$WORK_DIR/logs/$name.started"  # tells the monitor this run started it (logs outlive a stopped run)
   echo "--- start $name (log: $log)"
   ( set +e; "$@" >>"$log" 2>&1; rc=$?  # appended: a re-run (systems reused) keeps the earlier output
     if [ $rc -eq 0 ]; then echo "--- done $name: $(grep -F '[evidence]' "$log" | tail -n 2 | tr '\n' ' ')"

@@ -62,3 +62,27 @@ def test_monitor_prints_each_new_validation_once_and_an_overall_line(tmp_path):
     (logs / "seed1.backward.rc").write_text("1\n")
     assert "1 FAILED" in progress.overall(progress.scan(str(tmp_path), 2, 10), 5, 10)
     assert os.path.exists(logs / "seed1.backward.rc")
+
+
+def test_a_job_left_by_an_earlier_stopped_run_is_not_counted_as_running(tmp_path):
+    # a stopped recipe leaves job logs without an exit status; the re-run resumes them one lane at a time
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    head = "=== train {} (fairseq-train, early stopping: patience 2 x 10 updates) ===\n"
+    (logs / "seed1.metabt.log").write_text(head.format("metabt") + _valid("10:00:00", 10, 6.0)
+                                           + _valid("10:00:20", 20, 5.0, 5.0))
+    (logs / "seed1.metabt.started").write_text("4242\n")  # started by this run (pid 4242)
+    (logs / "seed1.bt.log").write_text(head.format("bt") + _valid("09:00:00", 10, 7.0)
+                                       + _valid("09:10:00", 20, 6.9, 6.9))
+    (logs / "seed1.bt.started").write_text("1111\n")  # started by the stopped run
+    jobs = progress.scan(str(tmp_path), 2, 10, run_id=4242)
+    assert jobs["seed1.metabt"]["status"] == "running" and jobs["seed1.bt"]["status"] == "interrupted"
+    line = progress.overall(jobs, 60, 10)
+    assert "0 jobs done, 1 running, 1 interrupted in an earlier run" in line
+    assert "stop within ~40 s" in line  # bt's 60 s/update of the stopped run does not count
+    # without a run id (an older recipe) every log without an exit status counts as running
+    assert progress.scan(str(tmp_path), 2, 10)["seed1.bt"]["status"] == "running"
+    # the monitor of run 4242 prints only its own job
+    out = io.StringIO()
+    progress.monitor(str(tmp_path), 2, 10, poll=0, out=out, max_polls=1, parent_pid=4242)
+    assert "seed1.metabt (metabt)" in out.getvalue() and "seed1.bt (bt)" not in out.getvalue()

@@ -65,8 +65,13 @@ def _minutes(seconds: float) -> str:
 
 
 def scan(work_dir: str, patience: int, validate_every: int, metric: str = "loss",
-         maximize: bool = False) -> Dict[str, Dict[str, object]]:
-    """``{job: {"status": running|done|failed, "state": job_state or None}}`` for every job log of a recipe."""
+         maximize: bool = False, run_id: Optional[int] = None) -> Dict[str, Dict[str, object]]:
+    """``{job: {"status": running|done|failed|interrupted, "state": job_state or None}}`` for every job log of
+    a recipe.
+
+    With ``run_id`` (the recipe's pid, which ``ev_pool_run`` writes to ``NAME.started`` when it starts a
+    job), a log without an exit status that this run has not started is ``interrupted``: the job of an
+    earlier, stopped run, waiting for a lane (counting it as running would promise a wrong time left)."""
     logs = os.path.join(work_dir, "logs")
     out: Dict[str, Dict[str, object]] = {}
     if not os.path.isdir(logs):
@@ -80,14 +85,25 @@ def scan(work_dir: str, patience: int, validate_every: int, metric: str = "loss"
         if os.path.exists(rc_path):
             with open(rc_path, encoding="utf-8") as r:
                 status = "done" if r.read().strip() == "0" else "failed"
+        elif run_id is not None and _read(os.path.join(logs, name + ".started")) != str(run_id):
+            status = "interrupted"
         with open(os.path.join(logs, f), encoding="utf-8", errors="replace") as g:
             text = g.read()
         out[name] = {"status": status, "state": job_state(text, patience, validate_every, metric, maximize)}
     return out
 
 
+def _read(path: str) -> Optional[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
 def overall(jobs: Dict[str, Dict[str, object]], elapsed: float, validate_every: int) -> str:
-    count = {k: sum(1 for j in jobs.values() if j["status"] == k) for k in ("done", "running", "failed")}
+    count = {k: sum(1 for j in jobs.values() if j["status"] == k)
+             for k in ("done", "running", "failed", "interrupted")}
     bound, unmeasured = 0.0, 0
     for j in jobs.values():
         st = j["state"]
@@ -98,7 +114,9 @@ def overall(jobs: Dict[str, Dict[str, object]], elapsed: float, validate_every: 
         else:  # no two validations of its current stage yet: no rate to extrapolate from
             unmeasured += 1
     line = (f"[progress] {_minutes(elapsed)} elapsed: {count['done']} jobs done, {count['running']} running"
-            + (f", {count['failed']} FAILED" if count["failed"] else ""))
+            + (f", {count['failed']} FAILED" if count["failed"] else "")
+            + (f", {count['interrupted']} interrupted in an earlier run (resumed when a lane frees)"
+               if count["interrupted"] else ""))
     if count["running"] > unmeasured:
         line += (f"; the running systems stop within ~{_minutes(bound)} if their dev score stops improving now "
                  "(each new best adds up to the patience again; queued jobs start as lanes free up)")
@@ -116,7 +134,7 @@ def monitor(work_dir: str, patience: int, validate_every: int, metric: str = "lo
     polls = 0
     while max_polls is None or polls < max_polls:
         polls += 1
-        jobs = scan(work_dir, patience, validate_every, metric, maximize)
+        jobs = scan(work_dir, patience, validate_every, metric, maximize, run_id=parent_pid)
         lines: List[str] = []
         for name, j in jobs.items():
             st = j["state"]
