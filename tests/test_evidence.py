@@ -521,17 +521,18 @@ def test_shards_of_other_seeds_merge_into_the_table_one_work_directory_gives(tmp
     what = ["--control", "control", "--systems", "control", "better", "--same-schedule", "control", "better",
             "--title", "T", "--corpus", "toy"]
 
-    def compare(work, command, out=None):
+    def compare(work, command, out=None, knobs=()):
         out = out or os.path.join(work, "results", "summary.json")
         os.makedirs(os.path.dirname(out), exist_ok=True)
         run(EVIDENCE + ["compare", "--work-dir", work, "--out", out, "--command", command, "--raw-dir", raw,
-                        "--knob", "LR=1e-3"] + what)
+                        "--knob", "LR=1e-3"] + [a for k in knobs for a in ("--knob", k)] + what)
         return out
 
     whole = summary.read_json(compare(works["all"], "recipe --seeds '1 2 3'"))
     assert whole["compare_args"] == what  # where and by which command it ran is not part of what is compared
     compare(works["a"], "recipe --seeds 1")
-    compare(works["b"], "recipe --seeds '2 3'")
+    # the second session ran one training at a time: JOBS is how a session ran, not what it compared
+    compare(works["b"], "JOBS=1 recipe --seeds '2 3'", knobs=["JOBS=1"])
     shard_a, shard_b = str(tmp_path / "shards" / "seed1"), str(tmp_path / "shards" / "seed2-3")
     run(EVIDENCE + ["archive", works["a"], shard_a])
     run(EVIDENCE + ["archive", works["b"], shard_b])
@@ -554,7 +555,7 @@ def test_shards_of_other_seeds_merge_into_the_table_one_work_directory_gives(tmp
     assert [r["commit"] for r in merged["systems"]["better"]["runs"]] == ["c1", "c2", "c3"]
     assert merged["schedule"]["same"] is True and merged["schedule"]["systems"] == ["control", "better"]
     assert merged["corpus_record"] == whole["corpus_record"] and merged["provenance"]["knobs"] == {"LR": "1e-3"}
-    assert merged["command"] == "recipe --seeds 1\nrecipe --seeds '2 3'"
+    assert merged["command"] == "recipe --seeds 1\nJOBS=1 recipe --seeds '2 3'"
     assert [(sh["path"], sh["seeds"]) for sh in merged["shards"]] == [("shards/seed1", [1]), ("shards/seed2-3", [2, 3])]
     assert "| better* |" in proc.stdout
     line = summary._commands_phrase(merged, "docs/results")
@@ -596,3 +597,12 @@ def test_shards_of_other_seeds_merge_into_the_table_one_work_directory_gives(tmp
     assert "differ in compare arguments" in fails(EVIDENCE + ["merge", shard_a, str(tmp_path / "shards" / "other"),
                                                               "--out", out])
     assert "not a shard" in fails(EVIDENCE + ["merge", str(tmp_path / "raw"), "--out", out])
+    # a knob that changes how a system trains (here the lr) makes another comparison: refused
+    lr = str(tmp_path / "lr")
+    for name in ("control", "better"):
+        _record(lr, name, 4, refs[1], _noisy(refs[1], 0.6, 40))
+    os.makedirs(os.path.join(lr, "results"))
+    run(EVIDENCE + ["compare", "--work-dir", lr, "--out", os.path.join(lr, "results", "summary.json"),
+                    "--raw-dir", raw, "--knob", "LR=2e-3"] + what)
+    run(EVIDENCE + ["archive", lr, str(tmp_path / "shards" / "lr")])
+    assert "differ in knobs" in fails(EVIDENCE + ["merge", shard_a, str(tmp_path / "shards" / "lr"), "--out", out])

@@ -156,6 +156,16 @@ def _same(shards: List[dict], what: str, get) -> object:
     return first
 
 
+# knobs that say how a session ran its trainings, not how any one trained: shards may differ in them
+EXECUTION_KNOBS = ("JOBS",)
+
+
+def _comparison_knobs(shard: dict) -> Dict[str, str]:
+    """A shard's recorded knobs less :data:`EXECUTION_KNOBS` (each shard's own command keeps those)."""
+    knobs = (shard["summary"].get("provenance") or {}).get("knobs") or {}
+    return {k: v for k, v in knobs.items() if k not in EXECUTION_KNOBS}
+
+
 # compare's options whose values a shard may hold a part of: a session may train some of a seed's systems
 SUBSET_OPTIONS = ("systems", "same_schedule", "also")
 
@@ -191,7 +201,7 @@ def merge(shard_dirs: Sequence[str], out: str, compare_from_args: Callable[..., 
         raise UserError("merge needs at least one shard", "name the shard directories")
     shards = [_load_shard(d) for d in shard_dirs]
     args = _widest_args(shards, parse)
-    knobs = _same(shards, "knobs", lambda sh: (sh["summary"].get("provenance") or {}).get("knobs") or {})
+    knobs = _same(shards, "knobs", _comparison_knobs)
     corpus = _same(shards, "corpus (content hash)",
                    lambda sh: (sh["summary"].get("corpus_record") or {}).get("sha256"))
     records: Dict[str, dict] = {}
