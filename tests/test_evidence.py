@@ -558,6 +558,13 @@ def test_shards_of_other_seeds_merge_into_the_table_one_work_directory_gives(tmp
     assert merged["command"] == "recipe --seeds 1\nJOBS=1 recipe --seeds '2 3'"
     assert [(sh["path"], sh["seeds"]) for sh in merged["shards"]] == [("shards/seed1", [1]), ("shards/seed2-3", [2, 3])]
     assert "| better* |" in proc.stdout
+    # a comparison the recipe did not pair can be added at the merge, between systems the shards hold
+    paired = summary.read_json(run(EVIDENCE + ["merge", shard_a, shard_b, "--out", out, "--also", "control:better"])
+                               and out)
+    assert [(a["system"], a["control"]) for a in paired["also"]] == [("control", "better")]
+    assert paired["also"][0]["delta"] == -merged["systems"]["better"]["delta"]
+    assert paired["compare_args"][-2:] == ["--also", "control:better"]
+    assert "hold no system nope" in fails(EVIDENCE + ["merge", shard_a, shard_b, "--out", out, "--also", "nope:control"])
     line = summary._commands_phrase(merged, "docs/results")
     assert "`recipe --seeds 1` (seeds 1: `docs/results/shards/seed1`)" in line and "seeds 2, 3" in line
     # what would make the merge wrong is refused, naming the shards

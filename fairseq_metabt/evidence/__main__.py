@@ -232,6 +232,9 @@ def cmd_merge(argv: List[str]) -> int:
                                             "trained in other sessions), as compare writes it")
     p.add_argument("shards", nargs="+", help="shard directories written by `archive`")
     p.add_argument("--out", required=True, help="the summary to write, e.g. docs/results/dds_catalog.json")
+    p.add_argument("--also", nargs="+", default=[], metavar="SYS:CTRL",
+                   help="further paired comparisons between systems the shards hold, beside the recipe's own "
+                        "(e.g. metabt:bt)")
     a = p.parse_args(argv)
 
     def compare_from_args(args: List[str], work: str, out: str, command: str, knobs: dict) -> None:
@@ -241,7 +244,7 @@ def cmd_merge(argv: List[str]) -> int:
     def parse(args: List[str]) -> dict:  # what is compared, as compare's own parser reads it
         return vars(_compare_parser().parse_args(args + ["--work-dir", "."]))
 
-    s = shards.merge(a.shards, a.out, compare_from_args, parse)
+    s = shards.merge(a.shards, a.out, compare_from_args, parse, also=a.also)
     print(summary.render_summary(s))
     return 0
 

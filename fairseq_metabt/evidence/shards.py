@@ -189,18 +189,39 @@ def _widest_args(shards: List[dict], parse: Callable[[List[str]], dict]) -> List
                     "some of the systems, and one shard must hold them all")
 
 
+def _with_also(args: List[str], parse: Callable[[List[str]], dict], also: Sequence[str],
+               known: set) -> List[str]:
+    """``args`` with further ``--also`` pairs between the ``known`` systems (compare's ``--also`` takes one
+    list: the last one given counts)."""
+    parsed = parse(args)
+    for pair in also:
+        names = pair.split(":")
+        if len(names) != 2 or not all(names):
+            raise UserError(f"--also {pair}: expected SYS:CTRL", "e.g. --also metabt:bt")
+        missing = [n for n in names if n not in known]
+        if missing:
+            raise UserError(f"--also {pair}: the shards hold no system {', '.join(missing)}",
+                            f"pair two of {', '.join(sorted(known))}")
+    return list(args) + ["--also", *(parsed["also"] or []), *[a for a in also if a not in (parsed["also"] or [])]]
+
+
 def merge(shard_dirs: Sequence[str], out: str, compare_from_args: Callable[..., None],
-          parse: Callable[[List[str]], dict]) -> dict:
+          parse: Callable[[List[str]], dict], also: Sequence[str] = ()) -> dict:
     """One summary from the shards' runs, as ``compare`` would write it had one work directory held them all.
 
     ``compare_from_args(argv, work_dir, out, command, knobs)`` runs ``compare`` with a shard's recorded
     arguments (the CLI's parser); ``parse(argv)`` gives those arguments as a dict of compare's options. Its
     ``command`` is every shard's recipe command, one per line; the summary also lists the shards (path,
-    command, seeds, commits) and keeps their common corpus record."""
+    command, seeds, commits) and keeps their common corpus record. ``also`` adds paired comparisons
+    ``SYS:CTRL`` between systems the shards hold (a claim the recipe's table did not pair, e.g. metabt:bt);
+    they are recorded in the summary's ``compare_args``."""
     if not shard_dirs:
         raise UserError("merge needs at least one shard", "name the shard directories")
     shards = [_load_shard(d) for d in shard_dirs]
     args = _widest_args(shards, parse)
+    if also:
+        held = {key.split("|", 1)[0] for sh in shards for key in sh["records"]}
+        args = _with_also(args, parse, also, held)
     knobs = _same(shards, "knobs", _comparison_knobs)
     corpus = _same(shards, "corpus (content hash)",
                    lambda sh: (sh["summary"].get("corpus_record") or {}).get("sha256"))
