@@ -50,7 +50,7 @@ against bt_mle_dev (and against bt_mle when both run),
 metabt_dev against bt_mle_dev and metabt, and metabt_sent against metabt and bt_mle, when they run.
 Independent trainings run JOBS at a time (default: one per core, one thread each); each system is scored
 as soon as it has converged. Logs: WORK/logs/. Results: WORK/results/summary.json (Δ and p against
-the control, metabt against bt_mle_dev / bt_mle) and the printed table.
+the control, metabt against bt_mle_dev / bt_mle / bt) and the printed table.
 Knobs (environment): ARCH (transformer_lowres_small; the BT systems use its dual_transformer twin),
 DROPOUT (0.3), ATTENTION_DROPOUT (0.1), ACTIVATION_DROPOUT (0.1), LABEL_SMOOTHING (0.2) and VOCAB_SIZE (2000,
 the joint sentencepiece vocabulary) for every system; MAX_TOKENS (2048), LR (2e-3), WARMUP (100) for
@@ -119,6 +119,6 @@ metabt_pretrain
 # every method (the slowest systems start first, so the lanes finish together)
 metabt_stage2
 
-metabt_compare "bt_mle_dev bt_mle" "${TITLE:-Quickstart: back-translation and meta back-translation} ($SRC->$TGT)" \
+metabt_compare "bt_mle_dev bt_mle bt" "${TITLE:-Quickstart: back-translation and meta back-translation} ($SRC->$TGT)" \
   "${RAW_DIR:-synthetic domain preset, corpus seed 1, $SIZES}; $META_DEV_NOTE"
 echo "quickstart finished in $(( $(date +%s) - start ))s; summary: $WORK_DIR/results/summary.json"
