@@ -194,14 +194,11 @@ def _with_also(args: List[str], parse: Callable[[List[str]], dict], also: Sequen
     """``args`` with further ``--also`` pairs between the ``known`` systems (compare's ``--also`` takes one
     list: the last one given counts)."""
     parsed = parse(args)
-    for pair in also:
-        names = pair.split(":")
-        if len(names) != 2 or not all(names):
-            raise UserError(f"--also {pair}: expected SYS:CTRL", "e.g. --also metabt:bt")
-        missing = [n for n in names if n not in known]
+    for pair in also:  # SYS:CTRL (compare's own parser checks the form)
+        missing = [n for n in pair.split(":", 1) if n not in known]
         if missing:
             raise UserError(f"--also {pair}: the shards hold no system {', '.join(missing)}",
-                            f"pair two of {', '.join(sorted(known))}")
+                            f"pair two of {', '.join(sorted(known))} as SYS:CTRL")
     return list(args) + ["--also", *(parsed["also"] or []), *[a for a in also if a not in (parsed["also"] or [])]]
 
 
@@ -220,7 +217,7 @@ def merge(shard_dirs: Sequence[str], out: str, compare_from_args: Callable[..., 
     shards = [_load_shard(d) for d in shard_dirs]
     args = _widest_args(shards, parse)
     if also:
-        held = {key.split("|", 1)[0] for sh in shards for key in sh["records"]}
+        held = {rec["system"] for sh in shards for rec in sh["records"].values()}
         args = _with_also(args, parse, also, held)
     knobs = _same(shards, "knobs", _comparison_knobs)
     corpus = _same(shards, "corpus (content hash)",
