@@ -592,6 +592,12 @@ def test_shards_of_other_seeds_merge_into_the_table_one_work_directory_gives(tmp
     again = summary.read_json(run(EVIDENCE + ["merge", shard_a, ctrl, rest, "--out", out]) and out)
     for key in ("bleu", "delta", "interval", "verdict"):
         assert again["systems"]["better"][key] == whole["systems"]["better"][key], key
+    # no shard holds every system (each session trained a part): the table is the union's
+    parts = summary.read_json(run(EVIDENCE + ["merge", rest, ctrl, "--out", out]) and out)
+    assert parts["systems"]["better"]["bleu"] == whole["systems"]["better"]["bleu"][1:]
+    assert parts["systems"]["better"]["seeds"] == [2, 3] and parts["schedule"]["systems"] == ["better", "control"]
+    assert parts["compare_args"][parts["compare_args"].index("--systems"):] == \
+        ["--systems", "better", "control", "--same-schedule", "better", "control"]
     assert "already scored" in fails(EVIDENCE + ["import", ctrl, rest_work, "--systems", "control"])
     assert "holds no scored run" in fails(EVIDENCE + ["import", ctrl, str(tmp_path / "x"), "--systems", "nope"])
     other = str(tmp_path / "other")

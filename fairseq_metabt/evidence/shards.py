@@ -171,22 +171,50 @@ SUBSET_OPTIONS = ("systems", "same_schedule", "also")
 
 
 def _widest_args(shards: List[dict], parse: Callable[[List[str]], dict]) -> List[str]:
-    """The compare arguments of the shard that holds every system of the comparison; every other shard's must
-    be the same, except that its systems, schedule check and further comparisons may be a part of those."""
+    """The compare arguments of the whole comparison. Every shard's must be the same, except that its systems,
+    schedule check and further comparisons may be a part of the whole: a session may train some of a seed's
+    systems (latent depth's eight runs a seed take several sessions). The shard that holds every system gives
+    its arguments as they are; when none does, those three options are the union of the shards' (in the order
+    first seen)."""
     parsed = [parse(sh["summary"]["compare_args"]) for sh in shards]
+    fixed = lambda f: {k: v for k, v in f.items() if k not in SUBSET_OPTIONS}  # noqa: E731
 
     def covers(big: dict, small: dict) -> bool:
-        fixed = lambda f: {k: v for k, v in f.items() if k not in SUBSET_OPTIONS}  # noqa: E731
         return fixed(big) == fixed(small) and all(set(small[k] or []) <= set(big[k] or []) for k in SUBSET_OPTIONS)
 
     for i, big in enumerate(parsed):
         if all(covers(big, small) for small in parsed):
             return list(shards[i]["summary"]["compare_args"])
-    first = parsed[0]
-    other = next((sh for sh, f in zip(shards, parsed) if not (covers(first, f) or covers(f, first))), shards[-1])
-    raise UserError(f"shards {shards[0]['path']} and {other['path']} differ in compare arguments",
-                    "merge only shards of one comparison: the same recipe, corpus and settings; a shard may hold "
-                    "some of the systems, and one shard must hold them all")
+    other = next((sh for sh, f in zip(shards, parsed) if fixed(f) != fixed(parsed[0])), None)
+    if other is not None:
+        raise UserError(f"shards {shards[0]['path']} and {other['path']} differ in compare arguments",
+                        "merge only shards of one comparison: the same recipe, corpus and settings; a shard may "
+                        "hold some of the systems")
+    widest = max(range(len(shards)), key=lambda i: len(parsed[i]["systems"] or []))
+    args = _without_options(list(shards[widest]["summary"]["compare_args"]), SUBSET_FLAGS.values())
+    for dest, flag in SUBSET_FLAGS.items():
+        union: List[str] = []
+        for f in [parsed[widest]] + parsed:
+            union += [v for v in f[dest] or [] if v not in union]
+        if union:
+            args += [flag, *union]
+    return args
+
+
+SUBSET_FLAGS = {"systems": "--systems", "same_schedule": "--same-schedule", "also": "--also"}
+assert set(SUBSET_FLAGS) == set(SUBSET_OPTIONS)
+
+
+def _without_options(args: List[str], flags) -> List[str]:
+    """``args`` less each of ``flags`` and its values (the tokens up to the next option)."""
+    out: List[str] = []
+    skipping = False
+    for tok in args:
+        if tok.startswith("--"):
+            skipping = tok.split("=", 1)[0] in flags
+        if not skipping:
+            out.append(tok)
+    return out
 
 
 def _with_also(args: List[str], parse: Callable[[List[str]], dict], also: Sequence[str],
