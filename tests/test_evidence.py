@@ -54,6 +54,8 @@ def test_capped_run_is_flagged_and_early_stop_is_converged(quickstart_bin, tmp_p
     assert rec.commit == head and isinstance(rec.dirty, bool) and rec.starts == 1
     assert rec.versions["fairseq"] and rec.versions["torch"] and rec.early_stop_state_kept is False
     assert "fairseq-train" in rec.command and "--patience 2" in rec.command
+    # and the dictionaries it trained with, so runs trained in other sessions can be checked against each other
+    assert rec.vocab_sha256 == convergence.vocab_fingerprint([quickstart_bin]) and len(rec.vocab_sha256) == 64
     # an interrupted run resumed from checkpoint_last.pt counts its starts (fairseq resets its stall count)
     os.remove(os.path.join(capped, convergence.RECORD))
     run(EVIDENCE + ["train", "--save-dir", capped, "--patience", "2", "--validate-every", "4", "--max-update", "16",
@@ -464,6 +466,32 @@ def test_caveats_name_mixed_commits_dirty_trees_and_reset_resumes(tmp_path):
     assert "c seed 2" not in text.split("early-stopping state reset")[1].split("\n")[0]
     # the schedule check no longer says "same" for a run resumed with its stall count reset
     assert s["schedule"]["same"] is False and "s seed 1 was resumed 1 time(s)" in " ".join(s["schedule"]["problems"])
+
+
+@pytest.mark.fast
+def test_systems_paired_on_a_seed_with_other_dictionaries_are_named(tmp_path):
+    """A run trained in another session on a re-made binarisation: if its dictionaries differ from those of
+    the systems it is paired with, the table's caveats say which (the vocabulary fingerprint of each run)."""
+    data = tmp_path / "bin"
+    data.mkdir()
+    (data / "dict.xx.txt").write_text("a 3\nb 2\n")
+    (data / "dict.yy.txt").write_text("c 1\n")
+    (data / "train.xx-yy.xx.bin").write_text("not a dictionary")
+    first = convergence.vocab_fingerprint([str(data), "--arch", "x"])
+    assert first == convergence.vocab_fingerprint([f"{data}:{tmp_path / 'shard1'}"])  # fairseq's data shards
+    (data / "train.xx-yy.xx.bin").write_text("other data, same dictionaries")
+    assert convergence.vocab_fingerprint([str(data)]) == first
+    (data / "dict.yy.txt").write_text("c 1\nd 1\n")
+    assert convergence.vocab_fingerprint([str(data)]) != first
+    assert convergence.vocab_fingerprint([str(tmp_path / "nowhere")]) is None
+    assert convergence.vocab_fingerprint(["--arch", "x"]) is None
+    work = str(tmp_path / "work")
+    refs = _corpus(1, n=40)
+    for name, seed, vocab in (("c", 1, "a" * 64), ("s", 1, "a" * 64), ("c", 2, "a" * 64), ("s", 2, "b" * 64)):
+        _record(work, name, seed, refs, _noisy(refs, 0.6, seed), vocab_sha256=vocab)
+    s = summary.compare(work, "c", ["c", "s"], n_samples=50)
+    notes = [n for n in provenance.caveats(s) if "different dictionaries" in n]
+    assert len(notes) == 1 and "xx-yy seed 2: c / s" in notes[0] and "seed 1" not in notes[0], notes
 
 
 @pytest.mark.fast

@@ -6,6 +6,7 @@ safety net only: a run that reaches it before its patience ran out has *not* con
 record says so ("capped, not converged"), so a table can never present an unconverged system as
 if it had finished learning.
 """
+import hashlib
 import os
 import re
 import shlex
@@ -112,6 +113,7 @@ class Record:
     starts: int = 1
     early_stop_state_kept: Optional[bool] = None
     depends_on: List[Dict[str, object]] = field(default_factory=list)
+    vocab_sha256: Optional[str] = None  # the dictionaries trained with (:func:`vocab_fingerprint`)
 
     @property
     def status(self) -> str:
@@ -269,12 +271,31 @@ def train(save_dir: str, train_args: Sequence[str], protocol: Protocol, fairseq_
                  starts=len(re.findall(r"^# " + re.escape(exe) + " ", text, re.M)),  # one header per start
                  early_stop_state_kept=option_values(train_args, ("--lr-scheduler",)).get("--lr-scheduler")
                  in provenance.KEEPS_EARLY_STOP_STATE,
-                 depends_on=dependencies(train_args))
+                 depends_on=dependencies(train_args), vocab_sha256=vocab_fingerprint(train_args))
     atomic_write_json(record_path, asdict(rec))
     if echo:
         print(f"[evidence] {save_dir}: {rec.status} ({reason}); best {rec.metric} {best} at update {best_update} of "
               f"{num_updates}; {wall:.0f}s", flush=True)
     return rec
+
+
+def vocab_fingerprint(train_args: Sequence[str]) -> Optional[str]:
+    """One sha256 over the fairseq dictionaries (``dict*.txt``, names and contents) of the run's data directory
+    (the first positional argument; its first ``:`` shard). Systems paired on a seed should share it; runs
+    trained in other sessions on a re-made binarisation can be checked against it. None when there is none."""
+    data = train_args[0] if train_args and not str(train_args[0]).startswith("-") else None
+    data = data.split(os.pathsep)[0] if data else None
+    if not data or not os.path.isdir(data):
+        return None
+    names = sorted(f for f in os.listdir(data) if f.startswith("dict") and f.endswith(".txt"))
+    if not names:
+        return None
+    digest = hashlib.sha256()
+    for name in names:
+        digest.update(name.encode() + b"\0")
+        with open(os.path.join(data, name), "rb") as fh:
+            digest.update(fh.read())
+    return digest.hexdigest()
 
 
 def dependencies(train_args: Sequence[str]) -> List[Dict[str, object]]:

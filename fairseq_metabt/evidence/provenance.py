@@ -107,6 +107,15 @@ def caveats(summary: dict) -> List[str]:
     if reset:
         notes.append("resumed with fairseq's early-stopping state reset (it waited a fresh --patience after the "
                      "resume): " + ", ".join(reset))
+    vocab: Dict[tuple, Dict[str, List[str]]] = {}  # (pair, seed) -> dictionaries' hash -> systems
+    for r in recs:
+        if r.get("vocab_sha256"):
+            vocab.setdefault((r["pair"], r["seed"]), {}).setdefault(r["vocab_sha256"], []).append(r["system"])
+    split = [f"{pair} seed {seed}: " + " / ".join(", ".join(v) for _, v in sorted(by.items()))
+             for (pair, seed), by in sorted(vocab.items()) if len(by) > 1]
+    if split:
+        notes.append("systems paired on a seed trained with different dictionaries (a re-made binarisation?): "
+                     + "; ".join(split))
     capped = sorted({f"{r['system']} seed {r['seed']}" for r in recs if r.get("converged") is False})
     if capped:
         notes.append("not converged: " + ", ".join(capped))

@@ -45,7 +45,7 @@ def add_eval(work_dir: str, system: str, seed: int, pair: str, scores: dict, hyp
         rec.update(converged=c.converged, status=c.status, reason=c.reason, num_updates=c.num_updates,
                    best_update=c.best_update, wall_s=c.wall_s, command=c.command, commit=c.commit, dirty=c.dirty,
                    starts=c.starts, early_stop_state_kept=c.early_stop_state_kept, depends_on=c.depends_on,
-                   versions=c.versions)
+                   versions=c.versions, vocab_sha256=c.vocab_sha256)
     else:
         rec.update(converged=None, status="no training record", reason=None)
     put_records(work_dir, {_key(system, seed, pair): rec})
@@ -92,7 +92,7 @@ def _mean_std(xs: Sequence[float]) -> Tuple[float, float]:
 
 
 RUN_FIELDS = ("converged", "status", "num_updates", "best_update", "wall_s", "starts", "early_stop_state_kept",
-              "commit", "dirty", "command", "depends_on")
+              "commit", "dirty", "command", "depends_on", "vocab_sha256")
 
 
 def _paired(by: Dict[Tuple[str, int], dict], control: str, name: str, seeds: Sequence[int],
