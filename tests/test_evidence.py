@@ -479,6 +479,12 @@ def test_systems_paired_on_a_seed_with_other_dictionaries_are_named(tmp_path):
     (data / "train.xx-yy.xx.bin").write_text("not a dictionary")
     first = convergence.vocab_fingerprint([str(data), "--arch", "x"])
     assert first == convergence.vocab_fingerprint([f"{data}:{tmp_path / 'shard1'}"])  # fairseq's data shards
+    copied = tmp_path / "stage"  # a later stage's data directory: the same dictionaries under fewer names
+    copied.mkdir()
+    (copied / "dict.xx.txt").write_text("a 3\nb 2\n")
+    (copied / "dict.yy.txt").write_text("c 1\n")
+    (data / "dict.zz.txt").write_text("c 1\n")
+    assert convergence.vocab_fingerprint([str(copied)]) == first == convergence.vocab_fingerprint([str(data)])
     (data / "train.xx-yy.xx.bin").write_text("other data, same dictionaries")
     assert convergence.vocab_fingerprint([str(data)]) == first
     (data / "dict.yy.txt").write_text("c 1\nd 1\n")

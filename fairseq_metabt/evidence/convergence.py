@@ -280,22 +280,20 @@ def train(save_dir: str, train_args: Sequence[str], protocol: Protocol, fairseq_
 
 
 def vocab_fingerprint(train_args: Sequence[str]) -> Optional[str]:
-    """One sha256 over the fairseq dictionaries (``dict*.txt``, names and contents) of the run's data directory
-    (the first positional argument; its first ``:`` shard). Systems paired on a seed should share it; runs
-    trained in other sessions on a re-made binarisation can be checked against it. None when there is none."""
+    """One sha256 over the distinct fairseq dictionaries (``dict*.txt``, by content: a joint dictionary copied
+    under other names counts once) of the run's data directory (the first positional argument; its first
+    ``:`` shard). Systems paired on a seed should share it; runs trained in other sessions on a re-made
+    binarisation can be checked against it. None when there is none."""
     data = train_args[0] if train_args and not str(train_args[0]).startswith("-") else None
     data = data.split(os.pathsep)[0] if data else None
     if not data or not os.path.isdir(data):
         return None
-    names = sorted(f for f in os.listdir(data) if f.startswith("dict") and f.endswith(".txt"))
-    if not names:
-        return None
-    digest = hashlib.sha256()
-    for name in names:
-        digest.update(name.encode() + b"\0")
-        with open(os.path.join(data, name), "rb") as fh:
-            digest.update(fh.read())
-    return digest.hexdigest()
+    contents = set()
+    for name in os.listdir(data):
+        if name.startswith("dict") and name.endswith(".txt"):
+            with open(os.path.join(data, name), "rb") as fh:
+                contents.add(hashlib.sha256(fh.read()).hexdigest())
+    return hashlib.sha256(" ".join(sorted(contents)).encode()).hexdigest() if contents else None
 
 
 def dependencies(train_args: Sequence[str]) -> List[Dict[str, object]]:
