@@ -415,6 +415,49 @@ def test_offline_cache_of_pinned_packages(tmp_path, monkeypatch):
         cc.build("bt", str(tmp_path / "out3"), str(cache), None, 1, sizes, "gl", [], [], offline=True)
 
 
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb is not installed")
+def test_stale_package_lists_are_refreshed_in_the_cache(tmp_path, monkeypatch):
+    """A fresh machine whose image lists an older version than the pin: the download is retried once on package
+    lists refreshed into the cache (``apt-get update`` there, the machine's lists untouched), then succeeds; a
+    refresh that fails is one error naming ``apt-get update``. apt-get is a stand-in: tests never download."""
+    deb = _tiny_deb(tmp_path)
+    sha = hashlib.sha256(open(deb, "rb").read()).hexdigest()
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    calls = tmp_path / "calls.txt"
+    fake = bindir / "apt-get"
+    # stand-in: `-o Dir::State::Lists=D update` marks D fresh; `download` works only on fresh lists
+    fake.write_text(f"""#!/bin/sh
+echo "$*" >> {calls}
+lists=""
+if [ "$1" = -o ]; then lists="${{2#Dir::State::Lists=}}"; shift 2; fi
+case "$1" in
+  update) [ -n "$FAIL_UPDATE" ] && {{ echo "E: network unreachable" >&2; exit 100; }}
+          [ -d "$lists/partial" ] && touch "$lists/fresh"; exit 0;;
+  download) if [ -n "$lists" ] && [ -f "$lists/fresh" ]; then cp {deb} .; exit 0; fi
+            echo "E: Version '1.0-1' for 'fixture-l10n' was not found" >&2; exit 100;;
+esac
+exit 1
+""")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(cc, "PACKAGES", (("fixture-l10n", "1.0-1", sha),))
+    monkeypatch.setattr(cc, "_FRESH_LISTS", {})
+    sizes = cc.parse_sizes("train=30,valid=5,test=10,mono_src=10")
+    cache = str(tmp_path / "cache")
+    manifest = cc.build("bt", str(tmp_path / "out"), cache, None, 1, sizes, "gl", [], [], log=lambda m: None)
+    assert manifest["packages"] == {"fixture-l10n": "1.0-1"}
+    lines = calls.read_text().splitlines()
+    assert lines == ["download fixture-l10n=1.0-1", f"-o Dir::State::Lists={cache}/apt-lists update",
+                     f"-o Dir::State::Lists={cache}/apt-lists download fixture-l10n=1.0-1"], lines
+    # the refresh fails (no network): one error naming the step and the fix; nothing written
+    monkeypatch.setenv("FAIL_UPDATE", "1")
+    monkeypatch.setattr(cc, "_FRESH_LISTS", {})
+    with pytest.raises(UserError, match=r"apt-get update \(package lists in .*apt-lists\) failed .*network"):
+        cc.build("bt", str(tmp_path / "out2"), str(tmp_path / "cache2"), None, 1, sizes, "gl", [], [])
+    assert not os.path.exists(tmp_path / "out2")
+
+
 def test_pinned_packages_exclude_the_image_catalogs():
     names = [p for p, _, _ in cc.PACKAGES]
     assert not set(names) & set(cc.IMAGE_LOCALE_PACKAGES)

@@ -164,10 +164,17 @@ def _cached_deb(deb_dir: str, name: str, version: str) -> Optional[str]:
     return None
 
 
-def _download(deb_dir: str, name: str, version: Optional[str]) -> None:
+def _apt(args: List[str], lists: Optional[str], **kw) -> "subprocess.CompletedProcess[str]":
+    """``apt-get``/``apt-cache`` with ``args``; with ``lists``, on the package lists kept there (see
+    :func:`_refresh_lists`) instead of the machine's."""
+    opts = ["-o", f"Dir::State::Lists={lists}"] if lists else []
+    return subprocess.run([args[0], *opts, *args[1:]], capture_output=True, text=True, **kw)
+
+
+def _download(deb_dir: str, name: str, version: Optional[str], lists: Optional[str] = None) -> None:
     spec = f"{name}={version}" if version else name
     try:
-        proc = subprocess.run(["apt-get", "download", spec], cwd=deb_dir, capture_output=True, text=True)
+        proc = _apt(["apt-get", "download", spec], lists, cwd=deb_dir)
     except FileNotFoundError:
         raise CatalogCorpusError(f"{name} {version} is not in the cache and apt-get is not available to download it",
                                  "run once on a Debian 12 machine with network, then reuse --cache DIR") from None
@@ -175,16 +182,34 @@ def _download(deb_dir: str, name: str, version: Optional[str]) -> None:
         msg = " ".join(proc.stderr.split())[-200:]
         raise CatalogCorpusError(
             f"apt-get download {spec} failed ({msg})",
-            "run `apt-get update` and check the network; if the archive no longer has this version, pass "
-            "--any-version to use its current one (recorded in catalog.json), or reuse a cache that holds it")
+            "check the network; if the archive no longer has this version, pass --any-version to use its "
+            "current one (recorded in catalog.json), or reuse a cache that holds it")
 
 
-def _available_version(name: str) -> str:
-    proc = subprocess.run(["apt-cache", "policy", name], capture_output=True, text=True)
+_FRESH_LISTS: Dict[str, str] = {}  # cache -> its refreshed package lists (refreshed once a process)
+
+
+def _refresh_lists(cache: str) -> str:
+    """Fresh package lists in ``CACHE/apt-lists`` (``apt-get update`` there; root is not needed and the
+    machine's own lists are left alone): a fresh machine's image may list older versions than the pins (a
+    security update supersedes a pinned version in the lists, not in the archive). Returns the directory."""
+    lists = os.path.join(cache, "apt-lists")
+    os.makedirs(os.path.join(lists, "partial"), exist_ok=True)
+    proc = _apt(["apt-get", "update"], lists)
+    if proc.returncode != 0:
+        msg = " ".join(proc.stderr.split())[-200:]
+        raise CatalogCorpusError(f"apt-get update (package lists in {lists}) failed ({msg})",
+                                 "check the network and the apt sources (/etc/apt/sources.list*), or reuse a "
+                                 "cache that holds the packages")
+    return lists
+
+
+def _available_version(name: str, lists: Optional[str] = None) -> str:
+    proc = _apt(["apt-cache", "policy", name], lists)
     m = re.search(r"Candidate:\s*(\S+)", proc.stdout)
     if proc.returncode != 0 or not m or m.group(1) == "(none)":
         raise CatalogCorpusError(f"the package archive has no candidate version of {name}",
-                                 "run `apt-get update`, or reuse a cache that holds it")
+                                 "check the apt sources, or reuse a cache that holds it")
     return m.group(1)
 
 
@@ -203,13 +228,20 @@ def fetch_package(cache: str, name: str, version: str, sha256: str, any_version:
         if offline:
             raise UserFileError(f"{name} {version} is not in the cache {deb_dir} and --offline forbids downloading",
                                 "run once without --offline, or copy a cache that holds it")
+        lists = _FRESH_LISTS.get(cache)
         try:
-            _download(deb_dir, name, version)
+            try:
+                _download(deb_dir, name, version, lists)
+            except CatalogCorpusError:  # the machine's lists may predate the pin: once more on fresh ones
+                if lists is not None:
+                    raise
+                lists = _FRESH_LISTS[cache] = _refresh_lists(cache)
+                _download(deb_dir, name, version, lists)
         except CatalogCorpusError:
             if not any_version:
                 raise
-            used_version = _available_version(name)
-            _download(deb_dir, name, used_version)
+            used_version = _available_version(name, lists)
+            _download(deb_dir, name, used_version, lists)
         path = _cached_deb(deb_dir, name, used_version)
         if path is None:
             raise CatalogCorpusError(f"apt-get download {name} left no {name}_*.deb of version {used_version} "
