@@ -456,6 +456,13 @@ exit 1
     with pytest.raises(UserError, match=r"apt-get update \(package lists in .*apt-lists\) failed .*network"):
         cc.build("bt", str(tmp_path / "out2"), str(tmp_path / "cache2"), None, 1, sizes, "gl", [], [])
     assert not os.path.exists(tmp_path / "out2")
+    # no apt-get at all: one error saying so and how to get the packages, not a traceback
+    empty = tmp_path / "nobin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.setattr(cc, "_FRESH_LISTS", {})
+    with pytest.raises(UserError, match="apt-get is not available.*reuse --cache"):
+        cc.build("bt", str(tmp_path / "out3"), str(tmp_path / "cache3"), None, 1, sizes, "gl", [], [])
 
 
 def test_pinned_packages_exclude_the_image_catalogs():

@@ -168,16 +168,16 @@ def _apt(args: List[str], lists: Optional[str], **kw) -> "subprocess.CompletedPr
     """``apt-get``/``apt-cache`` with ``args``; with ``lists``, on the package lists kept there (see
     :func:`_refresh_lists`) instead of the machine's."""
     opts = ["-o", f"Dir::State::Lists={lists}"] if lists else []
-    return subprocess.run([args[0], *opts, *args[1:]], capture_output=True, text=True, **kw)
+    try:
+        return subprocess.run([args[0], *opts, *args[1:]], capture_output=True, text=True, **kw)
+    except FileNotFoundError:
+        raise CatalogCorpusError(f"{args[0]} is not available: packages missing from the cache cannot be downloaded",
+                                 "run once on a Debian 12 machine with network, then reuse --cache DIR") from None
 
 
 def _download(deb_dir: str, name: str, version: Optional[str], lists: Optional[str] = None) -> None:
     spec = f"{name}={version}" if version else name
-    try:
-        proc = _apt(["apt-get", "download", spec], lists, cwd=deb_dir)
-    except FileNotFoundError:
-        raise CatalogCorpusError(f"{name} {version} is not in the cache and apt-get is not available to download it",
-                                 "run once on a Debian 12 machine with network, then reuse --cache DIR") from None
+    proc = _apt(["apt-get", "download", spec], lists, cwd=deb_dir)
     if proc.returncode != 0:
         msg = " ".join(proc.stderr.split())[-200:]
         raise CatalogCorpusError(

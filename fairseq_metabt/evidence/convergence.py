@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from fairseq_metabt.data.raw_layout import sha256_file
 from fairseq_metabt.errors import UserError
 from fairseq_metabt.evidence import provenance
 from fairseq_metabt.evidence.io import atomic_write_json, read_json
@@ -288,11 +289,8 @@ def vocab_fingerprint(train_args: Sequence[str]) -> Optional[str]:
     data = data.split(os.pathsep)[0] if data else None
     if not data or not os.path.isdir(data):
         return None
-    contents = set()
-    for name in os.listdir(data):
-        if name.startswith("dict") and name.endswith(".txt"):
-            with open(os.path.join(data, name), "rb") as fh:
-                contents.add(hashlib.sha256(fh.read()).hexdigest())
+    contents = {sha256_file(os.path.join(data, name)) for name in os.listdir(data)
+                if name.startswith("dict") and name.endswith(".txt")}
     return hashlib.sha256(" ".join(sorted(contents)).encode()).hexdigest() if contents else None
 
 

@@ -219,15 +219,15 @@ def _without_options(args: List[str], flags) -> List[str]:
 
 def _with_also(args: List[str], parse: Callable[[List[str]], dict], also: Sequence[str],
                known: set) -> List[str]:
-    """``args`` with further ``--also`` pairs between the ``known`` systems (compare's ``--also`` takes one
-    list: the last one given counts)."""
+    """``args`` with further ``--also`` pairs between the ``known`` systems, in one ``--also`` list."""
     parsed = parse(args)
     for pair in also:  # SYS:CTRL (compare's own parser checks the form)
         missing = [n for n in pair.split(":", 1) if n not in known]
         if missing:
             raise UserError(f"--also {pair}: the shards hold no system {', '.join(missing)}",
                             f"pair two of {', '.join(sorted(known))} as SYS:CTRL")
-    return list(args) + ["--also", *(parsed["also"] or []), *[a for a in also if a not in (parsed["also"] or [])]]
+    pairs = (parsed["also"] or []) + [a for a in also if a not in (parsed["also"] or [])]
+    return _without_options(list(args), ("--also",)) + ["--also", *pairs]
 
 
 def merge(shard_dirs: Sequence[str], out: str, compare_from_args: Callable[..., None],
