@@ -31,6 +31,25 @@ def test_job_state_reads_update_best_patience_left_and_rate():
     assert progress.job_state("=== train x (..) ===\n", 3, 50) is None  # no validation yet
 
 
+def test_a_resumed_run_counts_its_validations_before_the_resume(tmp_path):
+    # the job log of a resumed run holds only its last start; fairseq's best (3.255 at 4600) came before it
+    save = tmp_path / "seed1" / "static_k"
+    save.mkdir(parents=True)
+    before = (_valid("10:00:00", 4550, 3.258) + _valid("10:01:00", 4600, 3.255)
+              + _valid("10:02:00", 4650, 3.254))  # validated by the killed start, never saved: replayed
+    job = ("=== train static_k (fairseq-train, early stopping: patience 5 x 50 updates) ===\n"
+           f"2026-12-05 11:00:00 | INFO | fairseq.trainer | Loaded checkpoint {save}/checkpoint_last.pt "
+           "(epoch 13 @ 4600 updates)\n"
+           + _valid("11:01:00", 4650, 3.258) + _valid("11:02:00", 4700, 3.257) + _valid("11:03:00", 4750, 3.255))
+    (save / "train.log").write_text("# fairseq-train ...\n" + before + "# fairseq-train ...\n" + job)
+    st = progress.job_state(job, patience=5, validate_every=50)
+    assert (st["update"], st["best"], st["best_update"], st["left"]) == (4750, 3.255, 4600, 2)
+    # without the save dir's log the job log is all there is
+    (save / "train.log").unlink()
+    st = progress.job_state(job, patience=5, validate_every=50)
+    assert (st["best"], st["best_update"], st["left"]) == (3.255, 4750, 5)
+
+
 def test_monitor_prints_each_new_validation_once_and_an_overall_line(tmp_path):
     logs = tmp_path / "logs"
     logs.mkdir()

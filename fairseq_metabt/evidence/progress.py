@@ -18,12 +18,14 @@ import re
 import sys
 import time
 from datetime import datetime
-from typing import Dict, List, Optional, TextIO
+from typing import Dict, List, Optional, TextIO, Tuple
 
 from fairseq_metabt.evidence import convergence
 
 _STAGE = re.compile(r"^=== train (\S+) ", re.M)
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| INFO \| valid \|.*\| num_updates (\d+)", re.M)
+# fairseq.trainer's line when a run resumes: its earlier validations are in that save dir's train.log
+_RESUMED = re.compile(r"Loaded checkpoint (\S+) \(epoch \d+ @ (\d+) updates\)")
 
 
 def job_state(log_text: str, patience: int, validate_every: int, metric: str = "loss",
@@ -35,7 +37,7 @@ def job_state(log_text: str, patience: int, validate_every: int, metric: str = "
     if not starts:
         return None
     stage_text = log_text[starts[-1].start():]
-    vals = convergence.validations(stage_text, metric)
+    vals = _with_earlier_starts(stage_text, convergence.validations(stage_text, metric), metric)
     if not vals:
         return None
     best_update, best = (max if maximize else min)(vals, key=lambda uv: uv[1])
@@ -51,6 +53,22 @@ def job_state(log_text: str, patience: int, validate_every: int, metric: str = "
             "best_update": best_update, "left": max(0, patience - since_best), "s_per_update": rate,
             "metric": metric, "finished": "[evidence] " in stage_text and (" converged " in stage_text
                                                                        or "capped, not converged" in stage_text)}
+
+
+def _with_earlier_starts(stage_text: str, vals: List[Tuple[int, float]], metric: str) -> List[Tuple[int, float]]:
+    """A resumed run's validations from its first start on: the job log holds only this start's, so the best
+    and the validations left before the early stop would otherwise ignore everything before the resume
+    (fairseq's early-stopping state, restored from the checkpoint, does not). Earlier validations come from
+    the save dir's ``train.log`` up to the resumed update; one repeated by a later start counts once, as
+    last run."""
+    resumed = _RESUMED.search(stage_text)
+    earlier = _read(os.path.join(os.path.dirname(resumed.group(1)), convergence.LOG)) if resumed else None
+    if not earlier:
+        return vals
+    upto = int(resumed.group(2))
+    merged = {u: v for u, v in convergence.validations(earlier, metric) if u <= upto}
+    merged.update(vals)
+    return sorted(merged.items())
 
 
 def format_job(name: str, st: Dict[str, object]) -> str:
